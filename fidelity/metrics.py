@@ -1,0 +1,106 @@
+"""Ground-truth metrics: how well an extracted network matches its victim.
+
+These read both networks' weights, so they belong to tests, benchmarks and audits, never to the
+attack path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+import numpy as np
+
+from .network import ReLUNetwork
+
+
+@dataclass(frozen=True)
+class Report:
+    """Agreement of an extracted network with its victim.
+
+    ``fidelity``: fraction of inputs with the same argmax (sign when ``k == 1``).
+    ``max_abs_error``: max over inputs and outputs of ``|f - f_hat|``.
+    ``max_rel_error``: ``max_abs_error / max |f|`` over the same inputs.
+    ``param_error``: max abs difference of normalised parameters (each unit scaled so that
+    ``|[w, b]| = 1``, its output weights scaled inversely) over matched units and the output bias;
+    ``inf`` when a unit is missing or extra.
+    ``matched`` / ``missing`` / ``extra``: units paired, victim units unpaired (excluding
+    ``negligible`` ones: dead, or output weights below 1e-6 of the largest), extracted units unpaired.
+    """
+
+    fidelity: float
+    max_abs_error: float
+    max_rel_error: float
+    param_error: float
+    matched: int
+    missing: int
+    extra: int
+    negligible: int
+    num_inputs: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _normalise(net: ReLUNetwork):
+    w, b = np.asarray(net.weights[0], np.float64), np.asarray(net.biases[0], np.float64)
+    a = np.asarray(net.weights[1], np.float64)
+    rows = np.concatenate([w, b[:, None]], 1)
+    norm = np.linalg.norm(rows, axis=1)
+    safe = np.where(norm > 0, norm, 1.0)
+    return rows / safe[:, None], a * norm[None, :], norm
+
+
+def match_units(victim: ReLUNetwork, extracted: ReLUNetwork, *, cos_tol: float = 1e-6):
+    """Pairs hidden units by direction; returns (pairs, missing, extra, negligible, max error)."""
+    rv, av, nv = _normalise(victim)
+    re, ae, _ = _normalise(extracted)
+    size = np.abs(av).max(0) if av.size else np.zeros(rv.shape[0])
+    negligible = (nv == 0) | (size <= 1e-6 * (size.max() if size.size else 0))
+    cos = rv @ re.T if rv.size and re.size else np.zeros((rv.shape[0], re.shape[0]))
+    pairs, used = [], set()
+    # greedy on the best cosine: units of a ReLU layer are distinct directions
+    for flat in np.argsort(-cos, axis=None):
+        i, j = np.unravel_index(flat, cos.shape)
+        if cos[i, j] < 1 - cos_tol:
+            break
+        if i in {p[0] for p in pairs} or j in used:
+            continue
+        pairs.append((int(i), int(j)))
+        used.add(j)
+    vi = {p[0] for p in pairs}
+    missing = [i for i in range(rv.shape[0]) if i not in vi and not negligible[i]]
+    extra = [j for j in range(re.shape[0]) if j not in used]
+    err = float(np.abs(np.asarray(victim.biases[1], np.float64)
+                       - np.asarray(extracted.biases[1], np.float64)).max())
+    for i, j in pairs:
+        err = max(err, float(np.abs(rv[i] - re[j]).max()), float(np.abs(av[:, i] - ae[:, j]).max()))
+    return pairs, missing, extra, int(negligible.sum()), err
+
+
+def evaluate(victim: ReLUNetwork, extracted: ReLUNetwork, *, inputs: Optional[np.ndarray] = None,
+             num_samples: int = 100_000, seed: int = 0) -> Report:
+    """Compares ``extracted`` with ``victim`` on ``inputs`` (default: standard Gaussian samples).
+
+    Example:
+        >>> net = ReLUNetwork.random(0, [5, 4, 3])
+        >>> evaluate(net, net, num_samples=100).fidelity
+        1.0
+    """
+    if inputs is None:
+        inputs = np.random.default_rng(seed).normal(size=(num_samples, victim.input_dim))
+    inputs = np.asarray(inputs, np.float64)
+    y = np.asarray(victim(inputs), np.float64)
+    yh = np.asarray(extracted(inputs), np.float64)
+    if y.shape[1] == 1:
+        agree = np.sign(y[:, 0]) == np.sign(yh[:, 0])
+    else:
+        agree = y.argmax(1) == yh.argmax(1)
+    abs_err = float(np.abs(y - yh).max())
+    scale = float(np.abs(y).max())
+    pairs, missing, extra, negligible, err = match_units(victim, extracted)
+    param_error = err if not missing and not extra else float("inf")
+    return Report(fidelity=float(agree.mean()), max_abs_error=abs_err,
+                  max_rel_error=abs_err / scale if scale > 0 else abs_err,
+                  param_error=param_error, matched=len(pairs), missing=len(missing),
+                  extra=len(extra), negligible=negligible, num_inputs=int(inputs.shape[0]))

@@ -1,0 +1,362 @@
+"""The extraction driver: oracle -> search -> recover -> solve -> refine -> checked network."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import jax
+import numpy as np
+
+from . import recover, refine, search, solve
+from .errors import FidelityError, QueryBudgetExceeded
+from .network import ReLUNetwork
+from .oracle import Oracle
+
+log = logging.getLogger("fidelity")
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """Options of :func:`extract`; every loop is bounded by one of them.
+
+    Attributes:
+        line_length: half-length ``T`` of each search line; ``None`` means
+            ``100 * sqrt(d) * input_scale`` (a unit's kink lies at ``~ sqrt(d)`` times a Cauchy
+            variable from the line's centre, so this catches all but ~1/150 of them per line).
+        input_scale: standard deviation of the random line origins.
+        slope_step: relative step ``delta / T`` for the search's one-sided slopes.
+        noise_factor: answers are trusted to ``noise_factor * eps * |f|``.
+        max_rounds: bound on batched search rounds per line.
+        step_frac: gradient step as a fraction of the region's half-width.
+        step_max: cap on the gradient step (in units of ``input_scale``).
+        refine_iters: bound on crossing-correction passes (no queries).
+        refine_stop: stop refining when no normalised row moves more than this.
+        max_lines: bound on lines (the first included).
+        check_points: answers compared with the model on each check line.
+        patience: consecutive clean check lines needed to stop.
+        check_tol: relative tolerance of those comparisons.
+        sign_tol: ``|rho - round(rho)|`` below which a row's sign is decided.
+    """
+
+    line_length: Optional[float] = None
+    input_scale: float = 1.0
+    slope_step: float = 1e-6
+    noise_factor: float = 256.0
+    max_rounds: int = 200
+    step_frac: float = 0.02
+    step_max: float = 1.0
+    refine_iters: int = 12
+    refine_stop: float = 1e-14
+    max_lines: int = 12
+    check_points: int = 16
+    patience: int = 2
+    check_tol: float = 1e-8
+    sign_tol: float = 1e-3
+
+
+@dataclass(frozen=True)
+class NeuronInfo:
+    """Diagnostics of one recovered hidden unit (indices follow ``network`` rows)."""
+
+    line: int               # the line whose kink revealed it
+    t: float                # kink position on that line
+    rank_ratio: float       # 2nd/1st singular value of its jump (k > 1); ~0 for one clean unit
+    rho: float              # sign statistic: ~0 kept, ~1 flipped, else part of a split pair
+    row_change: float       # change of its normalised row in the last refinement pass
+    fit_residual: float     # weighted residual of the regions it is active in
+    out_weight: float       # max |A2[:, i]| * |w_i| (its size as seen at the outputs)
+
+
+@dataclass(frozen=True)
+class Extraction:
+    """What :func:`extract` returns. ``status`` is ``'ok'``, ``'partial'`` (budget ran out) or
+    ``'unverified'`` (check lines still disagreed when ``max_lines`` ran out)."""
+
+    network: Optional[ReLUNetwork]
+    queries: int
+    hidden_size: int
+    status: str
+    stage_queries: dict = field(default_factory=dict)
+    neurons: tuple = ()
+    lines: int = 0
+    check_error: float = float("nan")   # max relative disagreement on the last check line
+    notes: tuple = ()
+    seconds: float = 0.0
+
+
+class ExtractionError(FidelityError):
+    """The extraction ended with a bad status (``throw=True``); ``.result`` has it."""
+
+    def __init__(self, message, result):
+        super().__init__(message)
+        self.result = result
+
+
+class _Run:
+    """Mutable bookkeeping of one extraction (private; the public result is frozen)."""
+
+    def __init__(self, oracle: Oracle, cfg: ExtractConfig, seed: int,
+                 progress: Optional[Callable[[dict], None]]):
+        self.oracle = oracle
+        self.cfg = cfg
+        self.rng = np.random.default_rng(seed)
+        self.d = oracle.input_dim
+        self.t_max = cfg.line_length or 100.0 * np.sqrt(self.d) * cfg.input_scale
+        self.delta = cfg.slope_step * self.t_max
+        self.stage = {"search": 0, "gradients": 0, "checks": 0}
+        self.regions: list[recover.Regions] = []
+        self.jumps: list[recover.Jump] = []
+        self.lines = 0
+        self.notes: list[str] = []
+        self.progress = progress
+        # current model
+        self.rows = np.zeros((0, self.d + 1))
+        self.coef = None
+        self.network: Optional[ReLUNetwork] = None
+        self.unit_src = np.zeros(0, int)
+        self.signs: Optional[solve.Signs] = None
+        self.row_change = np.zeros(0)
+        self.fit_resid = np.zeros(0)
+        self.check_error = float("nan")
+
+    # --------------------------------------------------------------- queries by stage
+    def query(self, stage):
+        def q(x):
+            y = self.oracle(x)
+            self.stage[stage] += x.shape[0]
+            return y
+        return q
+
+    def report(self, **info):
+        if self.progress is not None:
+            self.progress(dict(queries=self.oracle.queries, budget=self.oracle.budget,
+                               neurons=len(self.jumps), lines=self.lines, **info))
+
+    def new_line(self):
+        x0 = self.rng.normal(size=self.d) * self.cfg.input_scale
+        v = self.rng.normal(size=self.d)
+        self.lines += 1
+        return x0, v / np.linalg.norm(v)
+
+    # --------------------------------------------------------------- stages
+    def search(self, x0, v) -> search.LineKinks:
+        res = search.search_lines(
+            self.query("search"), x0[None], v[None], self.t_max, delta=self.delta,
+            min_delta=self.delta * 1e-6, noise_factor=self.cfg.noise_factor,
+            max_rounds=self.cfg.max_rounds)[0]
+        if res.unresolved:
+            self.notes.append(f"line {self.lines - 1}: {res.unresolved} intervals left "
+                              "unresolved after max_rounds")
+        return res
+
+    def measure(self, x0, v, kinks_t, wanted_kinks=None):
+        """Measures regions on a line; ``wanted_kinks`` limits it to regions next to those."""
+        lo, hi, mid, step = recover.plan_regions(kinks_t, self.t_max, self.cfg.step_frac,
+                                                 self.cfg.step_max * self.cfg.input_scale)
+        idx = np.arange(lo.size)
+        if wanted_kinks is not None:
+            idx = np.unique(np.concatenate([wanted_kinks, wanted_kinks + 1]))
+        line = self.lines - 1
+        regions, complete = recover.measure_regions(
+            self.query("gradients"), x0, v, line, lo[idx], hi[idx], mid[idx], step[idx],
+            remaining=self.oracle.remaining)
+        self.regions.append(regions)
+        aff = regions.affine()
+        noise = self.cfg.noise_factor * search.EPS * np.abs(regions.f_probe).max((1, 2)) \
+            / regions.step
+        measured = idx[:regions.size]
+        pos = {int(r): i for i, r in enumerate(measured)}
+        kink_ids = (np.arange(kinks_t.size) if wanted_kinks is None
+                    else np.asarray(wanted_kinks))
+        left, right, ts, nz = [], [], [], []
+        for kid in kink_ids:
+            if int(kid) in pos and int(kid) + 1 in pos:
+                a, b = pos[int(kid)], pos[int(kid) + 1]
+                left.append(aff[a]); right.append(aff[b]); ts.append(kinks_t[kid])
+                nz.append(4 * max(noise[a], noise[b]))
+        if left:
+            self.jumps += recover.jumps_to_rows(np.array(left), np.array(right), v, line,
+                                                np.array(ts), np.array(nz))
+        if not complete:
+            raise QueryBudgetExceeded(
+                f"budget of {self.oracle.budget} rows ran out while measuring gradients")
+
+    def fit(self):
+        """Unsigned least squares over every region, signs, output layer, refinement."""
+        regions = recover.Regions.concat(self.regions)
+        weight = regions.weights()
+        if not self.jumps:
+            self.rows = np.zeros((0, self.d + 1))
+            self.coef = np.zeros((0, regions.f_base.shape[1]))
+        elif self.coef is None or self.rows.shape[0] != len(self.jumps):
+            self.rows = np.array([j.row for j in self.jumps])
+            self.coef = np.array([j.coef for j in self.jumps])
+        unit_line = np.array([j.line for j in self.jumps], int)
+        unit_t = np.array([j.t for j in self.jumps])
+        correction = None
+        self.row_change = np.full(self.rows.shape[0], np.nan)
+        m = np.zeros((regions.size, 0), bool)
+        resid = np.zeros(regions.size)
+        aff0 = np.zeros((self.coef.shape[1], self.d + 1))
+        for it in range(self.cfg.refine_iters + 1):
+            if not self.rows.shape[0]:
+                break
+            prev = self.rows.copy()
+            aff = regions.affine(correction)
+            m = recover.masks(self.rows, regions, unit_line, unit_t)
+            self.rows, self.coef, aff0, resid = recover.fit_rows(aff, weight, m, self.coef)
+            if it:
+                self.row_change = np.abs(self.rows - prev).max(1)
+                if self.row_change.max() <= self.cfg.refine_stop:
+                    break
+            # the crossing terms are the same in the unsigned model: refine before signs
+            correction = refine.crossing_correction(regions, self.rows[:, :-1], self.rows[:, -1],
+                                                    self.coef.T)
+        self.signs = solve.resolve_signs(self.rows, self.coef, aff0, tol=self.cfg.sign_tol)
+        w1, self.unit_src = solve.signed_units(self.rows, self.coef, self.signs)
+        self.fit_resid = np.array([resid[m[:, i]].max() if m[:, i].any() else 0.0
+                                   for i in range(self.rows.shape[0])])
+        x, y = self._fit_points(regions, w1.shape[0])
+        a2, b2, _ = solve.fit_output_layer(w1, x, y)
+        self.network = ReLUNetwork([w1[:, :-1], a2], [w1[:, -1], b2])
+
+    def _fit_points(self, regions: recover.Regions, h: int):
+        n_extra = max(4 * (h + 1), 64)
+        n_reg, d = regions.base.shape
+        rr = self.rng.integers(0, n_reg, n_extra)
+        ii = self.rng.integers(0, d, n_extra)
+        xp = regions.base[rr].copy()
+        xp[np.arange(n_extra), ii] += regions.step[rr]
+        x = np.concatenate([regions.base, xp])
+        y = np.concatenate([regions.f_base, regions.f_probe[rr, ii]])
+        return x, y
+
+    def check_line(self):
+        """Compares answers with the model on a fresh line; True when they agree."""
+        x0, v = self.new_line()
+        t = self.t_max * self.rng.uniform(-1, 1, self.cfg.check_points)
+        pts = x0 + t[:, None] * v
+        y = self.query("checks")(pts)
+        pred = self.network(pts)
+        scale = max(np.abs(y).max(), 1e-300)
+        self.check_error = float(np.abs(y - pred).max() / scale)
+        return self.check_error <= self.cfg.check_tol, x0, v
+
+    def extend(self, x0, v):
+        """A check line disagreed: search it and add units whose kinks are new."""
+        res = self.search(x0, v)
+        rows = self.network.weights[0], self.network.biases[0]
+        w, b = rows
+        with np.errstate(divide="ignore", invalid="ignore"):
+            pred = -(w @ x0 + b) / (w @ v)
+        tol = max(1e-7 * self.t_max, 8 * self.delta)
+        new = [i for i, t in enumerate(res.t)
+               if pred.size == 0 or np.nanmin(np.abs(pred - t)) > tol]
+        if not new:
+            self.notes.append(f"line {self.lines - 1}: answers disagree with the model "
+                              f"(relative {self.check_error:.2e}) but no new kink was found")
+            return False
+        before = len(self.jumps)
+        self.measure(x0, v, res.t, np.array(new))
+        return len(self.jumps) > before
+
+    def result(self, status: str, t0: float) -> Extraction:
+        net = self.network
+        infos = []
+        if net is not None and self.signs is not None:
+            w, a2 = net.weights[0], net.weights[1]
+            for i, src in enumerate(self.unit_src):
+                j = self.jumps[src] if src < len(self.jumps) else None
+                infos.append(NeuronInfo(
+                    line=j.line if j else -1, t=j.t if j else float("nan"),
+                    rank_ratio=j.rank_ratio if j else float("nan"),
+                    rho=float(self.signs.rho[src]),
+                    row_change=float(self.row_change[src]),
+                    fit_residual=float(self.fit_resid[src]),
+                    out_weight=float(np.abs(a2[:, i]).max() * np.linalg.norm(w[i]))))
+        return Extraction(
+            network=net, queries=self.oracle.queries,
+            hidden_size=0 if net is None else net.weights[0].shape[0], status=status,
+            stage_queries=dict(self.stage), neurons=tuple(infos), lines=self.lines,
+            check_error=self.check_error, notes=tuple(self.notes),
+            seconds=time.perf_counter() - t0)
+
+
+def extract(oracle: Oracle, *, seed: int = 0, throw: bool = True,
+            progress: Optional[Callable[[dict], None]] = None, **options) -> Extraction:
+    """Recovers a one-hidden-layer ReLU network from query access alone.
+
+    Args:
+        oracle: the counting :class:`Oracle` around the victim (the only access used).
+        seed: seeds every random choice (lines, check points); same seed, same queries.
+        throw: raise :class:`ExtractionError` when the status is ``'unverified'``.
+        progress: optional callback receiving a dict after each stage.
+        **options: fields of :class:`ExtractConfig`.
+
+    Returns:
+        An :class:`Extraction`; its ``network`` equals the victim up to permutation and positive
+        scaling of hidden units.
+
+    Raises:
+        QueryBudgetExceeded: the budget ran out; ``.result`` is the partial extraction.
+        OracleError: the victim answered NaN/inf or a wrong shape.
+        UnsupportedArchitecture: the hidden layer cannot be recovered exactly.
+
+    Example:
+        >>> victim = ReLUNetwork.random(0, [10, 8, 1])
+        >>> result = extract(Oracle(victim))
+        >>> result.hidden_size
+        8
+    """
+    unknown = set(options) - {f.name for f in dataclasses.fields(ExtractConfig)}
+    if unknown:
+        raise TypeError(f"unknown options {sorted(unknown)}; see fidelity.ExtractConfig")
+    cfg = ExtractConfig(**options)
+    if not isinstance(oracle, Oracle):
+        raise TypeError("extract needs a fidelity.Oracle; wrap the victim in Oracle(...)")
+    run = _Run(oracle, cfg, seed, progress)
+    t0 = time.perf_counter()
+    with jax.enable_x64(True):
+        try:
+            x0, v = run.new_line()
+            kinks = run.search(x0, v)
+            run.report(stage="search", kinks=int(kinks.t.size))
+            run.measure(x0, v, kinks.t)
+            run.fit()
+            run.report(stage="fit")
+            clean = 0
+            status = "unverified"
+            while run.lines < cfg.max_lines:
+                ok, x0, v = run.check_line()
+                if ok:
+                    clean += 1
+                    if clean >= cfg.patience:
+                        status = "ok"
+                        break
+                    continue
+                clean = 0
+                if run.extend(x0, v):
+                    run.fit()
+                run.report(stage="extend")
+        except QueryBudgetExceeded as exc:
+            if run.regions and run.network is None or len(run.jumps) != (
+                    0 if run.network is None else len(run.rows)):
+                try:
+                    run.fit()
+                except FidelityError:
+                    pass
+            partial = run.result("partial", t0)
+            raise QueryBudgetExceeded(str(exc), result=partial) from None
+    result = run.result(status, t0)
+    if status != "ok":
+        log.warning("extraction ended with status %s: %s", status, "; ".join(run.notes))
+        if throw:
+            raise ExtractionError(
+                f"extraction could not be verified after {cfg.max_lines} lines "
+                f"(check error {run.check_error:.2e}); pass throw=False to get the result",
+                result)
+    return result

@@ -1,0 +1,168 @@
+"""Stage 1: critical points (ReLU kinks) of the victim along lines ``x(t) = x0 + t v``.
+
+Along a line the victim is piecewise linear in ``t``; each hidden unit adds at most one kink.
+An interval ``[tl, tr]`` is described by the values at its ends and the one-sided slopes there.
+If the slopes agree and the values fit one line, the interval holds no kink. Otherwise the two
+end lines are intersected (two-sided linear extrapolation) and the candidate ``t*`` is verified
+with three queries: the value must lie on both end lines *and* the slopes just left and right of
+``t*`` must equal the end slopes (checking the value alone can confirm a false kink). A failed
+candidate splits the interval there. All open intervals of all lines advance together, so each
+round is one batched query; the number of rounds is bounded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+EPS = np.finfo(np.float64).eps
+
+
+@dataclass(frozen=True)
+class LineKinks:
+    """Kinks found on one line. ``t`` is sorted; ``verified[i]`` is False for kinks that were
+    only located to within the search resolution."""
+
+    x0: np.ndarray
+    v: np.ndarray
+    t_max: float
+    t: np.ndarray
+    verified: np.ndarray
+    unresolved: int  # intervals given up (round bound or resolution) that still held a kink
+
+
+def _tolerances(scale, noise_factor):
+    return noise_factor * EPS * scale
+
+
+def search_lines(query: Callable[[np.ndarray], np.ndarray], x0: np.ndarray, v: np.ndarray,
+                 t_max: float, *, delta: float, min_delta: float, noise_factor: float,
+                 max_rounds: int) -> list[LineKinks]:
+    """Finds the kinks of ``query`` on each line ``x0[i] + t v[i]``, ``t`` in ``[-t_max, t_max]``.
+
+    Args:
+        query: the counting oracle (rows in, answers ``(n, k)`` out).
+        x0, v: ``(L, d)`` line origins and unit directions.
+        delta: step for one-sided slopes; shrunk to ``width / 8`` in narrow intervals, never
+            below ``min_delta``.
+        noise_factor: answers are trusted to ``noise_factor * eps * |f|``.
+        max_rounds: bound on the number of batched rounds.
+    """
+    n_lines, d = x0.shape
+
+    def ask(line, t):
+        return query(x0[line] + t[:, None] * v[line])
+
+    lines = np.arange(n_lines)
+    ends = np.array([-t_max, -t_max + delta, t_max - delta, t_max])
+    g = ask(np.repeat(lines, 4), np.tile(ends, n_lines)).reshape(n_lines, 4, -1)
+    # open intervals as parallel arrays
+    line = lines.copy()
+    tl = np.full(n_lines, -t_max)
+    tr = np.full(n_lines, t_max)
+    gl, gr = g[:, 0], g[:, 3]
+    sl = (g[:, 1] - g[:, 0]) / delta
+    sr = (g[:, 3] - g[:, 2]) / delta
+    dl = np.full(n_lines, delta)
+    dr = np.full(n_lines, delta)
+
+    found_line, found_t, found_ok = [], [], []
+    unresolved = np.zeros(n_lines, dtype=int)
+
+    for _ in range(max_rounds):
+        if line.size == 0:
+            break
+        scale = np.maximum(np.abs(gl).max(1), np.abs(gr).max(1))
+        noise = _tolerances(np.maximum(scale, 1e-300), noise_factor)
+        width = tr - tl
+        slope_tol = 4 * noise * (1 / dl + 1 / dr)
+        den = sl - sr
+        lin_err = np.maximum(np.abs(gr - gl - sl * width[:, None]).max(1),
+                             np.abs(gr - gl - sr * width[:, None]).max(1))
+        val_tol = 4 * noise * (1 + width / np.minimum(dl, dr))
+        linear = (np.abs(den).max(1) <= slope_tol) & (lin_err <= val_tol)
+
+        dc = np.minimum(delta, width / 8)
+        tiny = (dc < min_delta) & ~linear
+        if tiny.any():  # below resolution: keep it as an unverified kink
+            found_line.append(line[tiny])
+            found_t.append(0.5 * (tl[tiny] + tr[tiny]))
+            found_ok.append(np.zeros(tiny.sum(), bool))
+        keep = ~linear & ~tiny
+        line, tl, tr, gl, gr, sl, sr, dl, dr, den, dc, noise, slope_tol = (
+            a[keep] for a in (line, tl, tr, gl, gr, sl, sr, dl, dr, den, dc, noise, slope_tol))
+        if line.size == 0:
+            break
+
+        # two-sided linear extrapolation, least squares over the outputs
+        num = (gr - gl) + sl * tl[:, None] - sr * tr[:, None]
+        den2 = (den * den).sum(1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t_star = (num * den).sum(1) / den2
+        extrap = (np.sqrt(den2) > slope_tol) & np.isfinite(t_star)
+        extrap &= (t_star > tl + 2 * dc) & (t_star < tr - 2 * dc)
+        t_star = np.where(extrap, t_star, 0.5 * (tl + tr))
+
+        pts = np.stack([t_star - dc, t_star, t_star + dc], 1)
+        gq = ask(np.repeat(line, 3), pts.ravel()).reshape(line.size, 3, -1)
+        gm, gs, gp = gq[:, 0], gq[:, 1], gq[:, 2]
+        ls = (gs - gm) / dc[:, None]
+        rs = (gp - gs) / dc[:, None]
+
+        tol_l = 4 * noise * (1 / dc + 1 / dl)
+        tol_r = 4 * noise * (1 / dc + 1 / dr)
+        on_left = np.abs(gs - gl - sl * (t_star - tl)[:, None]).max(1) \
+            <= 4 * noise * (1 + (t_star - tl) / dl)
+        on_right = np.abs(gs - gr - sr * (t_star - tr)[:, None]).max(1) \
+            <= 4 * noise * (1 + (tr - t_star) / dr)
+        ok = (extrap & on_left & on_right
+              & (np.abs(ls - sl).max(1) <= tol_l) & (np.abs(rs - sr).max(1) <= tol_r))
+        if ok.any():
+            found_line.append(line[ok])
+            found_t.append(t_star[ok])
+            found_ok.append(np.ones(ok.sum(), bool))
+        s = ~ok
+        # A kink within dc of t* makes one of ls, rs a secant across it: such a slope must never
+        # become an interval's end slope. Measure clean slopes one step further out instead and
+        # cut out the micro-interval [t* - dc, t* + dc] that holds the kink.
+        mixed = s & (np.abs(ls - rs).max(1) > 4 * noise * 2 / dc)
+        plain = s & ~mixed
+        parts = [
+            # plain split at t*: left child [tl, t*], right child [t*, tr]
+            (line[plain], tl[plain], t_star[plain], gl[plain], gs[plain], sl[plain], ls[plain],
+             dl[plain], dc[plain]),
+            (line[plain], t_star[plain], tr[plain], gs[plain], gr[plain], rs[plain], sr[plain],
+             dc[plain], dr[plain]),
+        ]
+        if mixed.any():
+            lm, tm, dm = line[mixed], t_star[mixed], dc[mixed]
+            gx = ask(np.repeat(lm, 2), np.stack([tm - 2 * dm, tm + 2 * dm], 1).ravel())
+            gx = gx.reshape(lm.size, 2, -1)
+            s_left = (gm[mixed] - gx[:, 0]) / dm[:, None]
+            s_right = (gx[:, 1] - gp[mixed]) / dm[:, None]
+            parts += [
+                (lm, tl[mixed], tm - dm, gl[mixed], gm[mixed], sl[mixed], s_left, dl[mixed], dm),
+                (lm, tm - dm, tm + dm, gm[mixed], gp[mixed], s_left, s_right, dm, dm),
+                (lm, tm + dm, tr[mixed], gp[mixed], gr[mixed], s_right, sr[mixed], dm, dr[mixed]),
+            ]
+        line, tl, tr, gl, gr, sl, sr, dl, dr = (np.concatenate(cols) for cols in zip(*parts))
+    else:
+        np.add.at(unresolved, line, 1)
+
+    all_line = np.concatenate(found_line) if found_line else np.zeros(0, int)
+    all_t = np.concatenate(found_t) if found_t else np.zeros(0)
+    all_ok = np.concatenate(found_ok) if found_ok else np.zeros(0, bool)
+    out = []
+    for i in range(n_lines):
+        sel = all_line == i
+        t, okv = all_t[sel], all_ok[sel]
+        order = np.argsort(t)
+        t, okv = t[order], okv[order]
+        if t.size > 1:  # merge duplicates closer than the resolution
+            keep = np.concatenate([[True], np.diff(t) > 2 * min_delta])
+            t, okv = t[keep], okv[keep]
+        out.append(LineKinks(x0=x0[i], v=v[i], t_max=t_max, t=t, verified=okv,
+                             unresolved=int(unresolved[i])))
+    return out

@@ -1,0 +1,132 @@
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+import fidelity as F
+from fidelity.victims import demo_victim, digits_784
+
+
+def _check(victim, result, *, param_tol=1e-9, rel_tol=1e-9, samples=20_000):
+    assert result.status == "ok"
+    rep = F.evaluate(victim, result.network, num_samples=samples)
+    assert rep.missing == 0 and rep.extra == 0, rep
+    assert rep.fidelity == 1.0
+    assert rep.max_rel_error <= rel_tol, rep
+    assert rep.param_error <= param_tol, rep
+    return rep
+
+
+@pytest.mark.parametrize("sizes,seed", [([10, 8, 1], 0), ([10, 8, 1], 1), ([64, 16, 10], 0),
+                                        ([64, 16, 10], 3), ([784, 32, 1], 0)])
+def test_exact_recovery_random_victims(sizes, seed):
+    victim = F.ReLUNetwork.random(seed, sizes)
+    oracle = F.Oracle(victim)
+    result = F.extract(oracle, seed=seed)
+    assert result.hidden_size == sizes[1]
+    assert result.queries == oracle.queries
+    assert result.queries == sum(result.stage_queries.values())
+    _check(victim, result)
+    if sizes[0] == 784:
+        assert result.queries <= 1.3 * victim.num_params
+
+
+def test_embedded_digits_victim():
+    victim = demo_victim()
+    oracle = F.Oracle(victim)
+    result = F.extract(oracle, seed=0)
+    _check(victim, result)
+    assert result.queries <= 1.3 * victim.num_params
+    images = digits_784()
+    assert images is not None
+    rep = F.evaluate(victim, result.network, inputs=images)
+    assert rep.fidelity == 1.0 and rep.max_rel_error <= 1e-9
+
+
+def test_same_seed_same_queries():
+    victim = F.ReLUNetwork.random(5, [30, 7, 3])
+    a = F.extract(F.Oracle(victim), seed=11)
+    b = F.extract(F.Oracle(victim), seed=11)
+    assert a.queries == b.queries
+    np.testing.assert_array_equal(a.network.weights[0], b.network.weights[0])
+
+
+def test_callable_victim_one_output_flat_answers():
+    net = F.ReLUNetwork.random(2, [12, 5, 1])
+    oracle = F.Oracle(lambda x: net(x)[:, 0], input_dim=12)
+    result = F.extract(oracle)
+    _check(net, result)
+
+
+def test_budget_stop_returns_partial_result():
+    victim = F.ReLUNetwork.random(0, [64, 16, 10])
+    oracle = F.Oracle(victim, budget=600)
+    with pytest.raises(F.QueryBudgetExceeded) as info:
+        F.extract(oracle)
+    partial = info.value.result
+    assert partial is not None and partial.status == "partial"
+    assert oracle.queries <= 600 and partial.queries == oracle.queries
+    assert 0 < partial.hidden_size < 16
+
+
+def test_nan_answers_raise_oracle_error():
+    net = F.ReLUNetwork.random(0, [8, 4, 2])
+    calls = {"n": 0}
+
+    def flaky(x):
+        calls["n"] += 1
+        y = net(x)
+        if calls["n"] > 3:
+            y[0, 0] = np.nan
+        return y
+
+    with pytest.raises(F.OracleError):
+        F.extract(F.Oracle(flaky, input_dim=8))
+
+
+def test_one_hidden_unit_and_none():
+    one = F.ReLUNetwork([np.ones((1, 5)), np.array([[2.0], [-1.0]])],
+                        [np.array([0.3]), np.array([0.1, 0.2])])
+    result = F.extract(F.Oracle(one))
+    _check(one, result)
+    assert result.hidden_size == 1
+    none = F.ReLUNetwork([np.zeros((0, 5)), np.zeros((2, 0))], [np.zeros(0), np.array([1.0, 2.0])])
+    result = F.extract(F.Oracle(none))
+    assert result.status == "ok" and result.hidden_size == 0
+    np.testing.assert_allclose(result.network(np.ones((3, 5))), [[1.0, 2.0]] * 3)
+
+
+def test_duplicate_units_are_merged_into_an_equivalent_network():
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(4, 10))
+    w[1] = 2.0 * w[0]            # same hyperplane, same orientation
+    b = rng.normal(size=4)
+    b[1] = 2.0 * b[0]
+    net = F.ReLUNetwork([w, rng.normal(size=(3, 4))], [b, rng.normal(size=3)])
+    result = F.extract(F.Oracle(net))
+    assert result.hidden_size == 3
+    rep = F.evaluate(net, result.network, num_samples=20_000)
+    assert rep.fidelity == 1.0 and rep.max_rel_error <= 1e-9
+
+
+def test_expansive_layer_is_refused():
+    net = F.ReLUNetwork.random(0, [2, 6, 1])
+    with pytest.raises((F.UnsupportedArchitecture, F.ExtractionError)):
+        F.extract(F.Oracle(net))
+
+
+def test_unknown_option_is_an_error():
+    with pytest.raises(TypeError):
+        F.extract(F.Oracle(F.ReLUNetwork.random(0, [3, 2, 1])), not_an_option=1)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 10_000), d=st.integers(3, 24), h=st.integers(1, 12),
+       k=st.integers(1, 4))
+def test_property_random_small_networks(seed, d, h, k):
+    h = min(h, d)
+    victim = F.ReLUNetwork.random(seed, [d, h, k])
+    result = F.extract(F.Oracle(victim), seed=seed)
+    rep = F.evaluate(victim, result.network, num_samples=5_000)
+    assert rep.fidelity == 1.0
+    assert rep.max_rel_error <= 1e-8
+    assert rep.missing == 0 and rep.extra == 0

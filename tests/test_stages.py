@@ -1,0 +1,86 @@
+import numpy as np
+import pytest
+
+import fidelity as F
+from fidelity import recover, refine, search, solve
+
+
+def _true_kinks(net, x0, v, t_max):
+    w, b = net.weights[0], net.biases[0]
+    t = -(w @ x0 + b) / (w @ v)
+    return np.sort(t[np.abs(t) < t_max])
+
+
+@pytest.mark.parametrize("sizes,seed", [([10, 8, 1], 0), ([784, 128, 10], 1), ([64, 16, 10], 2)])
+def test_search_finds_every_kink(sizes, seed):
+    net = F.ReLUNetwork.random(seed, sizes)
+    oracle = F.Oracle(net)
+    rng = np.random.default_rng(seed)
+    d = sizes[0]
+    x0 = rng.normal(size=(2, d))
+    v = rng.normal(size=(2, d))
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    t_max = 100 * np.sqrt(d)
+    lines = search.search_lines(oracle, x0, v, t_max, delta=1e-6 * t_max,
+                                min_delta=1e-12 * t_max, noise_factor=256, max_rounds=200)
+    for i, line in enumerate(lines):
+        truth = _true_kinks(net, x0[i], v[i], t_max)
+        assert line.t.size == truth.size
+        assert line.verified.all()
+        assert np.abs(line.t - truth).max() < 1e-6 * t_max
+    # the search costs a few queries per kink, not a gradient's worth
+    assert oracle.queries < 12 * sum(line.t.size for line in lines) + 8
+
+
+def test_region_gradients_and_jumps_are_exact():
+    net = F.ReLUNetwork.random(4, [20, 6, 3])
+    oracle = F.Oracle(net)
+    rng = np.random.default_rng(0)
+    x0, v = rng.normal(size=20), rng.normal(size=20)
+    v /= np.linalg.norm(v)
+    t_max = 100 * np.sqrt(20)
+    kinks = _true_kinks(net, x0, v, t_max)
+    lo, hi, mid, step = recover.plan_regions(kinks, t_max, 0.02, 1.0)
+    regions, complete = recover.measure_regions(oracle, x0, v, 0, lo, hi, mid, step,
+                                                remaining=None)
+    assert complete and oracle.queries == mid.size * 21
+    w, b, a = net.weights[0], net.biases[0], net.weights[1]
+    m = (regions.base @ w.T + b) > 0
+    grad = np.einsum("kh,rh,hd->rkd", a, m, w)
+    # probes that cross another hyperplane corrupt their entry; the true network's crossing
+    # correction must remove exactly that, leaving exact gradients everywhere
+    aff = regions.affine(refine.crossing_correction(regions, w, b, a))
+    np.testing.assert_allclose(aff[:, :, :-1], grad, atol=1e-9)
+    jumps = recover.jumps_to_rows(aff[:-1], aff[1:], v, 0, kinks, np.full(kinks.size, 1e-12))
+    truth = np.concatenate([w, b[:, None]], 1) / np.linalg.norm(w, axis=1)[:, None]
+    for j in jumps:
+        assert np.abs(truth @ j.row).max() / np.linalg.norm(j.row) == pytest.approx(
+            np.linalg.norm(truth[np.argmax(np.abs(truth @ j.row))]), rel=1e-9)
+
+
+def test_signs_are_resolved_from_the_affine_term():
+    rng = np.random.default_rng(0)
+    rows = rng.normal(size=(5, 9))
+    rows /= np.linalg.norm(rows[:, :-1], axis=1)[:, None]
+    coef = rng.normal(size=(5, 2))
+    flipped = np.array([True, False, True, False, False])
+    lin = -(coef[flipped, :, None] * rows[flipped, None, :]).sum(0)
+    signs = solve.resolve_signs(rows, coef, lin)
+    np.testing.assert_array_equal(signs.flip, flipped)
+    assert not signs.split.any()
+
+
+def test_signs_refuse_unidentifiable_layers():
+    rng = np.random.default_rng(0)
+    rows = rng.normal(size=(6, 4))  # six units, d = 3, k = 1: 3 equations for 6 signs
+    with pytest.raises(F.UnsupportedArchitecture):
+        solve.resolve_signs(rows, rng.normal(size=(6, 1)), np.zeros((1, 4)))
+
+
+def test_crossing_correction_is_zero_inside_regions():
+    net = F.ReLUNetwork.random(0, [5, 3, 2])
+    regions = recover.Regions(base=np.zeros((1, 5)) + 10.0, step=np.array([1e-9]),
+                              f_base=np.zeros((1, 2)), f_probe=np.zeros((1, 5, 2)),
+                              line=np.zeros(1, int), t_lo=np.zeros(1), t_hi=np.ones(1))
+    corr = refine.crossing_correction(regions, net.weights[0], net.biases[0], net.weights[1])
+    np.testing.assert_array_equal(corr, 0.0)
