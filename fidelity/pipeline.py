@@ -33,6 +33,9 @@ class ExtractConfig:
         max_rounds: bound on batched search rounds per line.
         step_frac: gradient step as a fraction of the region's half-width.
         step_max: cap on the gradient step (in units of ``input_scale``).
+        remeasure_rounds: bound on re-measuring a region whose gradient disagrees with the
+            slope along the line found by the search.
+        remeasure_shrink: step reduction for such a region.
         refine_iters: bound on crossing-correction passes (no queries).
         refine_stop: stop refining when no normalised row moves more than this.
         max_lines: bound on lines (the first included).
@@ -49,12 +52,14 @@ class ExtractConfig:
     max_rounds: int = 200
     step_frac: float = 0.02
     step_max: float = 1.0
+    remeasure_rounds: int = 3
+    remeasure_shrink: float = 16.0
     refine_iters: int = 12
     refine_stop: float = 1e-14
     max_lines: int = 12
     check_points: int = 16
     patience: int = 2
-    check_tol: float = 1e-8
+    check_tol: float = 1e-7
     sign_tol: float = 1e-3
 
 
@@ -153,17 +158,35 @@ class _Run:
                               "unresolved after max_rounds")
         return res
 
-    def measure(self, x0, v, kinks_t, wanted_kinks=None):
-        """Measures regions on a line; ``wanted_kinks`` limits it to regions next to those."""
+    def measure(self, x0, v, kinks: search.LineKinks, wanted_kinks=None):
+        """Measures regions on a line; ``wanted_kinks`` limits it to regions next to those.
+
+        Each region's gradient must reproduce the slope along the line that the search
+        measured for free; a region that does not (a coordinate probe crossed a hyperplane
+        lying close to the line) is measured again with a step ``remeasure_shrink`` times
+        smaller, at most ``remeasure_rounds`` times.
+        """
+        kinks_t = kinks.t
         lo, hi, mid, step = recover.plan_regions(kinks_t, self.t_max, self.cfg.step_frac,
                                                  self.cfg.step_max * self.cfg.input_scale)
         idx = np.arange(lo.size)
         if wanted_kinks is not None:
             idx = np.unique(np.concatenate([wanted_kinks, wanted_kinks + 1]))
         line = self.lines - 1
+        query = self.query("gradients")
         regions, complete = recover.measure_regions(
-            self.query("gradients"), x0, v, line, lo[idx], hi[idx], mid[idx], step[idx],
+            query, x0, v, line, lo[idx], hi[idx], mid[idx], step[idx],
             remaining=self.oracle.remaining)
+        for _ in range(self.cfg.remeasure_rounds):
+            bad = self._slope_mismatch(regions, v, kinks.slopes[idx[:regions.size]])
+            if not bad.any() or not complete:
+                break
+            sel = np.flatnonzero(bad)
+            again, complete = recover.measure_regions(
+                query, x0, v, line, regions.t_lo[sel], regions.t_hi[sel],
+                0.5 * (regions.t_lo[sel] + regions.t_hi[sel]),
+                regions.step[sel] / self.cfg.remeasure_shrink, remaining=self.oracle.remaining)
+            regions = regions.replace(sel[:again.size], again)
         self.regions.append(regions)
         aff = regions.affine()
         noise = self.cfg.noise_factor * search.EPS * np.abs(regions.f_probe).max((1, 2)) \
@@ -184,6 +207,14 @@ class _Run:
         if not complete:
             raise QueryBudgetExceeded(
                 f"budget of {self.oracle.budget} rows ran out while measuring gradients")
+
+    def _slope_mismatch(self, regions: recover.Regions, v, slopes) -> np.ndarray:
+        g = regions.affine()[:, :, :-1] @ v                      # (R, k)
+        scale = np.maximum(np.abs(regions.f_base).max(1), np.abs(regions.f_probe).max((1, 2)))
+        noise = self.cfg.noise_factor * search.EPS * scale
+        tol = noise * (4 * np.sqrt(self.d) / regions.step + 8 / self.delta)
+        err = np.abs(g - slopes).max(1)
+        return np.where(np.isnan(err), False, err > tol)
 
     def fit(self):
         """Unsigned least squares over every region, signs, output layer, refinement."""
@@ -261,7 +292,7 @@ class _Run:
                               f"(relative {self.check_error:.2e}) but no new kink was found")
             return False
         before = len(self.jumps)
-        self.measure(x0, v, res.t, np.array(new))
+        self.measure(x0, v, res, np.array(new))
         return len(self.jumps) > before
 
     def result(self, status: str, t0: float) -> Extraction:
@@ -325,7 +356,7 @@ def extract(oracle: Oracle, *, seed: int = 0, throw: bool = True,
             x0, v = run.new_line()
             kinks = run.search(x0, v)
             run.report(stage="search", kinks=int(kinks.t.size))
-            run.measure(x0, v, kinks.t)
+            run.measure(x0, v, kinks)
             run.fit()
             run.report(stage="fit")
             clean = 0

@@ -53,6 +53,15 @@ class Regions:
         scale = np.maximum(np.abs(self.f_base).max(1), np.abs(self.f_probe).max((1, 2)))
         return self.step / np.maximum(scale, 1e-300)
 
+    def replace(self, sel: np.ndarray, other: "Regions") -> "Regions":
+        """A copy with regions ``sel`` replaced by ``other`` (same order)."""
+        fields = {}
+        for f in Regions.__dataclass_fields__:
+            arr = getattr(self, f).copy()
+            arr[sel] = getattr(other, f)
+            fields[f] = arr
+        return Regions(**fields)
+
     @staticmethod
     def concat(parts: list["Regions"]) -> "Regions":
         return Regions(*(np.concatenate([getattr(p, f) for p in parts])
@@ -81,6 +90,7 @@ def measure_regions(query: Callable[[np.ndarray], np.ndarray], x0: np.ndarray, v
     else:
         n_ok = n
     base = x0[None, :] + mid[:n_ok, None] * v[None, :]
+    step = step[:n_ok]
     f_base, f_probe = [], []
     chunk = max(1, chunk_rows // per)
     eye = np.eye(d)
@@ -93,7 +103,7 @@ def measure_regions(query: Callable[[np.ndarray], np.ndarray], x0: np.ndarray, v
         f_probe.append(y[:, 1:])
     k = f_base[0].shape[1] if f_base else 0
     regions = Regions(
-        base=base, step=step[:n_ok].copy(),
+        base=base, step=step.copy(),
         f_base=np.concatenate(f_base) if f_base else np.zeros((0, k)),
         f_probe=np.concatenate(f_probe) if f_probe else np.zeros((0, d, k)),
         line=np.full(n_ok, line_idx), t_lo=lo[:n_ok].copy(), t_hi=hi[:n_ok].copy())

@@ -31,6 +31,7 @@ class LineKinks:
     t: np.ndarray
     verified: np.ndarray
     unresolved: int  # intervals given up (round bound or resolution) that still held a kink
+    slopes: np.ndarray  # (m + 1, k) slope along v of each linear piece (NaN where unknown)
 
 
 def _tolerances(scale, noise_factor):
@@ -68,7 +69,8 @@ def search_lines(query: Callable[[np.ndarray], np.ndarray], x0: np.ndarray, v: n
     dl = np.full(n_lines, delta)
     dr = np.full(n_lines, delta)
 
-    found_line, found_t, found_ok = [], [], []
+    found_line, found_t, found_ok, found_sl, found_sr = [], [], [], [], []
+    first_slope, last_slope = sl.copy(), sr.copy()
     unresolved = np.zeros(n_lines, dtype=int)
 
     for _ in range(max_rounds):
@@ -90,6 +92,8 @@ def search_lines(query: Callable[[np.ndarray], np.ndarray], x0: np.ndarray, v: n
             found_line.append(line[tiny])
             found_t.append(0.5 * (tl[tiny] + tr[tiny]))
             found_ok.append(np.zeros(tiny.sum(), bool))
+            found_sl.append(np.full_like(sl[tiny], np.nan))
+            found_sr.append(np.full_like(sr[tiny], np.nan))
         keep = ~linear & ~tiny
         line, tl, tr, gl, gr, sl, sr, dl, dr, den, dc, noise, slope_tol = (
             a[keep] for a in (line, tl, tr, gl, gr, sl, sr, dl, dr, den, dc, noise, slope_tol))
@@ -123,6 +127,8 @@ def search_lines(query: Callable[[np.ndarray], np.ndarray], x0: np.ndarray, v: n
             found_line.append(line[ok])
             found_t.append(t_star[ok])
             found_ok.append(np.ones(ok.sum(), bool))
+            found_sl.append(sl[ok])
+            found_sr.append(sr[ok])
         s = ~ok
         # A kink within dc of t* makes one of ls, rs a secant across it: such a slope must never
         # become an interval's end slope. Measure clean slopes one step further out instead and
@@ -154,15 +160,22 @@ def search_lines(query: Callable[[np.ndarray], np.ndarray], x0: np.ndarray, v: n
     all_line = np.concatenate(found_line) if found_line else np.zeros(0, int)
     all_t = np.concatenate(found_t) if found_t else np.zeros(0)
     all_ok = np.concatenate(found_ok) if found_ok else np.zeros(0, bool)
+    k = first_slope.shape[1]
+    all_sl = np.concatenate(found_sl) if found_sl else np.zeros((0, k))
+    all_sr = np.concatenate(found_sr) if found_sr else np.zeros((0, k))
     out = []
     for i in range(n_lines):
         sel = all_line == i
-        t, okv = all_t[sel], all_ok[sel]
-        order = np.argsort(t)
-        t, okv = t[order], okv[order]
+        order = np.argsort(all_t[sel])
+        t, okv = all_t[sel][order], all_ok[sel][order]
+        ksl, ksr = all_sl[sel][order], all_sr[sel][order]
         if t.size > 1:  # merge duplicates closer than the resolution
             keep = np.concatenate([[True], np.diff(t) > 2 * min_delta])
-            t, okv = t[keep], okv[keep]
+            t, okv, ksl, ksr = t[keep], okv[keep], ksl[keep], ksr[keep]
+        # slope of each piece: right of kink j-1 and left of kink j must agree; keep the first
+        slopes = np.concatenate([first_slope[i][None], ksr]) if t.size else first_slope[i][None]
+        if t.size:
+            slopes[0] = np.where(np.isnan(ksl[0]), np.nan, slopes[0])
         out.append(LineKinks(x0=x0[i], v=v[i], t_max=t_max, t=t, verified=okv,
-                             unresolved=int(unresolved[i])))
+                             unresolved=int(unresolved[i]), slopes=slopes))
     return out
