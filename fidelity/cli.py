@@ -11,7 +11,7 @@ import numpy as np
 
 
 def _demo(args) -> int:
-    from . import Oracle, ReLUNetwork, evaluate, extract
+    from . import Oracle, evaluate, extract
     from .victims import demo_victim, digits_784
 
     victim = demo_victim()

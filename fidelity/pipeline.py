@@ -280,8 +280,7 @@ class _Run:
     def extend(self, x0, v):
         """A check line disagreed: search it and add units whose kinks are new."""
         res = self.search(x0, v)
-        rows = self.network.weights[0], self.network.biases[0]
-        w, b = rows
+        w, b = self.network.weights[0], self.network.biases[0]
         with np.errstate(divide="ignore", invalid="ignore"):
             pred = -(w @ x0 + b) / (w @ v)
         tol = max(1e-7 * self.t_max, 8 * self.delta)
@@ -374,9 +373,8 @@ def extract(oracle: Oracle, *, seed: int = 0, throw: bool = True,
                     run.fit()
                 run.report(stage="extend")
         except QueryBudgetExceeded as exc:
-            if run.regions and run.network is None or len(run.jumps) != (
-                    0 if run.network is None else len(run.rows)):
-                try:
+            if run.jumps and (run.network is None or len(run.rows) != len(run.jumps)):
+                try:  # fit what was measured before the budget ran out
                     run.fit()
                 except FidelityError:
                     pass
