@@ -210,8 +210,7 @@ class _Run:
 
     def _slope_mismatch(self, regions: recover.Regions, v, slopes) -> np.ndarray:
         g = regions.affine()[:, :, :-1] @ v                      # (R, k)
-        scale = np.maximum(np.abs(regions.f_base).max(1), np.abs(regions.f_probe).max((1, 2)))
-        noise = self.cfg.noise_factor * search.EPS * scale
+        noise = self.cfg.noise_factor * search.EPS * regions.scale()
         tol = noise * (4 * np.sqrt(self.d) / regions.step + 8 / self.delta)
         err = np.abs(g - slopes).max(1)
         return np.where(np.isnan(err), False, err > tol)

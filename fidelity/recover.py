@@ -48,10 +48,13 @@ class Regions:
         e = self.f_base - np.einsum("rkd,rd->rk", g, self.base)
         return np.concatenate([g, e[:, :, None]], axis=2)
 
+    def scale(self) -> np.ndarray:
+        """``(R,)`` largest answer magnitude per region (sets its rounding-noise level)."""
+        return np.maximum(np.abs(self.f_base).max(1), np.abs(self.f_probe).max((1, 2)))
+
     def weights(self) -> np.ndarray:
         """Least-squares weight per region: inverse of its rounding-noise level."""
-        scale = np.maximum(np.abs(self.f_base).max(1), np.abs(self.f_probe).max((1, 2)))
-        return self.step / np.maximum(scale, 1e-300)
+        return self.step / np.maximum(self.scale(), 1e-300)
 
     def replace(self, sel: np.ndarray, other: "Regions") -> "Regions":
         """A copy with regions ``sel`` replaced by ``other`` (same order)."""

@@ -70,7 +70,7 @@ def search_lines(query: Callable[[np.ndarray], np.ndarray], x0: np.ndarray, v: n
     dr = np.full(n_lines, delta)
 
     found_line, found_t, found_ok, found_sl, found_sr = [], [], [], [], []
-    first_slope, last_slope = sl.copy(), sr.copy()
+    first_slope = sl.copy()
     unresolved = np.zeros(n_lines, dtype=int)
 
     for _ in range(max_rounds):
@@ -173,7 +173,7 @@ def search_lines(query: Callable[[np.ndarray], np.ndarray], x0: np.ndarray, v: n
             keep = np.concatenate([[True], np.diff(t) > 2 * min_delta])
             t, okv, ksl, ksr = t[keep], okv[keep], ksl[keep], ksr[keep]
         # slope of each piece: right of kink j-1 and left of kink j must agree; keep the first
-        slopes = np.concatenate([first_slope[i][None], ksr]) if t.size else first_slope[i][None]
+        slopes = np.concatenate([first_slope[i][None], ksr])
         if t.size:
             slopes[0] = np.where(np.isnan(ksl[0]), np.nan, slopes[0])
         out.append(LineKinks(x0=x0[i], v=v[i], t_max=t_max, t=t, verified=okv,
