@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable, Optional, Union
 
 import numpy as np
 
 from .errors import OracleError, QueryBudgetExceeded
+from .journal import DEFAULT_CHUNK_ROWS, Journal
 from .network import ReLUNetwork
 
 Victim = Union[ReLUNetwork, Callable[[np.ndarray], np.ndarray]]
+
+
+LABEL_ONLY_MESSAGE = (
+    "the victim answers class labels only; direct recovery needs real-valued scores (logits or "
+    "probabilities) to see the kinks of the network. Use learning-based extraction "
+    "(fidelity.learn) for a label-only victim instead")
 
 
 class Oracle:
@@ -20,8 +28,20 @@ class Oracle:
             ``(n, k)`` (``(n,)`` is accepted when ``k == 1``).
         input_dim: ``d``; required unless the victim is a ReLUNetwork.
         output_dim: ``k``; discovered from the first answer when not given.
-        budget: the most rows the oracle will ever send; a batch that would pass it is refused
-            with :class:`QueryBudgetExceeded` before anything is sent.
+        budget: the most rows the engine may use (answered or replayed); a batch that would pass
+            it is refused with :class:`QueryBudgetExceeded` before anything is sent.
+        chunk_size: the victim is asked at most this many rows at a time (``None``: whole
+            batches). A batch is cut into near-equal chunks, so that no chunk is a lone row.
+        journal: a path or :class:`~fidelity.journal.Journal`; see :meth:`attach_journal`.
+        progress: optional callback, called after each answered chunk with a dict
+            ``queries, paid, replayed, budget``.
+
+    Attributes:
+        queries: rows the engine used, whether paid or replayed from the journal; the budget
+            applies to this count, so a resumed run makes exactly the same decisions.
+        paid: rows the victim answered through this oracle (what it charges for).
+        replayed: rows answered from the journal instead.
+        label_only: the victim is known to answer class labels only (see :meth:`require_scores`).
 
     Example:
         >>> oracle = Oracle(ReLUNetwork.random(0, [3, 2, 1]), budget=10)
@@ -30,7 +50,9 @@ class Oracle:
     """
 
     def __init__(self, victim: Victim, input_dim: Optional[int] = None,
-                 output_dim: Optional[int] = None, budget: Optional[int] = None):
+                 output_dim: Optional[int] = None, budget: Optional[int] = None, *,
+                 chunk_size: Optional[int] = None, journal=None,
+                 progress: Optional[Callable[[dict], None]] = None):
         if not callable(victim):
             raise TypeError("victim must be a ReLUNetwork or a callable (n, d) -> (n, k)")
         if isinstance(victim, ReLUNetwork):
@@ -42,16 +64,61 @@ class Oracle:
             raise ValueError("input_dim must be given (a positive int) for a callable victim")
         if budget is not None and int(budget) < 0:
             raise ValueError("budget must be a non-negative number of rows")
+        if chunk_size is not None and int(chunk_size) < 1:
+            raise ValueError("chunk_size must be a positive number of rows")
         self._victim = victim
         self.input_dim = int(input_dim)
         self.output_dim = None if output_dim is None else int(output_dim)
         self.budget = None if budget is None else int(budget)
+        self.chunk_size = None if chunk_size is None else int(chunk_size)
+        self.progress = progress
         self.queries = 0
+        self.paid = 0
+        self.replayed = 0
+        self.label_only = False
+        self.journal: Optional[Journal] = None
+        if journal is not None:
+            self.attach_journal(journal)
 
     @property
     def remaining(self) -> Optional[int]:
         """Rows left in the budget (``None`` when unlimited)."""
         return None if self.budget is None else self.budget - self.queries
+
+    def attach_journal(self, journal) -> Journal:
+        """Journals every answered chunk from now on and replays what the file already holds.
+
+        Args:
+            journal: a path (opened, or created with ``chunk_size`` rows per record, 256 when
+                the oracle has none) or an open :class:`~fidelity.journal.Journal`.
+
+        An existing journal keeps its own chunk size, which the oracle adopts so that the rerun
+        cuts its batches exactly as the recorded run did.
+        """
+        if self.journal is not None:
+            if not isinstance(journal, Journal) and Path(journal) == self.journal.path:
+                return self.journal
+            raise ValueError(f"this oracle already journals to {self.journal.path}")
+        if not isinstance(journal, Journal):
+            journal = Journal(journal, self.input_dim,
+                              chunk_rows=self.chunk_size or DEFAULT_CHUNK_ROWS)
+        elif journal.input_dim != self.input_dim:
+            raise ValueError(f"the journal has {journal.input_dim} inputs, the oracle "
+                             f"{self.input_dim}")
+        self.journal = journal
+        self.chunk_size = journal.chunk_rows
+        return journal
+
+    def require_scores(self) -> None:
+        """Raises :class:`OracleError` when the victim answers labels only."""
+        if self.label_only:
+            raise OracleError(LABEL_ONLY_MESSAGE)
+
+    def _chunks(self, x: np.ndarray) -> list[np.ndarray]:
+        n = x.shape[0]
+        if self.chunk_size is None or n <= self.chunk_size:
+            return [x]
+        return np.array_split(x, -(-n // self.chunk_size))
 
     def __call__(self, x) -> np.ndarray:
         x = np.asarray(x, dtype=np.float64)
@@ -64,14 +131,38 @@ class Oracle:
                 f"({self.queries} spent)")
         if n == 0:
             return np.zeros((0, self.output_dim or 0))
-        self.queries += n
+        out = []
+        for chunk in self._chunks(x):
+            self.queries += chunk.shape[0]
+            y = None if self.journal is None else self.journal.replay(chunk)
+            if y is not None:
+                m = y.shape[0]
+                self.replayed += m
+                out.append(self._validate(y, m))
+                chunk = chunk[m:]      # the journal ended inside this chunk: pay for the rest
+            if chunk.shape[0]:
+                try:
+                    y = self._ask(chunk)
+                except QueryBudgetExceeded:     # refused by the victim's side: not answered
+                    self.queries -= chunk.shape[0]
+                    raise
+                self.paid += chunk.shape[0]
+                if self.journal is not None:
+                    self.journal.append(chunk, y)   # durable before the engine sees it
+                out.append(y)
+            if self.progress is not None:
+                self.progress(dict(queries=self.queries, paid=self.paid,
+                                   replayed=self.replayed, budget=self.budget))
+        return out[0] if len(out) == 1 else np.concatenate(out)
+
+    def _ask(self, x: np.ndarray) -> np.ndarray:
         try:
             y = self._victim(x)
         except (OracleError, QueryBudgetExceeded):
             raise
         except Exception as exc:  # a victim failing is an oracle failure, said plainly
             raise OracleError(f"the victim raised {type(exc).__name__}: {exc}") from exc
-        return self._validate(y, n)
+        return self._validate(y, x.shape[0])
 
     def _validate(self, y, n: int) -> np.ndarray:
         try:

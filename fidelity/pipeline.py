@@ -43,6 +43,14 @@ class ExtractConfig:
         patience: consecutive clean check lines needed to stop.
         check_tol: relative tolerance of those comparisons.
         sign_tol: ``|rho - round(rho)|`` below which a row's sign is decided.
+        crossing_rel_error: assumed relative error of the rows used for crossing corrections
+            (weights regions by how many large crossings their probes make).
+        polish_tol: estimated standard error of a normalised row above which the unit is
+            measured again next to its own hyperplane once the network is verified.
+        polish_frac: those measurements spend at most this fraction of the queries so far.
+        polish_radius: spread (in units of ``input_scale``) of the random points projected
+            onto a hyperplane to place them.
+        polish_tries: candidate points per unit; the one farthest from other hyperplanes wins.
     """
 
     line_length: Optional[float] = None
@@ -59,8 +67,13 @@ class ExtractConfig:
     max_lines: int = 12
     check_points: int = 16
     patience: int = 2
-    check_tol: float = 1e-7
+    check_tol: float = 1e-8
     sign_tol: float = 1e-3
+    crossing_rel_error: float = 1e-10
+    polish_tol: float = 3e-11
+    polish_frac: float = 0.1
+    polish_radius: float = 0.1
+    polish_tries: int = 8
 
 
 @dataclass(frozen=True)
@@ -74,6 +87,9 @@ class NeuronInfo:
     row_change: float       # change of its normalised row in the last refinement pass
     fit_residual: float     # weighted residual of the regions it is active in
     out_weight: float       # max |A2[:, i]| * |w_i| (its size as seen at the outputs)
+    error_estimate: float   # LS standard error of its normalised row and output weights
+                            # (statistical only: crossing terms can leave 100x more)
+    anchored: bool          # its bias comes from a kink located near the origin
 
 
 @dataclass(frozen=True)
@@ -125,6 +141,10 @@ class _Run:
         self.unit_src = np.zeros(0, int)
         self.signs: Optional[solve.Signs] = None
         self.row_change = np.zeros(0)
+        self.sigma: Optional[np.ndarray] = None
+        self.anchors: dict[int, np.ndarray] = {}     # unit -> a point located on its hyperplane
+        self.anchor_x = np.zeros((0, self.d))         # points answered while anchoring
+        self.anchor_y: Optional[np.ndarray] = None
         self.fit_resid = np.zeros(0)
         self.check_error = float("nan")
 
@@ -190,7 +210,7 @@ class _Run:
         self.regions.append(regions)
         aff = regions.affine()
         noise = self.cfg.noise_factor * search.EPS * np.abs(regions.f_probe).max((1, 2)) \
-            / regions.step
+            / regions.step_rms()
         measured = idx[:regions.size]
         pos = {int(r): i for i, r in enumerate(measured)}
         kink_ids = (np.arange(kinks_t.size) if wanted_kinks is None
@@ -211,59 +231,190 @@ class _Run:
     def _slope_mismatch(self, regions: recover.Regions, v, slopes) -> np.ndarray:
         g = regions.affine()[:, :, :-1] @ v                      # (R, k)
         noise = self.cfg.noise_factor * search.EPS * regions.scale()
-        tol = noise * (4 * np.sqrt(self.d) / regions.step + 8 / self.delta)
+        tol = noise * (4 * np.sqrt(self.d) / regions.step_rms() + 8 / self.delta)
         err = np.abs(g - slopes).max(1)
         return np.where(np.isnan(err), False, err > tol)
+
+    def _weights(self, regions: recover.Regions, exposure: Optional[np.ndarray]) -> np.ndarray:
+        """Inverse noise per region: rounding of the answers, plus the crossing terms' error."""
+        noise = 2 * search.EPS / regions.weights()
+        if exposure is not None:
+            noise = noise + self.cfg.crossing_rel_error * exposure
+        return 1.0 / noise
 
     def fit(self):
         """Unsigned least squares over every region, signs, output layer, refinement."""
         regions = recover.Regions.concat(self.regions)
-        weight = regions.weights()
+        weight = self._weights(regions, None)
+        bias_scale = 1.0 + np.linalg.norm(regions.base, axis=1)
         if not self.jumps:
             self.rows = np.zeros((0, self.d + 1))
             self.coef = np.zeros((0, regions.f_base.shape[1]))
-        elif self.coef is None or self.rows.shape[0] != len(self.jumps):
+        correction = None
+        if self.jumps and (self.coef is None or self.rows.shape[0] != len(self.jumps)):
             self.rows = np.array([j.row for j in self.jumps])
             self.coef = np.array([j.coef for j in self.jumps])
+        elif self.jumps:   # same units as the current model: start from its crossing terms
+            correction, exposure = refine.crossing_correction(
+                regions, self.rows[:, :-1], self.rows[:, -1], self.coef.T)
+            weight = self._weights(regions, exposure)
         unit_line = np.array([j.line for j in self.jumps], int)
         unit_t = np.array([j.t for j in self.jumps])
-        correction = None
         self.row_change = np.full(self.rows.shape[0], np.nan)
         m = np.zeros((regions.size, 0), bool)
         resid = np.zeros(regions.size)
-        aff0 = np.zeros((self.coef.shape[1], self.d + 1))
+        aff0 = regions.affine().mean(0)     # no unit: the victim is affine everywhere
         for it in range(self.cfg.refine_iters + 1):
             if not self.rows.shape[0]:
                 break
             prev = self.rows.copy()
             aff = regions.affine(correction)
             m = recover.masks(self.rows, regions, unit_line, unit_t)
-            self.rows, self.coef, aff0, resid = recover.fit_rows(aff, weight, m, self.coef)
+            self.rows, self.coef, aff0, resid, self.sigma = recover.fit_rows(
+                aff, weight, m, self.coef, bias_scale=bias_scale, iters=1 if it else 3)
+            for i, x in self.anchors.items():   # a located kink pins the bias near the origin
+                self.rows[i, -1] = -self.rows[i, :-1] @ x
             if it:
                 self.row_change = np.abs(self.rows - prev).max(1)
                 if self.row_change.max() <= self.cfg.refine_stop:
                     break
             # the crossing terms are the same in the unsigned model: refine before signs
-            correction = refine.crossing_correction(regions, self.rows[:, :-1], self.rows[:, -1],
-                                                    self.coef.T)
+            correction, exposure = refine.crossing_correction(
+                regions, self.rows[:, :-1], self.rows[:, -1], self.coef.T)
+            weight = self._weights(regions, exposure)
         self.signs = solve.resolve_signs(self.rows, self.coef, aff0, tol=self.cfg.sign_tol)
         w1, self.unit_src = solve.signed_units(self.rows, self.coef, self.signs)
+        self.region_resid = resid
         self.fit_resid = np.array([resid[m[:, i]].max() if m[:, i].any() else 0.0
                                    for i in range(self.rows.shape[0])])
-        x, y = self._fit_points(regions, w1.shape[0])
-        a2, b2, _ = solve.fit_output_layer(w1, x, y)
+        a2, b2 = solve.output_layer(self.rows, self.coef, aff0, self.signs)
+        if self.anchor_y is not None:    # answers near the origin pin the output bias
+            feats = np.maximum(self.anchor_x @ w1[:, :-1].T + w1[:, -1], 0.0)
+            b2 = np.mean(self.anchor_y - feats @ a2.T, axis=0)
         self.network = ReLUNetwork([w1[:, :-1], a2], [w1[:, -1], b2])
 
-    def _fit_points(self, regions: recover.Regions, h: int):
-        n_extra = max(4 * (h + 1), 64)
-        n_reg, d = regions.base.shape
-        rr = self.rng.integers(0, n_reg, n_extra)
-        ii = self.rng.integers(0, d, n_extra)
-        xp = regions.base[rr].copy()
-        xp[np.arange(n_extra), ii] += regions.step[rr]
-        x = np.concatenate([regions.base, xp])
-        y = np.concatenate([regions.f_base, regions.f_probe[rr, ii]])
-        return x, y
+    def polish(self) -> bool:
+        """Measures the least precise units again, on both sides of their own hyperplane.
+
+        A unit's row is only as precise as the regions next to its kink: a kink far out on the
+        line (large answers, and a bias extrapolated back to the origin) or squeezed between
+        others (small steps) leaves it noisy. Each flagged unit (estimated error above
+        ``polish_tol``) gets two regions at ``x* -+ tau n``, with ``x*`` a point of its
+        hyperplane near the origin, ``n`` its normal and ``tau`` half the distance to the
+        nearest other hyperplane along ``n``. Each coordinate probe takes the sign and the
+        largest step (up to ``step_max``) that keeps it inside the region by the now-verified
+        model, so no crossing term is needed. True when anything was measured.
+        """
+        cfg = self.cfg
+        anchored = self._anchor()
+        est = self._unit_error()
+        order = [int(i) for i in np.argsort(-est) if est[i] > cfg.polish_tol]
+        per = 2 * (self.d + 1)
+        allowance = int(cfg.polish_frac * self.oracle.queries)
+        if self.oracle.remaining is not None:
+            allowance = min(allowance, self.oracle.remaining
+                            - cfg.patience * cfg.check_points)
+        order = order[:max(allowance, 0) // per]
+        if not order:
+            return anchored
+        w, b = self.rows[:, :-1], self.rows[:, -1]
+        cap = cfg.step_max * cfg.input_scale
+        base, steps, taus = [], [], []
+        for i in order:
+            best = (-1.0, None, None)
+            for _ in range(cfg.polish_tries):
+                xr = self.rng.normal(size=self.d) * cfg.input_scale * cfg.polish_radius
+                xs = xr - (w[i] @ xr + b[i]) * w[i]
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    along = np.abs((w @ xs + b) / (w @ w[i]))
+                along[i] = np.inf
+                tau = 0.5 * min(np.nanmin(along), cap)
+                pts = np.array([xs - tau * w[i], xs + tau * w[i]])
+                st = np.array([_safe_steps(p, w, b, cap) for p in pts])
+                score = (1.0 / np.sqrt(np.mean(st ** -2.0, axis=1))).min()
+                if score > best[0]:
+                    best = (score, pts, st)
+            base.append(best[1])
+            steps.append(best[2])
+        base = np.concatenate(base)
+        n = base.shape[0]
+        regions, complete = recover.measure_points(
+            self.query("gradients"), base, np.concatenate(steps), np.full(n, -1),
+            np.zeros(n), np.zeros(n), remaining=self.oracle.remaining)
+        self.regions.append(regions)
+        self.notes.append(f"polished {len(order)} units ({regions.size} regions)")
+        if not complete:
+            raise QueryBudgetExceeded(
+                f"budget of {self.oracle.budget} rows ran out while polishing")
+        return True
+
+    def _unit_error(self) -> np.ndarray:
+        """``(h,)`` rough error of each unit's normalised row and coefficients.
+
+        The LS standard errors, and ``crossing_rel_error * step_max / s`` with ``s`` the
+        smallest step of the two regions beside the unit's kink: a kink squeezed next to another
+        leaves a tiny region whose probes cross both, an error the covariance does not see.
+        """
+        h = self.rows.shape[0]
+        if self.sigma is None or h == 0:
+            return np.zeros(h)
+        est = np.maximum(self.sigma[:, 0], self.sigma[:, 2])
+        regions = recover.Regions.concat(self.regions)
+        steps = regions.step_rms()
+        tol = 1e-12 * self.t_max
+        cap = self.cfg.step_max * self.cfg.input_scale
+        for i, j in enumerate(self.jumps[:h]):
+            beside = (regions.line == j.line) & ((np.abs(regions.t_hi - j.t) <= tol)
+                                                 | (np.abs(regions.t_lo - j.t) <= tol))
+            if beside.any():
+                est[i] = max(est[i], self.cfg.crossing_rel_error * cap / steps[beside].min())
+        return est
+
+    def _anchor(self) -> bool:
+        """Locates each unit's kink on a short line along its normal near the origin.
+
+        A bias fitted from regions far out is the row's error extrapolated back to the origin;
+        a kink located near the origin pins it instead. Four answers per unit, two on each side
+        at ``+-tau/2, +-tau`` where the model puts no other hyperplane within ``2 tau``; the two
+        lines meet at the kink to about ``eps |f| / |slope jump|``. Units whose jump is lost in
+        the noise or whose kink lands off the short line keep their fitted bias.
+        """
+        cfg = self.cfg
+        h = self.rows.shape[0]
+        if h == 0 or (self.oracle.remaining is not None and self.oracle.remaining
+                      < 4 * h + cfg.patience * cfg.check_points):
+            return False
+        w, b = self.rows[:, :-1], self.rows[:, -1]
+        centre, taus = np.zeros((h, self.d)), np.zeros(h)
+        for i in range(h):
+            for t in range(cfg.polish_tries):
+                xr = (self.rng.normal(size=self.d) * cfg.input_scale * cfg.polish_radius
+                      if t else np.zeros(self.d))
+                xs = xr - (w[i] @ xr + b[i]) * w[i]
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    along = np.abs((w @ xs + b) / (w @ w[i]))
+                along[i] = np.inf
+                tau = 0.5 * min(np.nanmin(along), cfg.input_scale)
+                if tau > taus[i]:
+                    centre[i], taus[i] = xs, tau
+        offs = np.array([-1.0, -0.5, 0.5, 1.0])
+        pts = centre[:, None, :] + (taus[:, None] * offs)[:, :, None] * w[:, None, :]
+        y = self.query("gradients")(pts.reshape(-1, self.d)).reshape(h, 4, -1)
+        s_left = (y[:, 1] - y[:, 0]) / (0.5 * taus[:, None])
+        s_right = (y[:, 3] - y[:, 2]) / (0.5 * taus[:, None])
+        jump = s_left - s_right                                 # (h, k)
+        rhs = y[:, 2] - y[:, 1] - 0.5 * taus[:, None] * (s_left + s_right)
+        noise = cfg.noise_factor * search.EPS * np.abs(y).max((1, 2)) / np.maximum(taus, 1e-300)
+        ok = (np.abs(jump).max(1) > 64 * noise) & (taus > 0)
+        t_star = np.where(ok, (jump * rhs).sum(1) / np.maximum((jump ** 2).sum(1), 1e-300), 0.0)
+        ok &= np.abs(t_star) < 0.5 * taus
+        self.anchors = {i: centre[i] + t_star[i] * w[i] for i in np.flatnonzero(ok)}
+        self.anchor_x = pts.reshape(-1, self.d)
+        self.anchor_y = y.reshape(4 * h, -1)
+        if (~ok).any():
+            self.notes.append(f"{int((~ok).sum())} units kept their fitted bias (kink not "
+                              "located near the origin)")
+        return True
 
     def check_line(self):
         """Compares answers with the model on a fresh line; True when they agree."""
@@ -297,6 +448,11 @@ class _Run:
         net = self.network
         infos = []
         if net is not None and self.signs is not None:
+            est = np.zeros(self.rows.shape[0])
+            if self.sigma is not None and est.size:   # LS standard errors; the bias is pinned
+                fitted = np.array([i not in self.anchors for i in range(est.size)])
+                est = np.maximum(np.maximum(self.sigma[:, 0], self.sigma[:, 2]),
+                                 np.where(fitted, self.sigma[:, 1], 0.0))
             w, a2 = net.weights[0], net.weights[1]
             for i, src in enumerate(self.unit_src):
                 j = self.jumps[src] if src < len(self.jumps) else None
@@ -306,7 +462,9 @@ class _Run:
                     rho=float(self.signs.rho[src]),
                     row_change=float(self.row_change[src]),
                     fit_residual=float(self.fit_resid[src]),
-                    out_weight=float(np.abs(a2[:, i]).max() * np.linalg.norm(w[i]))))
+                    out_weight=float(np.abs(a2[:, i]).max() * np.linalg.norm(w[i])),
+                    error_estimate=float(est[src]) if src < est.size else float("nan"),
+                    anchored=int(src) in self.anchors))
         return Extraction(
             network=net, queries=self.oracle.queries,
             hidden_size=0 if net is None else net.weights[0].shape[0], status=status,
@@ -315,8 +473,22 @@ class _Run:
             seconds=time.perf_counter() - t0)
 
 
+def _safe_steps(p: np.ndarray, w: np.ndarray, b: np.ndarray, cap: float,
+                frac: float = 0.5) -> np.ndarray:
+    """``(d,)`` signed coordinate steps from ``p`` that cross none of the hyperplanes ``(w, b)``:
+    per coordinate the side with the farther hyperplane, ``frac`` of the way to it, at most
+    ``cap``."""
+    z = w @ p + b
+    with np.errstate(divide="ignore", invalid="ignore"):
+        reach = -z[:, None] / w                              # (h, d): where e_i meets plane m
+    fwd = np.where(reach > 0, reach, np.inf).min(0)
+    back = np.where(reach < 0, -reach, np.inf).min(0)
+    return np.where(fwd >= back, 1.0, -1.0) * np.minimum(frac * np.maximum(fwd, back), cap)
+
+
 def extract(oracle: Oracle, *, seed: int = 0, throw: bool = True,
-            progress: Optional[Callable[[dict], None]] = None, **options) -> Extraction:
+            progress: Optional[Callable[[dict], None]] = None, journal=None,
+            **options) -> Extraction:
     """Recovers a one-hidden-layer ReLU network from query access alone.
 
     Args:
@@ -324,6 +496,9 @@ def extract(oracle: Oracle, *, seed: int = 0, throw: bool = True,
         seed: seeds every random choice (lines, check points); same seed, same queries.
         throw: raise :class:`ExtractionError` when the status is ``'unverified'``.
         progress: optional callback receiving a dict after each stage.
+        journal: optional path of a query journal (see :mod:`fidelity.journal`): every answered
+            chunk is written to it durably before use, and a rerun with the same seed and options
+            replays it without querying, then continues. ``oracle.paid`` counts the rows sent.
         **options: fields of :class:`ExtractConfig`.
 
     Returns:
@@ -332,7 +507,8 @@ def extract(oracle: Oracle, *, seed: int = 0, throw: bool = True,
 
     Raises:
         QueryBudgetExceeded: the budget ran out; ``.result`` is the partial extraction.
-        OracleError: the victim answered NaN/inf or a wrong shape.
+        OracleError: the victim answered NaN/inf or a wrong shape, or answers labels only.
+        JournalError: ``journal`` was written by another run (seed, options or victim).
         UnsupportedArchitecture: the hidden layer cannot be recovered exactly.
 
     Example:
@@ -347,6 +523,9 @@ def extract(oracle: Oracle, *, seed: int = 0, throw: bool = True,
     cfg = ExtractConfig(**options)
     if not isinstance(oracle, Oracle):
         raise TypeError("extract needs a fidelity.Oracle; wrap the victim in Oracle(...)")
+    oracle.require_scores()
+    if journal is not None:
+        oracle.attach_journal(journal)
     run = _Run(oracle, cfg, seed, progress)
     t0 = time.perf_counter()
     with jax.enable_x64(True):
@@ -358,12 +537,19 @@ def extract(oracle: Oracle, *, seed: int = 0, throw: bool = True,
             run.fit()
             run.report(stage="fit")
             clean = 0
+            polished = False
             status = "unverified"
             while run.lines < cfg.max_lines:
                 ok, x0, v = run.check_line()
                 if ok:
                     clean += 1
                     if clean >= cfg.patience:
+                        if not polished and run.polish():
+                            polished = True
+                            run.fit()
+                            run.report(stage="polish")
+                            clean = cfg.patience - 1    # the polished model is checked once
+                            continue
                         status = "ok"
                         break
                     continue

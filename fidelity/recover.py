@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 import numpy as np
+import scipy.linalg
 
 from .errors import QueryBudgetExceeded
 from .search import EPS
@@ -27,12 +28,17 @@ class Regions:
     """Finite-difference measurements of linear regions (``R`` regions, input ``d``, output ``k``)."""
 
     base: np.ndarray      # (R, d) base points
-    step: np.ndarray      # (R,) coordinate step
+    step: np.ndarray      # (R, d) signed step of each coordinate probe ((R,) is broadcast)
     f_base: np.ndarray    # (R, k)
     f_probe: np.ndarray   # (R, d, k): f(base + step e_i)
     line: np.ndarray      # (R,) index of the line the region lies on
     t_lo: np.ndarray      # (R,) region bounds along its line
     t_hi: np.ndarray
+
+    def __post_init__(self):
+        step = np.asarray(self.step, np.float64)
+        if step.ndim == 1:
+            object.__setattr__(self, "step", np.repeat(step[:, None], self.base.shape[1], 1))
 
     @property
     def size(self) -> int:
@@ -44,7 +50,7 @@ class Regions:
         diff = self.f_probe - self.f_base[:, None, :]
         if correction is not None:
             diff = diff - correction
-        g = np.transpose(diff, (0, 2, 1)) / self.step[:, None, None]
+        g = np.transpose(diff, (0, 2, 1)) / self.step[:, None, :]
         e = self.f_base - np.einsum("rkd,rd->rk", g, self.base)
         return np.concatenate([g, e[:, :, None]], axis=2)
 
@@ -52,9 +58,13 @@ class Regions:
         """``(R,)`` largest answer magnitude per region (sets its rounding-noise level)."""
         return np.maximum(np.abs(self.f_base).max(1), np.abs(self.f_probe).max((1, 2)))
 
+    def step_rms(self) -> np.ndarray:
+        """``(R,)`` the one step that would give each region's RMS rounding noise."""
+        return 1.0 / np.sqrt(np.mean(self.step ** -2.0, axis=1))
+
     def weights(self) -> np.ndarray:
         """Least-squares weight per region: inverse of its rounding-noise level."""
-        return self.step / np.maximum(self.scale(), 1e-300)
+        return self.step_rms() / np.maximum(self.scale(), 1e-300)
 
     def replace(self, sel: np.ndarray, other: "Regions") -> "Regions":
         """A copy with regions ``sel`` replaced by ``other`` (same order)."""
@@ -85,22 +95,31 @@ def measure_regions(query: Callable[[np.ndarray], np.ndarray], x0: np.ndarray, v
                     chunk_rows: int = 1 << 16) -> tuple[Regions, bool]:
     """Measures the gradient of each region; stops early (second value False) when the budget
     would not cover the next region."""
-    d = x0.shape[0]
-    n = len(mid)
+    base = x0[None, :] + np.asarray(mid)[:, None] * v[None, :]
+    line = np.full(base.shape[0], line_idx)
+    return measure_points(query, base, step, line, lo, hi, remaining=remaining,
+                          chunk_rows=chunk_rows)
+
+
+def measure_points(query: Callable[[np.ndarray], np.ndarray], base: np.ndarray,
+                   step: np.ndarray, line: np.ndarray, lo, hi, *, remaining: Optional[int],
+                   chunk_rows: int = 1 << 16) -> tuple[Regions, bool]:
+    """Gradients at given base points (``d + 1`` queries each), as :class:`Regions`; stops early
+    (second value False) when the budget would not cover the next point."""
+    n, d = base.shape
     per = d + 1
-    if remaining is not None:
-        n_ok = min(n, remaining // per)
-    else:
-        n_ok = n
-    base = x0[None, :] + mid[:n_ok, None] * v[None, :]
-    step = step[:n_ok]
+    n_ok = n if remaining is None else min(n, remaining // per)
+    base = base[:n_ok]
+    step = np.asarray(step, np.float64)[:n_ok]
+    if step.ndim == 1:
+        step = np.repeat(step[:, None], d, 1)
     f_base, f_probe = [], []
     chunk = max(1, chunk_rows // per)
     eye = np.eye(d)
     for start in range(0, n_ok, chunk):
         b = base[start:start + chunk]
         s = step[start:start + chunk]
-        pts = np.concatenate([b[:, None, :], b[:, None, :] + s[:, None, None] * eye[None]], 1)
+        pts = np.concatenate([b[:, None, :], b[:, None, :] + s[:, :, None] * eye[None]], 1)
         y = query(pts.reshape(-1, d)).reshape(b.shape[0], per, -1)
         f_base.append(y[:, 0])
         f_probe.append(y[:, 1:])
@@ -109,7 +128,8 @@ def measure_regions(query: Callable[[np.ndarray], np.ndarray], x0: np.ndarray, v
         base=base, step=step.copy(),
         f_base=np.concatenate(f_base) if f_base else np.zeros((0, k)),
         f_probe=np.concatenate(f_probe) if f_probe else np.zeros((0, d, k)),
-        line=np.full(n_ok, line_idx), t_lo=lo[:n_ok].copy(), t_hi=hi[:n_ok].copy())
+        line=np.asarray(line)[:n_ok].copy(), t_lo=np.asarray(lo)[:n_ok].copy(),
+        t_hi=np.asarray(hi)[:n_ok].copy())
     return regions, n_ok == n
 
 
@@ -162,31 +182,43 @@ def masks(rows: np.ndarray, regions: Regions, unit_line: np.ndarray,
 
 
 def fit_rows(aff: np.ndarray, weight: np.ndarray, m: np.ndarray, coef: np.ndarray,
-             iters: int = 3):
+             bias_scale: Optional[np.ndarray] = None, iters: int = 3):
     """Weighted least squares for rows and coefficients in the unsigned model.
 
     Args:
         aff: ``(R, k, d + 1)`` region affine maps.
-        weight: ``(R,)`` per-region weights.
+        weight: ``(R,)`` per-region weights: inverse noise of the gradient entries.
         m: ``(R, h)`` region masks.
         coef: ``(h, k)`` initial output coefficients.
+        bias_scale: ``(R,)`` how much noisier each region's intercept is than its gradient
+            entries (``e = f(p) - G p`` carries ``|p|`` times the gradient noise); the bias
+            column is solved with weights ``weight / bias_scale``, so that biases come from the
+            regions nearest the origin.
 
     Returns:
         rows ``(h, d + 1)`` with unit-norm ``w`` parts, coefficients ``(h, k)``, the affine term
-        ``(k, d + 1)`` and the weighted residual per region ``(R,)``.
+        ``(k, d + 1)``, the weighted residual per region ``(R,)``, and the standard errors
+        ``(h, 3)`` of each normalised row's ``w`` entries, its bias and its coefficients (LS
+        covariance).
     """
     n_reg, k, dp1 = aff.shape
     h = m.shape[1]
     om = weight[:, None]
+    ob = om if bias_scale is None else om / bias_scale[:, None]
     rhs = (aff * om[:, :, None]).reshape(n_reg * k, dp1)
+    rhs_b = (aff[:, :, -1] * ob).reshape(n_reg * k)
     eye_k = np.eye(k)
     mf = m.astype(np.float64)
     for _ in range(iters):
         design = np.concatenate([
             (mf[:, None, :] * coef.T[None, :, :]),           # (R, k, h)
             np.broadcast_to(eye_k[None], (n_reg, k, k)),
-        ], axis=2) * om[:, :, None]
-        sol, *_ = np.linalg.lstsq(design.reshape(n_reg * k, h + k), rhs, rcond=None)
+        ], axis=2)
+        dw = (design * om[:, :, None]).reshape(n_reg * k, h + k)
+        db = (design * ob[:, :, None]).reshape(n_reg * k, h + k)
+        sol = _lstsq(dw, rhs)
+        if bias_scale is not None:
+            sol[:, -1] = _lstsq(db, rhs_b[:, None])[:, 0]
         rows, aff0 = sol[:h], sol[h:]
         norm = np.linalg.norm(rows[:, :-1], axis=1)
         norm = np.where(norm > 0, norm, 1.0)
@@ -202,5 +234,29 @@ def fit_rows(aff: np.ndarray, weight: np.ndarray, m: np.ndarray, coef: np.ndarra
         except np.linalg.LinAlgError:
             coef, *_ = np.linalg.lstsq(gram, rhs_c, rcond=None)
     model = (mf[:, None, :] * coef.T[None]) @ rows + aff0[None]
-    resid = np.abs(aff - model).max((1, 2)) * weight
-    return rows, coef, aff0, resid
+    resid = np.abs((aff - model) * weight[:, None, None]).max((1, 2))
+    try:   # coefficients: the normal matrix of their last solve
+        sig_c = np.sqrt(np.maximum(np.diag(np.linalg.inv(gram)), 0.0))
+    except np.linalg.LinAlgError:
+        sig_c = np.full(h, np.inf)
+    sigma = np.stack([_std_errors(dw, h) / norm, _std_errors(db, h) / norm, sig_c], 1)
+    return rows, coef, aff0, resid, sigma
+
+
+def _lstsq(a: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+    """Least squares by Householder QR (many right-hand sides at once); SVD if rank-deficient."""
+    if a.shape[0] >= a.shape[1]:
+        q, r = np.linalg.qr(a)
+        diag = np.abs(np.diag(r))
+        if diag.size and diag.min() > 1e-13 * diag.max():
+            return scipy.linalg.solve_triangular(r, q.T @ rhs)
+    return np.linalg.lstsq(a, rhs, rcond=None)[0]
+
+
+def _std_errors(design: np.ndarray, h: int) -> np.ndarray:
+    """Standard errors of the first ``h`` unknowns of a unit-noise weighted LS design."""
+    try:
+        cov = np.diag(np.linalg.inv(design.T @ design))[:h]
+    except np.linalg.LinAlgError:
+        return np.full(h, np.inf)
+    return np.sqrt(np.maximum(cov, 0.0))

@@ -62,6 +62,27 @@ def signed_units(rows: np.ndarray, coef: np.ndarray, signs: Signs):
     return (np.array(out).reshape(-1, d1), np.array(src, dtype=int))
 
 
+def output_layer(rows: np.ndarray, coef: np.ndarray, affine_term: np.ndarray, signs: Signs):
+    """Output layer ``A2 (k, h')``, ``b2 (k,)`` of the units of :func:`signed_units`, read off the
+    unsigned fit without new queries.
+
+    ``c relu(r x) = (1 - rho) c relu(r x) + rho c relu(-r x) + rho c r x``: a unit keeps
+    ``(1 - rho) c``, its mirror gets ``rho c`` (``rho`` rounded to 0 or 1 unless the unit is a
+    split pair), and the bias collects ``u + sum_l rho_l c_l b_l``.
+    """
+    rho = np.where(signs.split, signs.rho, signs.flip.astype(np.float64))
+    cols = []
+    for i in range(rows.shape[0]):
+        if signs.split[i]:
+            cols += [(1 - rho[i]) * coef[i], rho[i] * coef[i]]
+        else:
+            cols.append(coef[i])
+    k = coef.shape[1] if coef.ndim == 2 else affine_term.shape[0]
+    a2 = np.array(cols).reshape(-1, k).T
+    b2 = affine_term[:, -1] + (rho[:, None] * coef * rows[:, -1:]).sum(0)
+    return a2, b2
+
+
 def fit_output_layer(rows: np.ndarray, x: np.ndarray, y: np.ndarray):
     """Least squares for ``A2, b2`` given first-layer rows, on answered points ``x`` -> ``y``.
 

@@ -49,7 +49,7 @@ def test_region_gradients_and_jumps_are_exact():
     grad = np.einsum("kh,rh,hd->rkd", a, m, w)
     # probes that cross another hyperplane corrupt their entry; the true network's crossing
     # correction must remove exactly that, leaving exact gradients everywhere
-    aff = regions.affine(refine.crossing_correction(regions, w, b, a))
+    aff = regions.affine(refine.crossing_correction(regions, w, b, a)[0])
     np.testing.assert_allclose(aff[:, :, :-1], grad, atol=1e-9)
     jumps = recover.jumps_to_rows(aff[:-1], aff[1:], v, 0, kinks, np.full(kinks.size, 1e-12))
     truth = np.concatenate([w, b[:, None]], 1) / np.linalg.norm(w, axis=1)[:, None]
@@ -82,5 +82,5 @@ def test_crossing_correction_is_zero_inside_regions():
     regions = recover.Regions(base=np.zeros((1, 5)) + 10.0, step=np.array([1e-9]),
                               f_base=np.zeros((1, 2)), f_probe=np.zeros((1, 5, 2)),
                               line=np.zeros(1, int), t_lo=np.zeros(1), t_hi=np.ones(1))
-    corr = refine.crossing_correction(regions, net.weights[0], net.biases[0], net.weights[1])
+    corr, _ = refine.crossing_correction(regions, net.weights[0], net.biases[0], net.weights[1])
     np.testing.assert_array_equal(corr, 0.0)
