@@ -40,7 +40,8 @@ def _tolerances(scale, noise_factor):
 
 def search_lines(query: Callable[[np.ndarray], np.ndarray], x0: np.ndarray, v: np.ndarray,
                  t_max: float, *, delta: float, min_delta: float, noise_factor: float,
-                 max_rounds: int) -> list[LineKinks]:
+                 max_rounds: int, max_open: int = 1 << 14,
+                 floor_frac: float = 1e-2) -> list[LineKinks]:
     """Finds the kinks of ``query`` on each line ``x0[i] + t v[i]``, ``t`` in ``[-t_max, t_max]``.
 
     Args:
@@ -50,6 +51,11 @@ def search_lines(query: Callable[[np.ndarray], np.ndarray], x0: np.ndarray, v: n
             below ``min_delta``.
         noise_factor: answers are trusted to ``noise_factor * eps * |f|``.
         max_rounds: bound on the number of batched rounds.
+        max_open: bound on the open intervals of a round (all lines); past it the search stops
+            and reports the open intervals as unresolved.
+        floor_frac: rounding noise is relative to the size of the terms the victim adds up,
+            not to the answer (which cancels to ~0 where the output changes sign): answers are
+            taken as at least ``floor_frac`` times the largest answer at the line's ends.
     """
     n_lines, d = x0.shape
 
@@ -59,6 +65,7 @@ def search_lines(query: Callable[[np.ndarray], np.ndarray], x0: np.ndarray, v: n
     lines = np.arange(n_lines)
     ends = np.array([-t_max, -t_max + delta, t_max - delta, t_max])
     g = ask(np.repeat(lines, 4), np.tile(ends, n_lines)).reshape(n_lines, 4, -1)
+    floor = floor_frac * np.abs(g).max((1, 2))
     # open intervals as parallel arrays
     line = lines.copy()
     tl = np.full(n_lines, -t_max)
@@ -74,9 +81,10 @@ def search_lines(query: Callable[[np.ndarray], np.ndarray], x0: np.ndarray, v: n
     unresolved = np.zeros(n_lines, dtype=int)
 
     for _ in range(max_rounds):
-        if line.size == 0:
+        if line.size == 0 or line.size > max_open:
+            np.add.at(unresolved, line, 1)
             break
-        scale = np.maximum(np.abs(gl).max(1), np.abs(gr).max(1))
+        scale = np.maximum(np.maximum(np.abs(gl).max(1), np.abs(gr).max(1)), floor[line])
         noise = _tolerances(np.maximum(scale, 1e-300), noise_factor)
         width = tr - tl
         slope_tol = 4 * noise * (1 / dl + 1 / dr)
