@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from functools import partial
+import functools
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 
 @jax.jit
@@ -16,6 +17,12 @@ def _forward(weights, biases, x):
     for w, b in zip(weights[:-1], biases[:-1]):
         h = jnp.maximum(h @ w.T + b, 0.0)
     return h @ weights[-1].T + biases[-1]
+
+
+@functools.lru_cache(maxsize=None)
+def _batch_sharding() -> NamedSharding:
+    """Rows split over every visible device (weights are replicated by ``jit``)."""
+    return NamedSharding(Mesh(np.array(jax.devices()), ("batch",)), PartitionSpec("batch"))
 
 
 class ReLUNetwork:
@@ -110,11 +117,14 @@ class ReLUNetwork:
         dtype = self.dtype
         if dtype == np.float64 or dtype == np.float32:
             n = x.shape[0]
+            n_dev = jax.device_count()
             bucket = 1 << max(0, int(n - 1).bit_length())  # a few shapes: few recompilations
+            bucket = -(-bucket // n_dev) * n_dev
             xp = np.zeros((bucket, x.shape[1]), dtype)
             xp[:n] = x
             with jax.enable_x64(dtype == np.float64):
-                out = np.asarray(_forward(self.weights, self.biases, jnp.asarray(xp)))[:n]
+                xj = jnp.asarray(xp) if n_dev == 1 else jax.device_put(xp, _batch_sharding())
+                out = np.asarray(_forward(self.weights, self.biases, xj))[:n]
         else:  # object arrays (mpmath) and anything exotic: plain numpy
             h = x
             for w, b in zip(self.weights[:-1], self.biases[:-1]):
