@@ -37,7 +37,8 @@ class ExtractConfig:
             slope along the line found by the search.
         remeasure_shrink: step reduction for such a region.
         refine_iters: bound on crossing-correction passes (no queries).
-        refine_stop: stop refining when no normalised row moves more than this.
+        refine_stop: stop refining when no normalised row moves more than this (or than a
+            tenth of its own standard error).
         max_lines: bound on lines (the first included).
         check_points: answers compared with the model on each check line.
         patience: consecutive clean check lines needed to stop.
@@ -63,7 +64,7 @@ class ExtractConfig:
     remeasure_rounds: int = 3
     remeasure_shrink: float = 16.0
     refine_iters: int = 12
-    refine_stop: float = 1e-14
+    refine_stop: float = 1e-11
     max_lines: int = 12
     check_points: int = 16
     patience: int = 2
@@ -276,7 +277,8 @@ class _Run:
                 self.rows[i, -1] = -self.rows[i, :-1] @ x
             if it:
                 self.row_change = np.abs(self.rows - prev).max(1)
-                if self.row_change.max() <= self.cfg.refine_stop:
+                settled = np.maximum(self.cfg.refine_stop, 0.1 * self.sigma[:, 0])
+                if np.all(self.row_change <= settled):
                     break
             # the crossing terms are the same in the unsigned model: refine before signs
             correction, exposure = refine.crossing_correction(

@@ -13,8 +13,8 @@ import numpy as np
 from .recover import Regions
 
 
-def crossing_correction(regions: Regions, w: np.ndarray, b: np.ndarray, a2: np.ndarray,
-                        max_elems: int = 1 << 23) -> tuple[np.ndarray, np.ndarray]:
+def crossing_correction(regions: Regions, w: np.ndarray, b: np.ndarray,
+                        a2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Crossing terms of the probes, and how exposed each region is to their errors.
 
     Returns:
@@ -32,20 +32,23 @@ def crossing_correction(regions: Regions, w: np.ndarray, b: np.ndarray, a2: np.n
     if h == 0 or n_reg == 0:
         return out, exposure
     a_size = np.abs(a2).max(0)                               # (h,)
-    chunk = max(1, max_elems // max(1, d * h))
-    wt = w.T  # (d, h)
-    for start in range(0, n_reg, chunk):
-        base = regions.base[start:start + chunk]
-        s = regions.step[start:start + chunk]
-        z = base @ wt + b                                    # (r, h)
-        dz = s[:, :, None] * wt[None]                        # (r, d, h)
-        zq = z[:, None, :] + dz
-        cross = (zq > 0) != (z > 0)[:, None, :]
+    w_inf = np.abs(w).max(1)                                 # (h,)
+    z_all = regions.base @ w.T + b                           # (R, h)
+    s_max = np.abs(regions.step).max(1)                      # (R,)
+    s_rms = np.sqrt(np.mean(regions.step ** -2.0, axis=1))
+    p_norm = 1 + np.linalg.norm(regions.base, axis=1)
+    # a probe of region r can only cross unit m when |z_m| < max_i |s_ri w_mi|
+    near = np.abs(z_all) < s_max[:, None] * w_inf[None, :]
+    for r in np.flatnonzero(near.any(1)):
+        cand = np.flatnonzero(near[r])
+        z = z_all[r, cand]                                   # (c,)
+        dz = regions.step[r][:, None] * w[cand].T            # (d, c)
+        zq = z[None, :] + dz
+        on = z > 0
+        cross = (zq > 0) != on[None, :]
         if not cross.any():
             continue
-        extra = np.maximum(zq, 0) - np.maximum(z, 0)[:, None, :] - (z > 0)[:, None, :] * dz
-        out[start:start + chunk] = np.where(cross, extra, 0.0) @ a2.T
-        exposure[start:start + chunk] = ((cross @ a_size).max(1)
-                                         * (1 + np.linalg.norm(base, axis=1))
-                                         * np.sqrt(np.mean(s ** -2.0, axis=1)))
+        extra = np.maximum(zq, 0) - np.maximum(z, 0)[None, :] - on[None, :] * dz
+        out[r] = np.where(cross, extra, 0.0) @ a2[:, cand].T
+        exposure[r] = (cross @ a_size[cand]).max() * p_norm[r] * s_rms[r]
     return out, exposure
