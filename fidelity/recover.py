@@ -227,13 +227,14 @@ def fit_rows(aff: np.ndarray, weight: np.ndarray, m: np.ndarray, coef: np.ndarra
         # coefficients given rows: normal equations (R R^T) * (M^T W^2 M), one output at a time
         gram = (rows @ rows.T) * (mf.T @ (mf * om ** 2))
         resid = aff - aff0[None]                               # (R, k, d + 1)
-        proj = resid @ rows.T                                  # (R, k, h)
+        proj = (resid.reshape(-1, dp1) @ rows.T).reshape(n_reg, k, h)   # one GEMM
         rhs_c = np.einsum("rh,rkh->hk", mf * om ** 2, proj, optimize=True)
         try:
             coef = np.linalg.solve(gram, rhs_c)
         except np.linalg.LinAlgError:
             coef, *_ = np.linalg.lstsq(gram, rhs_c, rcond=None)
-    model = (mf[:, None, :] * coef.T[None]) @ rows + aff0[None]
+    model = ((mf[:, None, :] * coef.T[None]).reshape(-1, h) @ rows).reshape(n_reg, k, dp1) \
+        + aff0[None]
     resid = np.abs((aff - model) * weight[:, None, None]).max((1, 2))
     try:   # coefficients: the normal matrix of their last solve
         sig_c = np.sqrt(np.maximum(np.diag(np.linalg.inv(gram)), 0.0))
