@@ -321,16 +321,11 @@ class _Run:
             return anchored
         w, b = self.rows[:, :-1], self.rows[:, -1]
         cap = cfg.step_max * cfg.input_scale
-        base, steps, taus = [], [], []
+        base, steps = [], []
         for i in order:
             best = (-1.0, None, None)
             for _ in range(cfg.polish_tries):
-                xr = self.rng.normal(size=self.d) * cfg.input_scale * cfg.polish_radius
-                xs = xr - (w[i] @ xr + b[i]) * w[i]
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    along = np.abs((w @ xs + b) / (w @ w[i]))
-                along[i] = np.inf
-                tau = 0.5 * min(np.nanmin(along), cap)
+                xs, tau = self._plane_point(i, cap, origin=False)
                 pts = np.array([xs - tau * w[i], xs + tau * w[i]])
                 st = np.array([_safe_steps(p, w, b, cap) for p in pts])
                 score = (1.0 / np.sqrt(np.mean(st ** -2.0, axis=1))).min()
@@ -349,6 +344,19 @@ class _Run:
             raise QueryBudgetExceeded(
                 f"budget of {self.oracle.budget} rows ran out while polishing")
         return True
+
+    def _plane_point(self, i: int, cap: float, origin: bool):
+        """A point of unit ``i``'s hyperplane (the one nearest the origin, or a random point
+        projected onto it) and half the distance along its normal to the nearest other
+        hyperplane (at most ``cap``)."""
+        w, b = self.rows[:, :-1], self.rows[:, -1]
+        xr = np.zeros(self.d) if origin else (
+            self.rng.normal(size=self.d) * self.cfg.input_scale * self.cfg.polish_radius)
+        xs = xr - (w[i] @ xr + b[i]) * w[i]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            along = np.abs((w @ xs + b) / (w @ w[i]))
+        along[i] = np.inf
+        return xs, 0.5 * min(np.nanmin(along), cap)
 
     def _unit_error(self) -> np.ndarray:
         """``(h,)`` rough error of each unit's normalised row and coefficients.
@@ -386,17 +394,11 @@ class _Run:
         if h == 0 or (self.oracle.remaining is not None and self.oracle.remaining
                       < 4 * h + cfg.patience * cfg.check_points):
             return False
-        w, b = self.rows[:, :-1], self.rows[:, -1]
+        w = self.rows[:, :-1]
         centre, taus = np.zeros((h, self.d)), np.zeros(h)
         for i in range(h):
             for t in range(cfg.polish_tries):
-                xr = (self.rng.normal(size=self.d) * cfg.input_scale * cfg.polish_radius
-                      if t else np.zeros(self.d))
-                xs = xr - (w[i] @ xr + b[i]) * w[i]
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    along = np.abs((w @ xs + b) / (w @ w[i]))
-                along[i] = np.inf
-                tau = 0.5 * min(np.nanmin(along), cfg.input_scale)
+                xs, tau = self._plane_point(i, cfg.input_scale, origin=t == 0)
                 if tau > taus[i]:
                     centre[i], taus[i] = xs, tau
         offs = np.array([-1.0, -0.5, 0.5, 1.0])
