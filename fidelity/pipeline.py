@@ -243,11 +243,16 @@ class _Run:
             noise = noise + self.cfg.crossing_rel_error * exposure
         return 1.0 / noise
 
-    def fit(self):
-        """Unsigned least squares over every region, signs, output layer, refinement."""
+    def fit(self, final: bool = False):
+        """Unsigned least squares over every region, signs, output layer, refinement.
+
+        Fits before the polish only have to pass the check lines: they refine at most
+        ``refine_iters // 2`` passes and solve the biases with the gradients' weights.
+        """
         regions = recover.Regions.concat(self.regions)
         weight = self._weights(regions, None)
-        bias_scale = 1.0 + np.linalg.norm(regions.base, axis=1)
+        bias_scale = 1.0 + np.linalg.norm(regions.base, axis=1) if final else None
+        passes = self.cfg.refine_iters if final else self.cfg.refine_iters // 2
         if not self.jumps:
             self.rows = np.zeros((0, self.d + 1))
             self.coef = np.zeros((0, regions.f_base.shape[1]))
@@ -265,7 +270,7 @@ class _Run:
         m = np.zeros((regions.size, 0), bool)
         resid = np.zeros(regions.size)
         aff0 = regions.affine().mean(0)     # no unit: the victim is affine everywhere
-        for it in range(self.cfg.refine_iters + 1):
+        for it in range(passes + 1):
             if not self.rows.shape[0]:
                 break
             prev = self.rows.copy()
@@ -548,12 +553,14 @@ def extract(oracle: Oracle, *, seed: int = 0, throw: bool = True,
                 if ok:
                     clean += 1
                     if clean >= cfg.patience:
-                        if not polished and run.polish():
+                        if not polished:
                             polished = True
-                            run.fit()
-                            run.report(stage="polish")
-                            clean = cfg.patience - 1    # the polished model is checked once
-                            continue
+                            if run.polish():
+                                run.fit(final=True)
+                                run.report(stage="polish")
+                                clean = cfg.patience - 1   # the polished model is checked once
+                                continue
+                            run.fit(final=True)            # no new answers: refit only
                         status = "ok"
                         break
                     continue
