@@ -576,6 +576,12 @@ def extract(oracle: Oracle, *, seed: int = 0, throw: bool = True,
                     pass
             partial = run.result("partial", t0)
             raise QueryBudgetExceeded(str(exc), result=partial) from None
+    unexplained = sum("no new kink was found" in n for n in run.notes)
+    if unexplained:
+        run.notes.append(
+            f"{unexplained} check lines disagreed without a new kink: a unit too small to locate "
+            "(output weights below ~1e-6 of the largest) or never crossed by a line may be "
+            f"missing; the model's last check error is {run.check_error:.1e}")
     result = run.result(status, t0)
     if status != "ok":
         log.warning("extraction ended with status %s: %s", status, "; ".join(run.notes))

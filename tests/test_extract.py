@@ -133,3 +133,15 @@ def test_property_random_small_networks(seed, d, h, k):
     assert rep.fidelity == 1.0
     assert rep.max_rel_error <= 1e-8
     assert rep.missing == 0 and rep.extra == 0
+
+
+def test_a_negligible_unit_may_be_left_out_but_is_reported():
+    victim = F.ReLUNetwork.random(0, [20, 6, 2])
+    a = victim.weights[1].copy()
+    a[:, 2] *= 1e-8                      # below 1e-6 of the largest: may be left out
+    victim = F.ReLUNetwork([victim.weights[0], a], list(victim.biases))
+    result = F.extract(F.Oracle(victim), throw=False)
+    rep = F.evaluate(victim, result.network, num_samples=20_000)
+    assert rep.fidelity == 1.0 and rep.missing == 0 and rep.extra == 0
+    if result.hidden_size == 5:          # left out: the diagnostics must say so
+        assert any("too small to locate" in n for n in result.notes)
