@@ -213,6 +213,14 @@ class _Trainer:
         self.val_x = self.val_y = None
         self.notes: list[str] = []
 
+    def start(self, source: str) -> None:
+        """Refuses a budget with no training rows, then asks the validation rows."""
+        if self.n_train < 1:
+            raise ValueError(f"budget={self.n_train + self.n_val} leaves no training rows")
+        if self.n_val:
+            self.val_x = _rows_of(self.sampler, self.n_val, source)
+            self.val_y = self.ask(self.val_x, "validation")
+
     def ask(self, x: np.ndarray, stage: str) -> np.ndarray:
         y = self.oracle(x)
         self.stage[stage] += x.shape[0]
@@ -375,12 +383,8 @@ def learn(oracle: Oracle, *, hidden: int, budget: int, pool: Optional[np.ndarray
     t0 = time.perf_counter()
     with jax.enable_x64(True):
         run = _Trainer(oracle, budget, cfg, seed, pool, progress)
-        if run.n_train < 1:
-            raise ValueError(f"budget={budget} leaves no training rows")
         source = "random" if strategy == "random" else "pool"
-        if run.n_val:
-            run.val_x = _rows_of(run.sampler, run.n_val, source)
-            run.val_y = run.ask(run.val_x, "validation")
+        run.start(source)
         fixed = np.zeros((0, oracle.input_dim + 1))
         if strategy != "active":
             run.label(_rows_of(run.sampler, run.n_train, source))
@@ -486,12 +490,8 @@ def finetune(extraction: Extraction, oracle: Oracle, *, budget: int,
     t0 = time.perf_counter()
     with jax.enable_x64(True):
         run = _Trainer(oracle, budget, cfg, seed, pool, progress)
-        if run.n_train < 1:
-            raise ValueError(f"budget={budget} leaves no training rows")
+        run.start("random" if pool is None else "pool")
         n_noise = run.n_train if pool is None else int(round(cfg.noise_fraction * run.n_train))
-        if run.n_val:
-            run.val_x = _rows_of(run.sampler, run.n_val, "random" if pool is None else "pool")
-            run.val_y = run.ask(run.val_x, "validation")
         rows = run.sampler.gaussian(n_noise)
         if run.n_train > n_noise:
             rows = np.concatenate([run.sampler.from_pool(run.n_train - n_noise), rows])

@@ -269,7 +269,7 @@ class _Run:
         self.row_change = np.full(self.rows.shape[0], np.nan)
         m = np.zeros((regions.size, 0), bool)
         resid = np.zeros(regions.size)
-        aff0 = regions.affine().mean(0)     # no unit: the victim is affine everywhere
+        aff0 = None
         for it in range(passes + 1):
             if not self.rows.shape[0]:
                 break
@@ -289,9 +289,10 @@ class _Run:
             correction, exposure = refine.crossing_correction(
                 regions, self.rows[:, :-1], self.rows[:, -1], self.coef.T)
             weight = self._weights(regions, exposure)
+        if aff0 is None:                    # no unit: the victim is affine everywhere
+            aff0 = regions.affine().mean(0)
         self.signs = solve.resolve_signs(self.rows, self.coef, aff0, tol=self.cfg.sign_tol)
         w1, self.unit_src = solve.signed_units(self.rows, self.coef, self.signs)
-        self.region_resid = resid
         self.fit_resid = np.array([resid[m[:, i]].max() if m[:, i].any() else 0.0
                                    for i in range(self.rows.shape[0])])
         a2, b2 = solve.output_layer(self.rows, self.coef, aff0, self.signs)
@@ -363,6 +364,18 @@ class _Run:
         along[i] = np.inf
         return xs, 0.5 * min(np.nanmin(along), cap)
 
+    def _ls_error(self, with_bias: bool = False) -> np.ndarray:
+        """``(h,)`` LS standard error of each unit's normalised row and coefficients, and of
+        its bias unless a located kink pins it (``with_bias``)."""
+        h = self.rows.shape[0]
+        if self.sigma is None or h == 0:
+            return np.zeros(h)
+        est = np.maximum(self.sigma[:, 0], self.sigma[:, 2])
+        if with_bias:
+            fitted = np.array([i not in self.anchors for i in range(h)])
+            est = np.maximum(est, np.where(fitted, self.sigma[:, 1], 0.0))
+        return est
+
     def _unit_error(self) -> np.ndarray:
         """``(h,)`` rough error of each unit's normalised row and coefficients.
 
@@ -371,9 +384,9 @@ class _Run:
         leaves a tiny region whose probes cross both, an error the covariance does not see.
         """
         h = self.rows.shape[0]
-        if self.sigma is None or h == 0:
-            return np.zeros(h)
-        est = np.maximum(self.sigma[:, 0], self.sigma[:, 2])
+        est = self._ls_error()
+        if h == 0 or self.sigma is None:
+            return est
         regions = recover.Regions.concat(self.regions)
         steps = regions.step_rms()
         tol = 1e-12 * self.t_max
@@ -457,11 +470,7 @@ class _Run:
         net = self.network
         infos = []
         if net is not None and self.signs is not None:
-            est = np.zeros(self.rows.shape[0])
-            if self.sigma is not None and est.size:   # LS standard errors; the bias is pinned
-                fitted = np.array([i not in self.anchors for i in range(est.size)])
-                est = np.maximum(np.maximum(self.sigma[:, 0], self.sigma[:, 2]),
-                                 np.where(fitted, self.sigma[:, 1], 0.0))
+            est = self._ls_error(with_bias=True)
             w, a2 = net.weights[0], net.weights[1]
             for i, src in enumerate(self.unit_src):
                 j = self.jumps[src] if src < len(self.jumps) else None

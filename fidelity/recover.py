@@ -215,7 +215,7 @@ def fit_rows(aff: np.ndarray, weight: np.ndarray, m: np.ndarray, coef: np.ndarra
             np.broadcast_to(eye_k[None], (n_reg, k, k)),
         ], axis=2)
         dw = (design * om[:, :, None]).reshape(n_reg * k, h + k)
-        db = (design * ob[:, :, None]).reshape(n_reg * k, h + k)
+        db = dw if bias_scale is None else (design * ob[:, :, None]).reshape(n_reg * k, h + k)
         sol = _lstsq(dw, rhs)
         if bias_scale is not None:
             sol[:, -1] = _lstsq(db, rhs_b[:, None])[:, 0]
@@ -240,7 +240,9 @@ def fit_rows(aff: np.ndarray, weight: np.ndarray, m: np.ndarray, coef: np.ndarra
         sig_c = np.sqrt(np.maximum(np.diag(np.linalg.inv(gram)), 0.0))
     except np.linalg.LinAlgError:
         sig_c = np.full(h, np.inf)
-    sigma = np.stack([_std_errors(dw, h) / norm, _std_errors(db, h) / norm, sig_c], 1)
+    sig_w = _std_errors(dw, h) / norm
+    sig_b = sig_w if bias_scale is None else _std_errors(db, h) / norm
+    sigma = np.stack([sig_w, sig_b, sig_c], 1)
     return rows, coef, aff0, resid, sigma
 
 

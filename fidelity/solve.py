@@ -77,8 +77,7 @@ def output_layer(rows: np.ndarray, coef: np.ndarray, affine_term: np.ndarray, si
             cols += [(1 - rho[i]) * coef[i], rho[i] * coef[i]]
         else:
             cols.append(coef[i])
-    k = coef.shape[1] if coef.ndim == 2 else affine_term.shape[0]
-    a2 = np.array(cols).reshape(-1, k).T
+    a2 = np.array(cols).reshape(-1, affine_term.shape[0]).T
     b2 = affine_term[:, -1] + (rho[:, None] * coef * rows[:, -1:]).sum(0)
     return a2, b2
 
