@@ -9,9 +9,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Optional
 
+import mpmath
 import numpy as np
 
 from .network import ReLUNetwork
+
+_MP_DPS = 80     # digits of the parameter error of mpmath networks (1e-45 must be visible)
 
 
 @dataclass(frozen=True)
@@ -23,7 +26,9 @@ class Report:
     ``max_rel_error``: ``max_abs_error / max |f|`` over the same inputs.
     ``param_error``: max abs difference of normalised parameters (each unit scaled so that
     ``|[w, b]| = 1``, its output weights scaled inversely) over matched units and the output bias;
-    ``inf`` when a unit is missing or extra.
+    ``inf`` when a unit is missing or extra. Computed in mpmath (80 digits) when either network
+    holds mpf weights, so that errors far below float64 are measured; the functional measures
+    above evaluate such networks with their weights rounded to float64.
     ``matched`` / ``missing`` / ``extra``: units paired, victim units unpaired (excluding
     ``negligible`` ones: dead, or output weights below 1e-6 of the largest), extracted units unpaired.
     """
@@ -71,11 +76,35 @@ def match_units(victim: ReLUNetwork, extracted: ReLUNetwork, *, cos_tol: float =
     vi = {p[0] for p in pairs}
     missing = [i for i in range(rv.shape[0]) if i not in vi and not negligible[i]]
     extra = [j for j in range(re.shape[0]) if j not in used]
+    if victim.dtype == object or extracted.dtype == object:
+        return pairs, missing, extra, int(negligible.sum()), _mp_error(victim, extracted, pairs)
     err = float(np.abs(np.asarray(victim.biases[1], np.float64)
                        - np.asarray(extracted.biases[1], np.float64)).max())
     for i, j in pairs:
         err = max(err, float(np.abs(rv[i] - re[j]).max()), float(np.abs(av[:, i] - ae[:, j]).max()))
     return pairs, missing, extra, int(negligible.sum()), err
+
+
+def _mp_error(victim: ReLUNetwork, extracted: ReLUNetwork, pairs) -> float:
+    """The normalised parameter error of matched units, computed in mpmath at ``_MP_DPS`` digits
+    (for networks with mpf weights, whose errors lie far below float64's)."""
+    def unit(net, i):
+        row = [mpmath.mpf(v) for v in list(net.weights[0][i]) + [net.biases[0][i]]]
+        norm = mpmath.sqrt(mpmath.fsum(v * v for v in row))
+        if norm == 0:
+            norm = mpmath.mpf(1)
+        return [v / norm for v in row] + [mpmath.mpf(v) * norm for v in net.weights[1][:, i]]
+
+    with mpmath.workdps(_MP_DPS):
+        err = max(abs(mpmath.mpf(x) - mpmath.mpf(y))
+                  for x, y in zip(victim.biases[1], extracted.biases[1]))
+        for i, j in pairs:
+            err = max([err] + [abs(x - y) for x, y in zip(unit(victim, i), unit(extracted, j))])
+        return float(err)
+
+
+def _float64(net: ReLUNetwork) -> ReLUNetwork:
+    return net.astype(np.float64) if net.dtype == object else net
 
 
 def evaluate(victim: ReLUNetwork, extracted: ReLUNetwork, *, inputs: Optional[np.ndarray] = None,
@@ -90,8 +119,9 @@ def evaluate(victim: ReLUNetwork, extracted: ReLUNetwork, *, inputs: Optional[np
     if inputs is None:
         inputs = np.random.default_rng(seed).normal(size=(num_samples, victim.input_dim))
     inputs = np.asarray(inputs, np.float64)
-    y = np.asarray(victim(inputs), np.float64)
-    yh = np.asarray(extracted(inputs), np.float64)
+    # the functional measures are float64 ones: networks with mpf weights answer in float64
+    y = np.asarray(_float64(victim)(inputs), np.float64)
+    yh = np.asarray(_float64(extracted)(inputs), np.float64)
     if y.shape[1] == 1:
         agree = np.sign(y[:, 0]) == np.sign(yh[:, 0])
     else:

@@ -33,7 +33,9 @@ class ReLUNetwork:
         biases: ``biases[i]`` has shape ``(out,)``.
 
     ``net(x)`` evaluates a batch ``(n, d) -> (n, k)`` (a single ``(d,)`` row gives ``(k,)``), in the
-    dtype of the weights (float64 weights evaluate in float64 whatever JAX's x64 flag says).
+    dtype of the weights (float64 weights evaluate in float64 whatever JAX's x64 flag says). Object
+    arrays of ``mpmath.mpf``, as inputs or as weights, evaluate in mpmath at the current
+    ``mpmath.mp`` precision and give an object array of mpf (see :func:`fidelity.mp.forward`).
 
     Example:
         >>> net = ReLUNetwork.random(0, [4, 3, 2])
@@ -115,7 +117,10 @@ class ReLUNetwork:
         if x.ndim != 2 or x.shape[1] != self.input_dim:
             raise ValueError(f"expected inputs of shape (n, {self.input_dim}), got {x.shape}")
         dtype = self.dtype
-        if dtype == np.float64 or dtype == np.float32:
+        if x.dtype == object or dtype == object:   # mpmath: exact fixed-point arithmetic
+            from . import mp   # a lazy import: mp builds on this module
+            out = mp.forward(self.weights, self.biases, x)
+        elif dtype == np.float64 or dtype == np.float32:
             n = x.shape[0]
             n_dev = jax.device_count()
             bucket = 1 << max(0, int(n - 1).bit_length())  # a few shapes: few recompilations
@@ -125,7 +130,7 @@ class ReLUNetwork:
             with jax.enable_x64(dtype == np.float64):
                 xj = jnp.asarray(xp) if n_dev == 1 else jax.device_put(xp, _batch_sharding())
                 out = np.asarray(_forward(self.weights, self.biases, xj))[:n]
-        else:  # object arrays (mpmath) and anything exotic: plain numpy
+        else:  # anything exotic: plain numpy
             h = x
             for w, b in zip(self.weights[:-1], self.biases[:-1]):
                 h = h @ w.T + b

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Optional, Union
 
+import mpmath
 import numpy as np
 
 from .errors import OracleError, QueryBudgetExceeded
@@ -35,6 +36,11 @@ class Oracle:
         journal: a path or :class:`~fidelity.journal.Journal`; see :meth:`attach_journal`.
         progress: optional callback, called after each answered chunk with a dict
             ``queries, paid, replayed, budget``.
+        precision: ``"float64"`` (default) or ``"mp"``: the victim also answers object arrays of
+            ``mpmath.mpf`` with object arrays of mpf, which :meth:`query_mp` uses (a
+            :class:`ReLUNetwork` does). ``oracle(x)`` stays float64 either way.
+        dps: decimal digits the victim is asked at by :meth:`query_mp` (inside
+            ``mpmath.workdps(dps)``); ``None`` uses the caller's current mpmath precision.
 
     Attributes:
         queries: rows the engine used, whether paid or replayed from the journal; the budget
@@ -52,7 +58,14 @@ class Oracle:
     def __init__(self, victim: Victim, input_dim: Optional[int] = None,
                  output_dim: Optional[int] = None, budget: Optional[int] = None, *,
                  chunk_size: Optional[int] = None, journal=None,
-                 progress: Optional[Callable[[dict], None]] = None):
+                 progress: Optional[Callable[[dict], None]] = None,
+                 precision: str = "float64", dps: Optional[int] = None):
+        if precision not in ("float64", "mp"):
+            raise ValueError(f"precision must be 'float64' or 'mp', got {precision!r}")
+        if dps is not None and (precision != "mp" or int(dps) < 1):
+            raise ValueError("dps is a positive number of digits, and only for precision='mp'")
+        self.precision = precision
+        self.dps = None if dps is None else int(dps)
         if not callable(victim):
             raise TypeError("victim must be a ReLUNetwork or a callable (n, d) -> (n, k)")
         if isinstance(victim, ReLUNetwork):
@@ -95,6 +108,9 @@ class Oracle:
         An existing journal keeps its own chunk size, which the oracle adopts so that the rerun
         cuts its batches exactly as the recorded run did.
         """
+        if self.precision == "mp":
+            raise ValueError("a journal records float64 answers only: it cannot be used with "
+                             "precision='mp'; make the oracle with precision='float64' to journal")
         if self.journal is not None:
             if not isinstance(journal, Journal) and Path(journal) == self.journal.path:
                 return self.journal
@@ -182,3 +198,84 @@ class Oracle:
         if not np.all(np.isfinite(y)):
             raise OracleError("answer contains NaN or inf")
         return y
+
+    # ------------------------------------------------------------------ arbitrary precision
+    def query_mp(self, x) -> np.ndarray:
+        """Asks the victim in mpmath: ``(n, d)`` mpf (or float64, converted exactly) to ``(n, k)``
+        object array of ``mpmath.mpf``, inside ``mpmath.workdps(dps)`` when ``dps`` was given.
+
+        Rows count in ``queries`` and ``paid`` and against the budget like :meth:`__call__`;
+        a batch that would pass the budget raises :class:`QueryBudgetExceeded` before sending.
+
+        Raises:
+            OracleError: the oracle is not ``precision='mp'``, or the answer has a wrong shape,
+                is not numeric, or holds NaN/inf.
+        """
+        if self.precision != "mp":
+            raise OracleError("query_mp needs an oracle made with precision='mp'")
+        x = np.asarray(x)
+        if x.ndim != 2 or x.shape[1] != self.input_dim:
+            raise ValueError(f"queries must have shape (n, {self.input_dim}), got {x.shape}")
+        n = x.shape[0]
+        if self.budget is not None and self.queries + n > self.budget:
+            raise QueryBudgetExceeded(
+                f"sending {n} rows would pass the budget of {self.budget} "
+                f"({self.queries} spent)")
+        with mpmath.workdps(self.dps or mpmath.mp.dps):
+            if x.dtype != object:
+                x = _to_mpf(np.asarray(x, np.float64))
+            out = []
+            for chunk in self._chunks(x):
+                self.queries += chunk.shape[0]
+                try:
+                    y = self._victim(chunk)
+                except QueryBudgetExceeded:
+                    self.queries -= chunk.shape[0]
+                    raise
+                except OracleError:
+                    raise
+                except Exception as exc:
+                    raise OracleError(f"the victim raised {type(exc).__name__}: {exc}") from exc
+                self.paid += chunk.shape[0]
+                out.append(self._validate_mp(y, chunk.shape[0]))
+                if self.progress is not None:
+                    self.progress(dict(queries=self.queries, paid=self.paid,
+                                       replayed=self.replayed, budget=self.budget))
+        if not out:
+            return np.empty((0, self.output_dim or 0), object)
+        return out[0] if len(out) == 1 else np.concatenate(out)
+
+    def _validate_mp(self, y, n: int) -> np.ndarray:
+        y = np.asarray(y)
+        if y.dtype != object:
+            try:
+                y = _to_mpf(np.asarray(y, np.float64))
+            except (TypeError, ValueError) as exc:
+                raise OracleError(f"answer is not numeric: {exc}") from exc
+        if y.ndim == 1 and y.shape[0] == n and self.output_dim in (None, 1):
+            y = y[:, None]
+        if y.ndim != 2 or y.shape[0] != n:
+            raise OracleError(f"answer has shape {y.shape}, expected ({n}, k)")
+        if self.output_dim is None:
+            if y.shape[1] < 1:
+                raise OracleError("answer has no outputs")
+            self.output_dim = y.shape[1]
+        elif y.shape[1] != self.output_dim:
+            raise OracleError(f"answer has {y.shape[1]} outputs, expected {self.output_dim}")
+        flat = y.reshape(-1)
+        try:
+            for i, v in enumerate(flat):
+                if type(v) is not mpmath.mpf:
+                    flat[i] = v = mpmath.mpf(v)
+                if not mpmath.isfinite(v):
+                    raise OracleError("answer contains NaN or inf")
+        except (TypeError, ValueError) as exc:
+            raise OracleError(f"answer is not numeric: {exc}") from exc
+        return flat.reshape(y.shape)
+
+
+def _to_mpf(x: np.ndarray) -> np.ndarray:
+    """A float64 array as an object array of mpf (exact: every float64 is an mpf)."""
+    out = np.empty(x.shape, object)
+    out.reshape(-1)[:] = [mpmath.mpf(v) for v in x.reshape(-1).tolist()]
+    return out
