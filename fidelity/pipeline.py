@@ -11,7 +11,7 @@ from typing import Callable, Optional
 import jax
 import numpy as np
 
-from . import recover, refine, search, solve
+from . import noise, recover, refine, regress, search, solve
 from .errors import FidelityError, QueryBudgetExceeded
 from .network import ReLUNetwork
 from .oracle import Oracle
@@ -52,6 +52,17 @@ class ExtractConfig:
         polish_radius: spread (in units of ``input_scale``) of the random points projected
             onto a hyperplane to place them.
         polish_tries: candidate points per unit; the one farthest from other hyperplanes wins.
+        detect_noise: measure the noise floor of the answers first (48 queries) and, when it
+            is above float64 rounding (a float32 or rounding victim), derive steps, tolerances
+            and weights from it; False assumes float64 answers.
+        noisy_step_frac, noisy_sign_tol: ``step_frac`` and ``sign_tol`` used instead when the
+            answers are noisier than float64.
+        noisy_check_tol: check tolerance of the finite-difference model when the answers are
+            noisy (it only has to show that no unit is missing); the regressed model is then
+            checked against ``max(check_tol, 64 sigma / |f|)``.
+        regress_factor: noisy answers: the whole network is fitted by Gauss-Newton to the
+            answers at ``regress_factor * P / k`` random points (``P`` parameters, ``k``
+            outputs); see :mod:`fidelity.regress`.
     """
 
     line_length: Optional[float] = None
@@ -75,6 +86,11 @@ class ExtractConfig:
     polish_frac: float = 0.1
     polish_radius: float = 0.1
     polish_tries: int = 8
+    detect_noise: bool = True
+    noisy_step_frac: float = 0.02
+    noisy_sign_tol: float = 0.3
+    noisy_check_tol: float = 0.05
+    regress_factor: float = 3.0
 
 
 @dataclass(frozen=True)
@@ -127,9 +143,13 @@ class _Run:
         self.cfg = cfg
         self.rng = np.random.default_rng(seed)
         self.d = oracle.input_dim
+        self.seed = seed
         self.t_max = cfg.line_length or 100.0 * np.sqrt(self.d) * cfg.input_scale
-        self.delta = cfg.slope_step * self.t_max
-        self.stage = {"search": 0, "gradients": 0, "checks": 0}
+        self.stage = {"noise": 0, "search": 0, "gradients": 0, "regression": 0, "checks": 0}
+        self.reg_x = np.zeros((0, self.d))          # noisy answers: the regression's points
+        self.reg_y: Optional[np.ndarray] = None
+        self.reg_info: Optional[regress.RegressionInfo] = None   # set while the model is regressed
+        self.use_noise(noise.NoiseFloor.exact())
         self.regions: list[recover.Regions] = []
         self.jumps: list[recover.Jump] = []
         self.lines = 0
@@ -148,6 +168,57 @@ class _Run:
         self.anchor_y: Optional[np.ndarray] = None
         self.fit_resid = np.zeros(0)
         self.check_error = float("nan")
+
+    # --------------------------------------------------------------- noise floor
+    def use_noise(self, nf: noise.NoiseFloor):
+        """Steps, tolerances and weights for answers with noise floor ``nf``.
+
+        Float64 answers keep the configured values. Noisier answers (sigma = a + r |f|) get
+        tolerances a few sigma wide, a search step ``delta = T sqrt(sigma / |f|)`` at the far
+        end of the line (the geometric middle between resolving nearby kinks and keeping the
+        slopes' noise ``sigma / delta`` well below the kinks' slope jumps), larger gradient
+        steps, more polishing and a looser sign rounding.
+        """
+        cfg = self.cfg
+        self.nf = nf
+        if nf.float64:
+            self.tol_rel, self.tol_abs = cfg.noise_factor * search.EPS, 0.0
+            self.delta = cfg.slope_step * self.t_max
+            self.min_delta = self.delta * 1e-6
+            self.step_frac, self.polish_frac = cfg.step_frac, cfg.polish_frac
+            self.sign_tol, self.check_tol = cfg.sign_tol, cfg.check_tol
+            self.polish_tol = cfg.polish_tol
+            return
+        ratio = float(nf.sigma(nf.scale_far) / max(nf.scale_far, 1e-300))
+        self.tol_rel, self.tol_abs = 3 * nf.relative, 3 * nf.absolute
+        self.delta = max(cfg.slope_step, np.sqrt(ratio)) * self.t_max
+        self.min_delta = self.delta * 1e-3
+        self.step_frac, self.polish_frac = cfg.noisy_step_frac, cfg.polish_frac
+        self.sign_tol = cfg.noisy_sign_tol
+        self.check_tol = cfg.noisy_check_tol
+        self.final_check_tol = max(cfg.check_tol, 64 * ratio)
+        self.polish_tol = max(cfg.polish_tol, ratio)
+
+    def tolerance(self, scale):
+        """What an answer of size ``scale`` is trusted to (a few noise deviations)."""
+        return self.tol_abs + self.tol_rel * np.asarray(scale)
+
+    def detect_noise(self):
+        """Measures the answers' noise floor (its own random stream: the lines stay the same)."""
+        if not self.cfg.detect_noise:
+            return
+        rng = np.random.default_rng([self.seed, 1])
+        x = rng.normal(size=self.d) * self.cfg.input_scale
+        v = rng.normal(size=self.d)
+        v /= np.linalg.norm(v)
+        nf = noise.measure(self.query("noise"), x, x + self.t_max * v, v,
+                           spacing=1e-2 * self.cfg.input_scale)
+        self.use_noise(nf)
+        if not nf.float64:
+            self.notes.append(
+                f"answers are noisier than float64: sigma = {nf.absolute:.2g} + "
+                f"{nf.relative:.2g} |f| (about {nf.bits:.0f} bits at the largest answers); steps "
+                "and tolerances follow from it")
 
     # --------------------------------------------------------------- queries by stage
     def query(self, stage):
@@ -172,8 +243,8 @@ class _Run:
     def search(self, x0, v) -> search.LineKinks:
         res = search.search_lines(
             self.query("search"), x0[None], v[None], self.t_max, delta=self.delta,
-            min_delta=self.delta * 1e-6, noise_factor=self.cfg.noise_factor,
-            max_rounds=self.cfg.max_rounds)[0]
+            min_delta=self.min_delta, noise_factor=self.tol_rel / search.EPS,
+            noise_abs=self.tol_abs, max_rounds=self.cfg.max_rounds)[0]
         if res.unresolved:
             self.notes.append(f"line {self.lines - 1}: {res.unresolved} intervals left "
                               "unresolved after max_rounds")
@@ -188,7 +259,7 @@ class _Run:
         smaller, at most ``remeasure_rounds`` times.
         """
         kinks_t = kinks.t
-        lo, hi, mid, step = recover.plan_regions(kinks_t, self.t_max, self.cfg.step_frac,
+        lo, hi, mid, step = recover.plan_regions(kinks_t, self.t_max, self.step_frac,
                                                  self.cfg.step_max * self.cfg.input_scale)
         idx = np.arange(lo.size)
         if wanted_kinks is not None:
@@ -210,8 +281,7 @@ class _Run:
             regions = regions.replace(sel[:again.size], again)
         self.regions.append(regions)
         aff = regions.affine()
-        noise = self.cfg.noise_factor * search.EPS * np.abs(regions.f_probe).max((1, 2)) \
-            / regions.step_rms()
+        noise = self.tolerance(np.abs(regions.f_probe).max((1, 2))) / regions.step_rms()
         measured = idx[:regions.size]
         pos = {int(r): i for i, r in enumerate(measured)}
         kink_ids = (np.arange(kinks_t.size) if wanted_kinks is None
@@ -231,14 +301,14 @@ class _Run:
 
     def _slope_mismatch(self, regions: recover.Regions, v, slopes) -> np.ndarray:
         g = regions.affine()[:, :, :-1] @ v                      # (R, k)
-        noise = self.cfg.noise_factor * search.EPS * regions.scale()
+        noise = self.tolerance(regions.scale())
         tol = noise * (4 * np.sqrt(self.d) / regions.step_rms() + 8 / self.delta)
         err = np.abs(g - slopes).max(1)
         return np.where(np.isnan(err), False, err > tol)
 
     def _weights(self, regions: recover.Regions, exposure: Optional[np.ndarray]) -> np.ndarray:
         """Inverse noise per region: rounding of the answers, plus the crossing terms' error."""
-        noise = 2 * search.EPS / regions.weights()
+        noise = 2 * self.nf.sigma(regions.scale()) / regions.step_rms()
         if exposure is not None:
             noise = noise + self.cfg.crossing_rel_error * exposure
         return 1.0 / noise
@@ -276,8 +346,11 @@ class _Run:
             prev = self.rows.copy()
             aff = regions.affine(correction)
             m = recover.masks(self.rows, regions, unit_line, unit_t)
-            self.rows, self.coef, aff0, resid, self.sigma = recover.fit_rows(
-                aff, weight, m, self.coef, bias_scale=bias_scale, iters=1 if it else 3)
+            fit_in = (aff, weight, m)   # later passes start from the rows of the one before
+            self.rows, self.coef, aff0, _, self.sigma = recover.fit_rows(
+                *fit_in, self.coef, bias_scale=bias_scale, iters=1 if it else 3,
+                rows=self.rows if it else None, residual=False)
+            fitted = (self.rows.copy(), self.coef, aff0)
             for i, x in self.anchors.items():   # a located kink pins the bias near the origin
                 self.rows[i, -1] = -self.rows[i, :-1] @ x
             if it:
@@ -291,7 +364,10 @@ class _Run:
             weight = self._weights(regions, exposure)
         if aff0 is None:                    # no unit: the victim is affine everywhere
             aff0 = regions.affine().mean(0)
-        self.signs = solve.resolve_signs(self.rows, self.coef, aff0, tol=self.cfg.sign_tol)
+        else:                               # residual of the last solve (before anchoring)
+            resid = recover.region_residual(*fit_in, *fitted)
+        self.reg_info = None
+        self.signs = solve.resolve_signs(self.rows, self.coef, aff0, tol=self.sign_tol)
         w1, self.unit_src = solve.signed_units(self.rows, self.coef, self.signs)
         self.fit_resid = np.array([resid[m[:, i]].max() if m[:, i].any() else 0.0
                                    for i in range(self.rows.shape[0])])
@@ -316,9 +392,9 @@ class _Run:
         cfg = self.cfg
         anchored = self._anchor()
         est = self._unit_error()
-        order = [int(i) for i in np.argsort(-est) if est[i] > cfg.polish_tol]
+        order = [int(i) for i in np.argsort(-est) if est[i] > self.polish_tol]
         per = 2 * (self.d + 1)
-        allowance = int(cfg.polish_frac * self.oracle.queries)
+        allowance = int(self.polish_frac * self.oracle.queries)
         if self.oracle.remaining is not None:
             allowance = min(allowance, self.oracle.remaining
                             - cfg.patience * cfg.check_points)
@@ -426,7 +502,7 @@ class _Run:
         s_right = (y[:, 3] - y[:, 2]) / (0.5 * taus[:, None])
         jump = s_left - s_right                                 # (h, k)
         rhs = y[:, 2] - y[:, 1] - 0.5 * taus[:, None] * (s_left + s_right)
-        noise = cfg.noise_factor * search.EPS * np.abs(y).max((1, 2)) / np.maximum(taus, 1e-300)
+        noise = self.tolerance(np.abs(y).max((1, 2))) / np.maximum(taus, 1e-300)
         ok = (np.abs(jump).max(1) > 64 * noise) & (taus > 0)
         t_star = np.where(ok, (jump * rhs).sum(1) / np.maximum((jump ** 2).sum(1), 1e-300), 0.0)
         ok &= np.abs(t_star) < 0.5 * taus
@@ -438,6 +514,70 @@ class _Run:
                               "located near the origin)")
         return True
 
+    def regress(self):
+        """Noisy answers: fits every parameter to answers at random points (Gauss-Newton).
+
+        The points are drawn once (``regress_factor * P / k`` of them, within the budget) and
+        kept, so a refit after new units were found reuses them.
+        """
+        self.draw_regression_points()
+        net = self.network
+        if self.reg_y is None or self.reg_x.shape[0] * net.output_dim < net.num_params:
+            self.notes.append("too few answers left in the budget to regress the noisy model")
+            return
+        size = np.maximum(np.abs(self.reg_y).max(1), 1e-2 * np.abs(self.reg_y).max())
+        self.network, self.reg_info = regress.gauss_newton(
+            net, self.reg_x, self.reg_y, self.nf.sigma(size))
+        info = self.reg_info
+        self.notes.append(
+            f"regressed all parameters on {self.reg_x.shape[0]} answers: {info.steps} "
+            f"Gauss-Newton steps, weighted RMS residual {info.start_rms:.3g} -> "
+            f"{info.final_rms:.3g} (1 = the noise floor)")
+
+    def draw_regression_points(self):
+        """Tops the regression's random points up to ``regress_factor * P / k``."""
+        cfg = self.cfg
+        net = self.network
+        want = int(np.ceil(cfg.regress_factor * net.num_params / net.output_dim))
+        need = want - self.reg_x.shape[0]
+        if self.oracle.remaining is not None:
+            need = min(need, self.oracle.remaining - cfg.patience * cfg.check_points)
+        if need > 0:
+            rng = np.random.default_rng([self.seed, 2, self.reg_x.shape[0]])
+            x = rng.normal(size=(need, self.d)) * cfg.input_scale
+            y = self.query("regression")(x)
+            self.reg_x = np.concatenate([self.reg_x, x])
+            self.reg_y = y if self.reg_y is None else np.concatenate([self.reg_y, y])
+
+    def add_units(self) -> bool:
+        """Noisy answers: adds the units of jumps found since the model was fitted.
+
+        Each new row comes with its orientation unknown (``c relu(z)`` and ``c relu(-z) + c z``
+        kink alike); the one whose least-squares output layer explains the regression's answers
+        better is kept. The regression then refits everything.
+        """
+        net = self.network
+        known = self.unit_src.size and int(self.unit_src.max()) + 1
+        new = self.jumps[max(known, len(set(self.unit_src.tolist()))):]
+        if not new:
+            return False
+        if self.reg_y is None:      # answers to choose orientations by: the regression's
+            self.draw_regression_points()
+        w, b = net.weights[0], net.biases[0]
+        for j in new:
+            best = None
+            for sign in (1.0, -1.0):
+                rows = np.concatenate([np.concatenate([w, b[:, None]], 1), sign * j.row[None]])
+                a2, b2, resid = solve.fit_output_layer(rows, self.reg_x, self.reg_y)
+                if best is None or resid < best[0]:
+                    best = (resid, rows, a2, b2)
+            _, rows, a2, b2 = best
+            w, b = rows[:, :-1], rows[:, -1]
+        self.unit_src = np.concatenate([self.unit_src,
+                                        np.arange(len(self.jumps) - len(new), len(self.jumps))])
+        self.network = ReLUNetwork([w, a2], [b, b2])
+        return True
+
     def check_line(self):
         """Compares answers with the model on a fresh line; True when they agree."""
         x0, v = self.new_line()
@@ -447,7 +587,8 @@ class _Run:
         pred = self.network(pts)
         scale = max(np.abs(y).max(), 1e-300)
         self.check_error = float(np.abs(y - pred).max() / scale)
-        return self.check_error <= self.cfg.check_tol, x0, v
+        tol = self.check_tol if self.reg_info is None else self.final_check_tol
+        return self.check_error <= tol, x0, v
 
     def extend(self, x0, v):
         """A check line disagreed: search it and add units whose kinks are new."""
@@ -464,6 +605,12 @@ class _Run:
             return False
         before = len(self.jumps)
         self.measure(x0, v, res, np.array(new))
+        if not self.nf.float64:
+            # noisy rows predict kinks loosely: drop jumps along a known unit's normal
+            known = np.array([j.row[:-1] for j in self.jumps[:before]])
+            fresh = [j for j in self.jumps[before:] if j.rank_ratio < 0.1
+                     and (not known.size or np.abs(known @ j.row[:-1]).max() < 0.99)]
+            self.jumps = self.jumps[:before] + fresh
         return len(self.jumps) > before
 
     def result(self, status: str, t0: float) -> Extraction:
@@ -472,16 +619,19 @@ class _Run:
         if net is not None and self.signs is not None:
             est = self._ls_error(with_bias=True)
             w, a2 = net.weights[0], net.weights[1]
+            if self.reg_info is not None:     # the regression's own estimate, per network unit
+                est = self.reg_info.unit_error
             for i, src in enumerate(self.unit_src):
                 j = self.jumps[src] if src < len(self.jumps) else None
                 infos.append(NeuronInfo(
                     line=j.line if j else -1, t=j.t if j else float("nan"),
                     rank_ratio=j.rank_ratio if j else float("nan"),
-                    rho=float(self.signs.rho[src]),
-                    row_change=float(self.row_change[src]),
-                    fit_residual=float(self.fit_resid[src]),
+                    rho=_at(self.signs.rho, src),
+                    row_change=_at(self.row_change, src),
+                    fit_residual=_at(self.fit_resid, src),
                     out_weight=float(np.abs(a2[:, i]).max() * np.linalg.norm(w[i])),
-                    error_estimate=float(est[src]) if src < est.size else float("nan"),
+                    error_estimate=float(est[i] if self.reg_info is not None else est[src])
+                    if src < est.size else float("nan"),
                     anchored=int(src) in self.anchors))
         return Extraction(
             network=net, queries=self.oracle.queries,
@@ -489,6 +639,11 @@ class _Run:
             stage_queries=dict(self.stage), neurons=tuple(infos), lines=self.lines,
             check_error=self.check_error, notes=tuple(self.notes),
             seconds=time.perf_counter() - t0)
+
+
+def _at(values: np.ndarray, i: int) -> float:
+    """``values[i]``, NaN past the end (units added after the last finite-difference fit)."""
+    return float(values[i]) if i < values.size else float("nan")
 
 
 def _safe_steps(p: np.ndarray, w: np.ndarray, b: np.ndarray, cap: float,
@@ -548,12 +703,15 @@ def extract(oracle: Oracle, *, seed: int = 0, throw: bool = True,
     t0 = time.perf_counter()
     with jax.enable_x64(True):
         try:
+            run.detect_noise()
             x0, v = run.new_line()
             kinks = run.search(x0, v)
             run.report(stage="search", kinks=int(kinks.t.size))
             run.measure(x0, v, kinks)
             run.fit()
             run.report(stage="fit")
+            if not run.nf.float64:      # noisy: regress now, and after each unit added
+                run.regress()
             clean = 0
             polished = False
             status = "unverified"
@@ -562,7 +720,14 @@ def extract(oracle: Oracle, *, seed: int = 0, throw: bool = True,
                 if ok:
                     clean += 1
                     if clean >= cfg.patience:
-                        if not polished:
+                        if not run.nf.float64 and run.reg_info is None:
+                            run.regress()
+                            run.report(stage="regression")
+                            clean = cfg.patience - 1       # checked once more, tighter
+                            if run.reg_info is None:
+                                break
+                            continue
+                        if not polished and run.nf.float64:
                             polished = True
                             if run.polish():
                                 run.fit(final=True)
@@ -575,7 +740,10 @@ def extract(oracle: Oracle, *, seed: int = 0, throw: bool = True,
                     continue
                 clean = 0
                 if run.extend(x0, v):
-                    run.fit()
+                    if run.nf.float64:
+                        run.fit()
+                    elif run.add_units() and run.reg_info is not None:
+                        run.regress()
                 run.report(stage="extend")
         except QueryBudgetExceeded as exc:
             if run.jumps and (run.network is None or len(run.rows) != len(run.jumps)):

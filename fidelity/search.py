@@ -41,7 +41,7 @@ def _tolerances(scale, noise_factor):
 def search_lines(query: Callable[[np.ndarray], np.ndarray], x0: np.ndarray, v: np.ndarray,
                  t_max: float, *, delta: float, min_delta: float, noise_factor: float,
                  max_rounds: int, max_open: int = 1 << 14,
-                 floor_frac: float = 1e-2) -> list[LineKinks]:
+                 floor_frac: float = 1e-2, noise_abs: float = 0.0) -> list[LineKinks]:
     """Finds the kinks of ``query`` on each line ``x0[i] + t v[i]``, ``t`` in ``[-t_max, t_max]``.
 
     Args:
@@ -49,7 +49,7 @@ def search_lines(query: Callable[[np.ndarray], np.ndarray], x0: np.ndarray, v: n
         x0, v: ``(L, d)`` line origins and unit directions.
         delta: step for one-sided slopes; shrunk to ``width / 8`` in narrow intervals, never
             below ``min_delta``.
-        noise_factor: answers are trusted to ``noise_factor * eps * |f|``.
+        noise_factor: answers are trusted to ``noise_factor * eps * |f| + noise_abs``.
         max_rounds: bound on the number of batched rounds.
         max_open: bound on the open intervals of a round (all lines); past it the search stops
             and reports the open intervals as unresolved.
@@ -85,7 +85,7 @@ def search_lines(query: Callable[[np.ndarray], np.ndarray], x0: np.ndarray, v: n
             np.add.at(unresolved, line, 1)
             break
         scale = np.maximum(np.maximum(np.abs(gl).max(1), np.abs(gr).max(1)), floor[line])
-        noise = _tolerances(np.maximum(scale, 1e-300), noise_factor)
+        noise = _tolerances(np.maximum(scale, 1e-300), noise_factor) + noise_abs
         width = tr - tl
         slope_tol = 4 * noise * (1 / dl + 1 / dr)
         den = sl - sr
