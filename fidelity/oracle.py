@@ -125,6 +125,29 @@ class Oracle:
         self.chunk_size = journal.chunk_rows
         return journal
 
+    def jax_victim(self) -> Optional[ReLUNetwork]:
+        """The victim itself when the engine may evaluate it inside jit (a float ReLUNetwork,
+        asked in-process, with no journal or chunking to honour); ``None`` otherwise. Rows
+        evaluated that way must be paid with :meth:`charge`."""
+        victim = self._victim
+        if (isinstance(victim, ReLUNetwork) and self.journal is None and self.chunk_size is None
+                and victim.dtype in (np.float64, np.float32)):
+            return victim
+        return None
+
+    def charge(self, n: int) -> None:
+        """Counts ``n`` rows the engine evaluated on :meth:`jax_victim` directly."""
+        n = int(n)
+        if self.budget is not None and self.queries + n > self.budget:
+            raise QueryBudgetExceeded(
+                f"charging {n} rows would pass the budget of {self.budget} "
+                f"({self.queries} spent)")
+        self.queries += n
+        self.paid += n
+        if self.progress is not None:
+            self.progress(dict(queries=self.queries, paid=self.paid,
+                               replayed=self.replayed, budget=self.budget))
+
     def require_scores(self) -> None:
         """Raises :class:`OracleError` when the victim answers labels only."""
         if self.label_only:

@@ -52,6 +52,10 @@ class ExtractConfig:
         polish_radius: spread (in units of ``input_scale``) of the random points projected
             onto a hyperplane to place them.
         polish_tries: candidate points per unit; the one farthest from other hyperplanes wins.
+        jit_search: run the critical-point search inside ``jax.jit`` (see
+            :mod:`fidelity.jitsearch`; same kinks and row counts as the host search) when the
+            oracle wraps a ReLUNetwork in-process; ``None``: only where JAX's default backend is
+            not the CPU (on a CPU the host-driven search is faster and compiles nothing).
         detect_noise: measure the noise floor of the answers first (48 queries) and, when it
             is above float64 rounding (a float32 or rounding victim), derive steps, tolerances
             and weights from it; False assumes float64 answers.
@@ -87,6 +91,7 @@ class ExtractConfig:
     polish_radius: float = 0.1
     polish_tries: int = 8
     detect_noise: bool = True
+    jit_search: Optional[bool] = None
     noisy_step_frac: float = 0.02
     noisy_sign_tol: float = 0.3
     noisy_check_tol: float = 0.05
@@ -241,10 +246,26 @@ class _Run:
 
     # --------------------------------------------------------------- stages
     def search(self, x0, v) -> search.LineKinks:
-        res = search.search_lines(
-            self.query("search"), x0[None], v[None], self.t_max, delta=self.delta,
-            min_delta=self.min_delta, noise_factor=self.tol_rel / search.EPS,
-            noise_abs=self.tol_abs, max_rounds=self.cfg.max_rounds)[0]
+        opts = dict(delta=self.delta, min_delta=self.min_delta,
+                    noise_factor=self.tol_rel / search.EPS, noise_abs=self.tol_abs,
+                    max_rounds=self.cfg.max_rounds)
+        net = self.oracle.jax_victim()
+        use_jit = self.cfg.jit_search
+        if use_jit is None:
+            use_jit = jax.default_backend() != "cpu"
+        if use_jit and net is not None:
+            from . import jitsearch
+            lines, rows, complete = jitsearch.search_lines_jit(
+                net, x0[None], v[None], self.t_max, row_budget=self.oracle.remaining, **opts)
+            self.oracle.charge(rows)
+            self.stage["search"] += rows
+            if not complete:
+                raise QueryBudgetExceeded(
+                    f"budget of {self.oracle.budget} rows ran out while searching")
+            res = lines[0]
+        else:
+            res = search.search_lines(self.query("search"), x0[None], v[None], self.t_max,
+                                      **opts)[0]
         if res.unresolved:
             self.notes.append(f"line {self.lines - 1}: {res.unresolved} intervals left "
                               "unresolved after max_rounds")
@@ -641,6 +662,30 @@ class _Run:
             seconds=time.perf_counter() - t0)
 
 
+def _escalate(result: Extraction, oracle: Oracle, precision: str, dps: int, seed: int,
+              cfg: ExtractConfig, t0: float) -> Extraction:
+    """Refines all units (``precision='mp'``) or the flagged ones (``'auto'``) in mpmath."""
+    from . import mp          # mpmath work only when asked for
+
+    units = None
+    if precision == "auto":
+        units = [i for i, n in enumerate(result.neurons) if n.error_estimate > cfg.polish_tol]
+        if not units:
+            return result
+        if len(units) == len(result.neurons):
+            units = None              # all of them: the output bias is refined too
+    try:
+        out = mp.refine(result, oracle, dps=dps, units=units, seed=seed,
+                        input_scale=cfg.input_scale, step_max=cfg.step_max)
+    except QueryBudgetExceeded as exc:
+        raise QueryBudgetExceeded(str(exc), result=exc.result) from None
+    if precision == "auto":
+        flagged = "all units" if units is None else f"units {units}"
+        out = dataclasses.replace(out, notes=out.notes + (
+            f"{flagged} were flagged as imprecise in float64 and refined in mp ({dps} digits)",))
+    return dataclasses.replace(out, seconds=time.perf_counter() - t0)
+
+
 def _at(values: np.ndarray, i: int) -> float:
     """``values[i]``, NaN past the end (units added after the last finite-difference fit)."""
     return float(values[i]) if i < values.size else float("nan")
@@ -661,7 +706,7 @@ def _safe_steps(p: np.ndarray, w: np.ndarray, b: np.ndarray, cap: float,
 
 def extract(oracle: Oracle, *, seed: int = 0, throw: bool = True,
             progress: Optional[Callable[[dict], None]] = None, journal=None,
-            **options) -> Extraction:
+            precision: str = "auto", dps: int = 50, **options) -> Extraction:
     """Recovers a one-hidden-layer ReLU network from query access alone.
 
     Args:
@@ -672,6 +717,13 @@ def extract(oracle: Oracle, *, seed: int = 0, throw: bool = True,
         journal: optional path of a query journal (see :mod:`fidelity.journal`): every answered
             chunk is written to it durably before use, and a rerun with the same seed and options
             replays it without querying, then continues. ``oracle.paid`` counts the rows sent.
+        precision: ``"float64"``: a float64 network. ``"mp"``: the float64 recovery is then
+            refined in mpmath at ``dps`` digits (the oracle must be made with
+            ``precision="mp"``; see :func:`fidelity.mp.refine`), and the network holds object
+            arrays of ``mpmath.mpf``. ``"auto"`` (default): like ``"float64"``, except that
+            when the oracle answers in mp, the units the float64 pass flags as imprecise
+            (error estimate above ``polish_tol``) are refined in mp, and only those.
+        dps: decimal digits of the mp refinement.
         **options: fields of :class:`ExtractConfig`.
 
     Returns:
@@ -696,6 +748,10 @@ def extract(oracle: Oracle, *, seed: int = 0, throw: bool = True,
     cfg = ExtractConfig(**options)
     if not isinstance(oracle, Oracle):
         raise TypeError("extract needs a fidelity.Oracle; wrap the victim in Oracle(...)")
+    if precision not in ("auto", "float64", "mp"):
+        raise ValueError(f"precision must be 'auto', 'float64' or 'mp', got {precision!r}")
+    if precision == "mp" and oracle.precision != "mp":
+        raise ValueError("precision='mp' needs an oracle made with Oracle(..., precision='mp')")
     oracle.require_scores()
     if journal is not None:
         oracle.attach_journal(journal)
@@ -760,6 +816,8 @@ def extract(oracle: Oracle, *, seed: int = 0, throw: bool = True,
             "(output weights below ~1e-6 of the largest) or never crossed by a line may be "
             f"missing; the model's last check error is {run.check_error:.1e}")
     result = run.result(status, t0)
+    if status == "ok" and oracle.precision == "mp" and precision != "float64":
+        result = _escalate(result, oracle, precision, dps, seed, cfg, t0)
     if status != "ok":
         log.warning("extraction ended with status %s: %s", status, "; ".join(run.notes))
         if throw:

@@ -161,3 +161,13 @@ def test_four_devices_same_kinks_same_rows():
     assert four["ok"] == one["ok"]
     for a, b in zip(one["t"], four["t"]):
         np.testing.assert_allclose(b, a, rtol=0, atol=1e-9 * 800.0)
+
+
+def test_extract_with_jit_search_matches_host_search():
+    victim = F.ReLUNetwork.random(3, [64, 16, 10])
+    host = F.extract(F.Oracle(victim), seed=0, jit_search=False)
+    oracle = F.Oracle(victim)
+    jitted = F.extract(oracle, seed=0, jit_search=True)
+    assert jitted.queries == host.queries == oracle.queries == oracle.paid
+    assert jitted.stage_queries == host.stage_queries
+    np.testing.assert_array_equal(jitted.network.weights[0], host.network.weights[0])

@@ -186,3 +186,27 @@ def test_refine_misuse():
         mp.refine(result, oracle)
     with pytest.raises(ValueError):
         mp.refine(result, F.Oracle(victim, precision="mp"), units=[7])
+
+
+def test_extract_precision_mp_end_to_end():
+    victim = F.ReLUNetwork.random(0, [10, 8, 1])
+    oracle = F.Oracle(victim, precision="mp")
+    before = mpmath.mp.dps
+    result = F.extract(oracle, precision="mp", dps=50)
+    assert result.status == "ok" and result.queries == oracle.queries
+    assert isinstance(result.network.weights[0][0, 0], mpmath.mpf)
+    assert F.evaluate(victim, result.network, num_samples=1000).param_error < 1e-40
+    assert mpmath.mp.dps == before
+    with pytest.raises(ValueError, match="precision='mp'"):
+        F.extract(F.Oracle(victim), precision="mp")
+
+
+def test_extract_auto_escalates_only_flagged_units():
+    victim = F.ReLUNetwork.random(0, [10, 8, 1])
+    # float64 oracle: nothing to escalate to
+    plain = F.extract(F.Oracle(victim), polish_tol=0.0)
+    assert plain.network.weights[0].dtype == np.float64
+    # mp oracle, every unit flagged (polish_tol=0): all refined in mp
+    result = F.extract(F.Oracle(victim, precision="mp"), polish_tol=0.0)
+    assert any("flagged as imprecise" in n for n in result.notes)
+    assert F.evaluate(victim, result.network, num_samples=1000).param_error < 1e-40
