@@ -19,17 +19,18 @@ import numpy as np
 
 EPS = np.finfo(np.float64).eps
 
-# relative noise below this is float64 arithmetic: the engine's float64 defaults apply
-FLOAT64_LEVEL = 1e-13
+# relative noise below this (~16 eps) is float64 arithmetic: the float64 defaults apply
+FLOAT64_LEVEL = 4e-15
 
 
 @dataclass(frozen=True)
 class NoiseFloor:
     """Measured noise of the answers: standard deviation ``absolute + relative * |f|``.
 
-    ``bits`` is the precision this leaves at the largest answers the search sees
-    (``-log2(sigma / |f|)``); ``float64`` is True when the answers are exact to float64
-    rounding, where the engine keeps its float64 settings.
+    ``bits`` is the precision this leaves in the answers, ``-log2(sigma / |f|)`` at the worse
+    of a typical answer near the origin and one at the far end of a search line; ``float64`` is
+    True when the answers are exact to float64 rounding, where the engine keeps its float64
+    settings.
     """
 
     absolute: float
@@ -39,6 +40,11 @@ class NoiseFloor:
     bits: float
     float64: bool
     queries: int
+
+    @property
+    def ratio(self) -> float:
+        """The worse relative noise ``sigma / |f|`` of the two measured ends."""
+        return float(2.0 ** -self.bits)
 
     def sigma(self, scale) -> np.ndarray:
         """Noise standard deviation of an answer of size ``scale``."""
@@ -81,8 +87,8 @@ def measure(query: Callable[[np.ndarray], np.ndarray], x_near: np.ndarray, x_far
     rel = max(s_far - s_near, 0.0) / max(f_far - f_near, 1e-300) if f_far > f_near else 0.0
     absolute = max(s_near - rel * f_near, 0.0)
     rel = max(rel, EPS)
-    top = max(f_far, f_near, 1e-300)
-    ratio = (absolute + rel * top) / top
+    # the worse of the two ends: absolute noise (rounding) weighs most where |f| is small
+    ratio = max((absolute + rel * f) / max(f, 1e-300) for f in (f_near, f_far))
     exact = ratio <= FLOAT64_LEVEL
     if exact:
         absolute, rel = 0.0, EPS

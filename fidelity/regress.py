@@ -82,7 +82,7 @@ def _rms(p, x, y, inv_sigma):
 
 
 def gauss_newton(net: ReLUNetwork, x: np.ndarray, y: np.ndarray, sigma: np.ndarray, *,
-                 steps: int = 8, cg_iters: int = 200, damping: float = 1e-9,
+                 steps: int = 8, cg_iters: int = 100, damping: float = 1e-9,
                  stop: float = 1e-3, retries: int = 4) -> tuple[ReLUNetwork, RegressionInfo]:
     """Fits all parameters of a one-hidden-layer ``net`` to answers ``y`` at ``x``.
 
@@ -94,7 +94,8 @@ def gauss_newton(net: ReLUNetwork, x: np.ndarray, y: np.ndarray, sigma: np.ndarr
         cg_iters: bound on conjugate-gradient iterations per step.
         damping: Levenberg-Marquardt damping relative to the diagonal (it also pins the
             per-unit scaling symmetry, which leaves ``J^T J`` singular).
-        stop: stop when a step lowers the weighted RMS residual by less than this fraction.
+        stop: stop when a step lowers the weighted RMS residual by less than this fraction
+            (or when it falls below 1, the noise floor).
         retries: bound on steps refused (the residual grew) and retried with 100x the damping.
 
     Returns:
@@ -120,11 +121,9 @@ def gauss_newton(net: ReLUNetwork, x: np.ndarray, y: np.ndarray, sigma: np.ndarr
                 continue
             lam = max(damping, lam / 100.0)
             p, taken = trial, taken + 1
-            if taken >= steps:
-                break
             gain = (current - new) / current
             current = new
-            if gain < stop:
+            if taken >= steps or gain < stop or current < 1.0:   # at the noise floor
                 break
         w, b, a, c = (np.asarray(t) for t in p)
         if diag is None:
