@@ -95,6 +95,8 @@ def _demo(args) -> int:
     seconds = time.perf_counter() - t0
     print(f"status: {result.status}; hidden units found: {result.hidden_size}")
     print(f"queries: {result.queries} ({result.queries / victim.num_params:.3f} per parameter)")
+    print(f"answers' precision: {result.noise.bits:.0f} bits; estimated parameter error "
+          f"(largest over units): {result.error_estimate:.1e}")
     print(f"time: {seconds:.2f} s (JIT compilation included)")
     report = evaluate(victim, result.network, num_samples=args.samples, seed=args.seed)
     print(f"Gaussian inputs ({args.samples}): fidelity {report.fidelity:.6f}, "
@@ -150,7 +152,9 @@ def _extract(args) -> int:
         saved = args.out
     summary = dict(status=result.status, hidden=result.hidden_size, queries=result.queries,
                    paid=oracle.paid, replayed=oracle.replayed, seconds=round(result.seconds, 3),
-                   out=saved, journal=args.journal)
+                   out=saved, journal=args.journal,
+                   noise_bits=None if result.noise is None else round(result.noise.bits, 1),
+                   error_estimate=float(f"{result.error_estimate:.3g}"))
     if error:
         summary["stopped"] = error
     print(json.dumps(summary) if args.json else

@@ -109,8 +109,10 @@ class NeuronInfo:
     row_change: float       # change of its normalised row in the last refinement pass
     fit_residual: float     # weighted residual of the regions it is active in
     out_weight: float       # max |A2[:, i]| * |w_i| (its size as seen at the outputs)
-    error_estimate: float   # LS standard error of its normalised row and output weights
-                            # (statistical only: crossing terms can leave 100x more)
+    error_estimate: float   # estimated error of its normalised row and output weights:
+                            # float64, the LS standard error or the crossing corrections' error
+                            # (conservative: measured errors are 1e-5..0.9 of it); noisy
+                            # answers, the regression's calibrated estimate; mp, see mp.refine
     anchored: bool          # its bias comes from a kink located near the origin
 
 
@@ -129,6 +131,14 @@ class Extraction:
     check_error: float = float("nan")   # max relative disagreement on the last check line
     notes: tuple = ()
     seconds: float = 0.0
+    noise: Optional[noise.NoiseFloor] = None   # the answers' measured noise floor
+
+    @property
+    def error_estimate(self) -> float:
+        """Overall confidence: the largest per-unit error estimate (normalised parameters),
+        NaN when there is no unit."""
+        est = [n.error_estimate for n in self.neurons]
+        return float(max(est)) if est else float("nan")
 
 
 class ExtractionError(FidelityError):
@@ -556,7 +566,7 @@ class _Run:
             f"{info.final_rms:.3g} (1 = the noise floor)")
         self._merge_duplicates()
 
-    def _merge_duplicates(self, undetermined: float = 1e-3):
+    def _merge_duplicates(self, undetermined: float = 0.05):
         """Noisy answers: a unit found twice (its two rows agree to within ten of their error
         estimates) becomes one, carrying both output weights; a unit whose row the answers do
         not determine (error estimate above ``undetermined``: a spurious kink whose output
@@ -582,7 +592,10 @@ class _Run:
         if keep.all():
             return
         if (~keep).sum() > dropped:
-            self.notes.append(f"merged {int((~keep).sum()) - dropped} units found twice")
+            self.notes.append(
+                f"merged {int((~keep).sum()) - dropped} units into others whose rows agree "
+                "within their error estimates (a unit found twice, or twins that this "
+                "precision cannot separate)")
         self.network = ReLUNetwork([w[keep], a2[:, keep]], [b[keep], net.biases[1]])
         self.unit_src = self.unit_src[keep]
         self.reg_info = dataclasses.replace(self.reg_info, unit_error=err[keep])
@@ -684,7 +697,7 @@ class _Run:
         net = self.network
         infos = []
         if net is not None and self.signs is not None:
-            est = self._ls_error(with_bias=True)
+            est = np.maximum(self._ls_error(with_bias=True), self._unit_error())
             w, a2 = net.weights[0], net.weights[1]
             if self.reg_info is not None:     # the regression's own estimate, per network unit
                 est = self.reg_info.unit_error
@@ -705,7 +718,7 @@ class _Run:
             hidden_size=0 if net is None else net.weights[0].shape[0], status=status,
             stage_queries=dict(self.stage), neurons=tuple(infos), lines=self.lines,
             check_error=self.check_error, notes=tuple(self.notes),
-            seconds=time.perf_counter() - t0)
+            seconds=time.perf_counter() - t0, noise=self.nf)
 
 
 def _escalate(result: Extraction, oracle: Oracle, precision: str, dps: int, seed: int,

@@ -132,3 +132,31 @@ def test_run_one_records_errors_not_raises(bench):
     assert rec["status"].startswith("error: ")
     ok = bench.run_one("10-8-1", "round8", net, bench.rounded_victim(net, 8)[0], samples=1000)
     assert ok["status"] == "ok" and ok["fidelity_gauss"] == 1.0 and ok["noise_note"]
+
+
+def _unit_errors(truth, net):
+    """Actual error of each extracted unit's normalised row and output weights."""
+    def norm(n):
+        rows = np.concatenate([n.weights[0], n.biases[0][:, None]], 1)
+        s = np.linalg.norm(rows, axis=1)
+        return rows / s[:, None], n.weights[1] * s[None]
+    rv, av = norm(truth)
+    re, ae = norm(net)
+    out = []
+    for i in range(re.shape[0]):
+        j = int(np.argmax(np.abs(rv @ re[i])))
+        out.append(max(np.abs(rv[j] - re[i]).max(),
+                       np.abs(av[:, j] - ae[:, i]).max() / np.abs(av[:, j]).max()))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("regime", ["float64", "float32"])
+def test_error_estimates_cover_actual_errors(bench, regime):
+    net = F.ReLUNetwork.random(1, [64, 16, 10])
+    answer, truth = (net, net) if regime == "float64" else bench.float32_victim(net)
+    res, _ = _extract(answer, truth)
+    est = np.array([n.error_estimate for n in res.neurons])
+    actual = _unit_errors(truth, res.network)
+    assert np.all(actual <= est), (actual / est).max()
+    assert res.error_estimate == est.max()
+    assert (res.noise.float64) == (regime == "float64")
