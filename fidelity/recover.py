@@ -115,11 +115,12 @@ def measure_points(query: Callable[[np.ndarray], np.ndarray], base: np.ndarray,
         step = np.repeat(step[:, None], d, 1)
     f_base, f_probe = [], []
     chunk = max(1, chunk_rows // per)
-    eye = np.eye(d)
+    coord = np.arange(d)
     for start in range(0, n_ok, chunk):
         b = base[start:start + chunk]
         s = step[start:start + chunk]
-        pts = np.concatenate([b[:, None, :], b[:, None, :] + s[:, :, None] * eye[None]], 1)
+        pts = np.repeat(b[:, None, :], per, axis=1)     # the base, then probe i moves entry i
+        pts[:, coord + 1, coord] += s
         y = query(pts.reshape(-1, d)).reshape(b.shape[0], per, -1)
         f_base.append(y[:, 0])
         f_probe.append(y[:, 1:])
@@ -182,8 +183,24 @@ def masks(rows: np.ndarray, regions: Regions, unit_line: np.ndarray,
 
 
 def fit_rows(aff: np.ndarray, weight: np.ndarray, m: np.ndarray, coef: np.ndarray,
-             bias_scale: Optional[np.ndarray] = None, iters: int = 3):
+             bias_scale: Optional[np.ndarray] = None, iters: int = 3, *,
+             rows: Optional[np.ndarray] = None, refine_steps: int = 3, residual: bool = True):
     """Weighted least squares for rows and coefficients in the unsigned model.
+
+    The design is never formed. Region ``r`` contributes the ``k`` design rows
+    ``[diag(m_r) coef, I_k]^T``, so the normal matrix is ``(M^T W^2 M) * (coef coef^T)``
+    bordered by ``(M^T w^2) coef`` and ``(sum w^2) I_k``: one ``(h, R) x (R, h)`` product per call,
+    then ``O(h^2 k)`` per solve, and a Cholesky factor of size ``h + k`` after column
+    equilibration. Normal equations square the condition number, so each solve is refined on the
+    residual of the data ``aff - model`` (not of the normal equations): the corrected
+    semi-normal equations of Bjorck (*Numerical Methods for Least Squares Problems*, SIAM 1996),
+    which recover the accuracy of a QR solve once ``cond^2 eps << 1``. An
+    ill-conditioned or singular system falls back to the dense QR / SVD solve.
+
+    The data enter through ``R k (d + 1) h`` products only: the moments ``M^T W^2 aff`` (cold
+    start) or one residual and its moments per refinement step. With ``rows`` from the previous
+    pass of a fixed-point refinement the start is already close, one step suffices, and the
+    coefficient solve reuses that step's moments: two such products per call.
 
     Args:
         aff: ``(R, k, d + 1)`` region affine maps.
@@ -194,56 +211,229 @@ def fit_rows(aff: np.ndarray, weight: np.ndarray, m: np.ndarray, coef: np.ndarra
             entries (``e = f(p) - G p`` carries ``|p|`` times the gradient noise); the bias
             column is solved with weights ``weight / bias_scale``, so that biases come from the
             regions nearest the origin.
+        iters: alternations of the row solve and the coefficient solve.
+        rows: ``(h, d + 1)`` rows matching ``coef`` to start from (used when ``iters == 1``).
+        refine_steps: bound on refinement steps per row solve; steps stop once the next
+            correction would fall below rounding.
+        residual: also return the weighted residual per region (one more ``R k (d + 1) h``
+            product; :func:`region_residual` computes it later); ``None`` in its place otherwise.
 
     Returns:
         rows ``(h, d + 1)`` with unit-norm ``w`` parts, coefficients ``(h, k)``, the affine term
-        ``(k, d + 1)``, the weighted residual per region ``(R,)``, and the standard errors
-        ``(h, 3)`` of each normalised row's ``w`` entries, its bias and its coefficients (LS
-        covariance).
+        ``(k, d + 1)``, the weighted residual per region ``(R,)`` (or ``None``), and the standard
+        errors ``(h, 3)`` of each normalised row's ``w`` entries, its bias and its coefficients
+        (LS covariance).
     """
-    n_reg, k, dp1 = aff.shape
     h = m.shape[1]
-    om = weight[:, None]
-    ob = om if bias_scale is None else om / bias_scale[:, None]
-    rhs = (aff * om[:, :, None]).reshape(n_reg * k, dp1)
-    rhs_b = (aff[:, :, -1] * ob).reshape(n_reg * k)
-    eye_k = np.eye(k)
     mf = m.astype(np.float64)
-    for _ in range(iters):
-        design = np.concatenate([
-            (mf[:, None, :] * coef.T[None, :, :]),           # (R, k, h)
-            np.broadcast_to(eye_k[None], (n_reg, k, k)),
-        ], axis=2)
-        dw = (design * om[:, :, None]).reshape(n_reg * k, h + k)
-        db = dw if bias_scale is None else (design * ob[:, :, None]).reshape(n_reg * k, h + k)
-        sol = _lstsq(dw, rhs)
-        if bias_scale is not None:
-            sol[:, -1] = _lstsq(db, rhs_b[:, None])[:, 0]
-        rows, aff0 = sol[:h], sol[h:]
-        norm = np.linalg.norm(rows[:, :-1], axis=1)
+    warm = rows is not None and iters == 1
+    full = _Moments(mf, weight ** 2, aff, cold=not warm)
+    bias = None if bias_scale is None else _Moments(mf, (weight / bias_scale) ** 2,
+                                                    aff[:, :, -1:], cold=True)
+    for it in range(iters):
+        steps = refine_steps if it == iters - 1 else 0
+        sol, chol = full.solve(coef, max(steps, 1) if warm else steps,
+                               start=rows if warm else None, judge_last=bias is None)
+        # (the bias column alone: its steps are cheap, and its weights make it the worse
+        # conditioned of the two)
+        sol_b, chol_b = (sol, chol) if bias is None else bias.solve(coef, 4 * steps)
+        if bias is not None:
+            sol[:, -1] = sol_b[:, 0]
+        new_rows, aff0 = sol[:h], sol[h:]
+        norm = np.linalg.norm(new_rows[:, :-1], axis=1)
         norm = np.where(norm > 0, norm, 1.0)
-        rows = rows / norm[:, None]
+        new_rows = new_rows / norm[:, None]
         coef = coef * norm[:, None]
-        # coefficients given rows: normal equations (R R^T) * (M^T W^2 M), one output at a time
-        gram = (rows @ rows.T) * (mf.T @ (mf * om ** 2))
-        resid = aff - aff0[None]                               # (R, k, d + 1)
-        proj = (resid.reshape(-1, dp1) @ rows.T).reshape(n_reg, k, h)   # one GEMM
-        rhs_c = np.einsum("rh,rkh->hk", mf * om ** 2, proj, optimize=True)
+        # coefficients given rows: normal equations (R R^T) * (M^T W^2 M), one output at a time,
+        # right-hand side sum_r w_r^2 m_r <aff_r - aff0, row> from the moments already formed
+        gram = (new_rows @ new_rows.T) * full.mwm
+        rhs_c = full.project(new_rows) - full.msum[:, None] * (new_rows @ aff0.T)
         try:
             coef = np.linalg.solve(gram, rhs_c)
         except np.linalg.LinAlgError:
             coef, *_ = np.linalg.lstsq(gram, rhs_c, rcond=None)
-    model = ((mf[:, None, :] * coef.T[None]).reshape(-1, h) @ rows).reshape(n_reg, k, dp1) \
-        + aff0[None]
-    resid = np.abs((aff - model) * weight[:, None, None]).max((1, 2))
+    rows = new_rows
+    resid = region_residual(aff, weight, m, rows, coef, aff0) if residual else None
     try:   # coefficients: the normal matrix of their last solve
         sig_c = np.sqrt(np.maximum(np.diag(np.linalg.inv(gram)), 0.0))
     except np.linalg.LinAlgError:
         sig_c = np.full(h, np.inf)
-    sig_w = _std_errors(dw, h) / norm
-    sig_b = sig_w if bias_scale is None else _std_errors(db, h) / norm
+    sig_w = chol.std_errors(h) / norm
+    sig_b = sig_w if bias is None else chol_b.std_errors(h) / norm
     sigma = np.stack([sig_w, sig_b, sig_c], 1)
     return rows, coef, aff0, resid, sigma
+
+
+def region_residual(aff: np.ndarray, weight: np.ndarray, m: np.ndarray, rows: np.ndarray,
+                    coef: np.ndarray, aff0: np.ndarray) -> np.ndarray:
+    """``(R,)`` largest weighted residual ``weight |aff - model|`` of each region."""
+    model = _model(m.astype(np.float64), coef, rows, aff0)
+    return np.abs((aff - model) * weight[:, None, None]).max((1, 2))
+
+
+def _model(mf: np.ndarray, coef: np.ndarray, rows: np.ndarray, aff0: np.ndarray) -> np.ndarray:
+    """``(R, k, q)`` affine maps of the unsigned model, ``coef^T diag(m_r) rows + aff0``."""
+    h, k = coef.shape
+    q = rows.shape[1]
+    scaled = (coef[:, :, None] * rows[:, None, :]).reshape(h, k * q)
+    out = (mf @ scaled).reshape(-1, k, q)
+    out += aff0[None]
+    return out
+
+
+class _Moments:
+    """Weighted moments of the unsigned model's data for one weight vector ``w2 = weight^2``.
+
+    ``mwm = M^T W^2 M`` ``(h, h)``, ``msum = M^T w2``, ``wsum = sum w2`` and ``g0 = w2^T aff``
+    ``(k, q)`` are cheap; the data moments ``g = M^T W^2 aff`` ``(h, k, q)`` (an ``R k q h``
+    product) are formed for a cold start only. A warm solve keeps instead the moments of its last
+    residual and the solution they were taken at, which give ``<row_l, g_lj>`` just as well
+    (private helper of :func:`fit_rows`).
+    """
+
+    def __init__(self, mf: np.ndarray, w2: np.ndarray, aff: np.ndarray, cold: bool):
+        n_reg, k, q = aff.shape
+        self.mf, self.w2, self.aff = mf, w2, aff
+        self.mw = mf * w2[:, None]
+        self.mwm = mf.T @ self.mw
+        self.msum = self.mw.sum(0)
+        self.wsum = float(w2.sum())
+        self.g0 = (w2 @ aff.reshape(n_reg, k * q)).reshape(k, q)
+        self.g = self._moments(aff) if cold else None
+        self.at = None     # (coef, rows, aff0, moments of the residual there)
+
+    def _moments(self, data: np.ndarray) -> np.ndarray:
+        n_reg, k, q = data.shape
+        return (self.mw.T @ data.reshape(n_reg, k * q)).reshape(-1, k, q)
+
+    def normal(self, coef: np.ndarray) -> np.ndarray:
+        """``(h + k, h + k)`` normal matrix ``D^T W^2 D`` of the design for ``coef``."""
+        k = coef.shape[1]
+        border = self.msum[:, None] * coef
+        return np.block([[self.mwm * (coef @ coef.T), border],
+                         [border.T, self.wsum * np.eye(k)]])
+
+    def project(self, rows: np.ndarray) -> np.ndarray:
+        """``(h, k)``: ``<rows_l, g_lj>``, from ``g`` or from the last residual's moments
+        (``g = g_res + M^T W^2 model``, and the model's part only needs ``h x h`` products)."""
+        if self.g is not None:
+            return np.einsum("lq,ljq->lj", rows, self.g)
+        coef, at_rows, at_aff0, g_res = self.at
+        return (np.einsum("lq,ljq->lj", rows, g_res)
+                + (self.mwm * (rows @ at_rows.T)) @ coef
+                + self.msum[:, None] * (rows @ at_aff0.T))
+
+    def _rhs(self, coef: np.ndarray, g: np.ndarray, g0: np.ndarray) -> np.ndarray:
+        return np.concatenate([np.einsum("lj,ljq->lq", coef, g), g0])
+
+    def solve(self, coef: np.ndarray, steps: int, start: Optional[np.ndarray] = None,
+              judge_last: bool = True):
+        """Rows and affine term ``(h + k, q)`` for ``coef``, and the factorisation used.
+
+        Starts from ``start`` rows (their best affine term is closed-form) or from the
+        normal equations, then refines at most ``steps`` times, and falls back to the dense
+        solve when the corrections do not fall below rounding by then; ``judge_last=False``
+        leaves the last column (solved elsewhere) out of that test.
+        """
+        normal = self.normal(coef)
+        chol = _Cholesky.of(normal)
+        if chol is None:     # singular or too ill-conditioned for refinement to converge
+            return self._dense_solve(coef, normal)
+        h = coef.shape[0]
+        if start is None:
+            sol = chol.solve(self._rhs(coef, self.g, self.g0))
+            last = None      # the first correction measures the solve's own error
+        else:
+            aff0 = (self.g0 - (self.msum[:, None] * coef).T @ start) / self.wsum
+            sol = np.concatenate([start, aff0])
+            last = np.inf    # the first correction is the distance from the start
+        cols = slice(None) if judge_last else slice(0, -1)
+        for i in range(steps):   # refinement on the residual of the data, not of the normals
+            res = _model(self.mf, coef, sol[:h], sol[h:])
+            np.subtract(self.aff, res, out=res)
+            g_res = self._moments(res)
+            if self.g is None:
+                self.at = (coef, sol[:h], sol[h:], g_res)
+            n_reg, k, q = res.shape
+            g0_res = (self.w2 @ res.reshape(n_reg, k * q)).reshape(k, q)
+            delta = chol.solve(self._rhs(coef, g_res, g0_res))
+            size, scale = np.abs(delta[:, cols]).max(), np.abs(sol[:, cols]).max()
+            sol = sol + delta
+            # each step shrinks the error by ``rate`` (at least the factor's estimate, at least
+            # the shrinkage seen): stop once the next correction would be below rounding
+            seen = size / max(scale, 1e-300) if last is None else size / max(last, 1e-300)
+            rate = max(chol.rate, seen if np.isfinite(seen) else 0.0)
+            if rate * size <= EPS * max(scale, 1e-300):
+                return sol, chol
+            last = size
+        if steps:            # refinement too slow for the steps allowed
+            return self._dense_solve(coef, normal)
+        return sol, chol
+
+    def _dense_solve(self, coef: np.ndarray, normal: np.ndarray):
+        h = coef.shape[0]
+        sol = self._dense(coef)
+        if self.g is None:   # the coefficient solve needs moments at some solution
+            res = self.aff - _model(self.mf, coef, sol[:h], sol[h:])
+            self.at = (coef, sol[:h], sol[h:], self._moments(res))
+        return sol, _Cholesky(None, normal)
+
+    def _dense(self, coef: np.ndarray) -> np.ndarray:
+        n_reg, k, q = self.aff.shape
+        om = np.sqrt(self.w2)[:, None, None]
+        design = np.concatenate([self.mf[:, None, :] * coef.T[None],
+                                 np.broadcast_to(np.eye(k)[None], (n_reg, k, k))], axis=2)
+        return _lstsq((design * om).reshape(n_reg * k, -1), (self.aff * om).reshape(n_reg * k, q))
+
+
+class _Cholesky:
+    """Cholesky factor of an equilibrated normal matrix (``factor`` None: not usable).
+
+    ``rate`` estimates how much each refinement step shrinks the error, ``eps cond``, with the
+    condition number bounded below by the squared ratio of the factor's pivots.
+    """
+
+    def __init__(self, factor, normal: np.ndarray, scale: Optional[np.ndarray] = None):
+        self.factor, self.normal, self.scale = factor, normal, scale
+        self.rate = 1.0
+        if factor is not None:
+            piv = np.diag(factor)
+            self.rate = min(1.0, 16 * EPS * (piv.max() / piv.min()) ** 2)
+
+    @staticmethod
+    def of(normal: np.ndarray, min_ratio: float = 3e-7) -> Optional["_Cholesky"]:
+        """Factors ``normal``; ``None`` when it is singular or its equilibrated condition number
+        exceeds about ``min_ratio ** -2`` (refinement converges only well below ``1 / eps``)."""
+        diag = np.diag(normal)
+        if not diag.size or not np.all(np.isfinite(normal)) or not np.all(diag > 0):
+            return None
+        scale = 1.0 / np.sqrt(diag)
+        try:
+            lower = np.linalg.cholesky(normal * scale[:, None] * scale[None, :])
+        except np.linalg.LinAlgError:
+            return None
+        piv = np.diag(lower)
+        if piv.min() <= min_ratio * piv.max():
+            return None
+        return _Cholesky(lower, normal, scale)
+
+    def solve(self, rhs: np.ndarray) -> np.ndarray:
+        y = scipy.linalg.solve_triangular(self.factor, rhs * self.scale[:, None], lower=True)
+        return scipy.linalg.solve_triangular(self.factor, y, lower=True, trans="T") \
+            * self.scale[:, None]
+
+    def std_errors(self, h: int) -> np.ndarray:
+        """Standard errors of the first ``h`` unknowns (unit-noise weighted LS)."""
+        if self.factor is None:
+            try:
+                cov = np.diag(np.linalg.inv(self.normal))[:h]
+            except np.linalg.LinAlgError:
+                return np.full(h, np.inf)
+        else:   # diag(N^-1) = scale^2 * column sums of squares of L^-1
+            inv = scipy.linalg.solve_triangular(self.factor, np.eye(self.factor.shape[0]),
+                                                lower=True)
+            cov = (self.scale ** 2 * np.einsum("ij,ij->j", inv, inv))[:h]
+        return np.sqrt(np.maximum(cov, 0.0))
 
 
 def _lstsq(a: np.ndarray, rhs: np.ndarray) -> np.ndarray:
@@ -254,12 +444,3 @@ def _lstsq(a: np.ndarray, rhs: np.ndarray) -> np.ndarray:
         if diag.size and diag.min() > 1e-13 * diag.max():
             return scipy.linalg.solve_triangular(r, q.T @ rhs)
     return np.linalg.lstsq(a, rhs, rcond=None)[0]
-
-
-def _std_errors(design: np.ndarray, h: int) -> np.ndarray:
-    """Standard errors of the first ``h`` unknowns of a unit-noise weighted LS design."""
-    try:
-        cov = np.diag(np.linalg.inv(design.T @ design))[:h]
-    except np.linalg.LinAlgError:
-        return np.full(h, np.inf)
-    return np.sqrt(np.maximum(cov, 0.0))
