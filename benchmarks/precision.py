@@ -55,7 +55,8 @@ def ill_conditioned(net: F.ReLUNetwork, pattern: str, seed: int = 0) -> F.ReLUNe
     """The float64 victim ``net`` made ill-conditioned by ``pattern`` (see the module doc).
 
     ``'decades'``: unit i's output column times ``10**(-6 i / (h - 1))``; ``'pair'``: unit 1's row
-    replaced by unit 0's plus ``1e-7`` times a random unit vector; ``'offset'``: ``b2 += 1e3``;
+    replaced by unit 0's plus ``1e-7`` times a random unit vector; ``'parallel'``: unit 1 is unit
+    0 scaled by ``1 + 1e-7`` with its bias moved by ``1e-7 |w|`` (parallel hyperplanes); ``'offset'``: ``b2 += 1e3``;
     ``'tiny_inputs'``: ``W1 *= 1e3`` (extract with ``input_scale=1e-3``).
     """
     w1, b1 = net.weights[0].copy(), net.biases[0].copy()
@@ -64,10 +65,14 @@ def ill_conditioned(net: F.ReLUNetwork, pattern: str, seed: int = 0) -> F.ReLUNe
     if pattern == "decades":
         w2 = w2 * 10.0 ** (-6.0 * np.arange(h) / (h - 1))[None, :]
     elif pattern == "pair":
-        rng = np.random.default_rng(seed)
+        rng = np.random.default_rng([seed, 7])     # not the victim's own stream
         u = rng.normal(size=w1.shape[1] + 1)
         u /= np.linalg.norm(u)
         w1[1], b1[1] = w1[0] + 1e-7 * u[:-1], b1[0] + 1e-7 * u[-1]
+    elif pattern == "parallel":
+        # the difference along the row itself: two parallel hyperplanes ~1e-7 apart, which no
+        # line separates further (the engine keeps them as one unit and says so)
+        w1[1], b1[1] = w1[0] * (1 + 1e-7), b1[0] + 1e-7 * np.linalg.norm(w1[0])
     elif pattern == "offset":
         b2 = b2 + 1e3
     elif pattern == "tiny_inputs":
@@ -77,7 +82,7 @@ def ill_conditioned(net: F.ReLUNetwork, pattern: str, seed: int = 0) -> F.ReLUNe
     return F.ReLUNetwork([w1, w2], [b1, b2])
 
 
-PATTERNS = ("decades", "pair", "offset", "tiny_inputs")
+PATTERNS = ("decades", "pair", "parallel", "offset", "tiny_inputs")
 
 
 # ---------------------------------------------------------------------------- metrics
@@ -153,9 +158,8 @@ def run_one(name: str, regime: str, truth: F.ReLUNetwork, answer: Callable, *, i
             if mp_dps is not None:
                 from fidelity import mp
                 oracle = F.Oracle(truth, precision="mp", budget=budget)
-                res = F.extract(oracle, seed=0, throw=False)
-                rec["f64_queries"] = res.queries
-                res = mp.refine(res, oracle, dps=mp_dps)
+                res = F.extract(oracle, seed=0, throw=False, precision="mp", dps=mp_dps)
+                rec["f64_queries"] = res.queries - res.stage_queries.get("mp", 0)
             else:
                 oracle = F.Oracle(answer, input_dim=truth.input_dim, budget=budget)
                 res = F.extract(oracle, seed=0, throw=False, input_scale=input_scale)

@@ -22,7 +22,7 @@ def run(sizes: str, seed: int, dps: int) -> dict:
     oracle = F.Oracle(victim, precision="mp")
     t0 = time.perf_counter()
     with jax.enable_x64(True):
-        result = F.extract(oracle)
+        result = F.extract(oracle, precision="float64")
     t64 = time.perf_counter() - t0
     err64 = F.evaluate(victim, result.network, num_samples=2000).param_error
     t0 = time.perf_counter()

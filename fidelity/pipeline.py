@@ -178,6 +178,8 @@ class _Run:
         self.signs: Optional[solve.Signs] = None
         self.row_change = np.zeros(0)
         self.sigma: Optional[np.ndarray] = None
+        self.twins_done: set = set()                  # pairs of units already re-measured
+        self.twins_merged: set = set()
         self.anchors: dict[int, np.ndarray] = {}     # unit -> a point located on its hyperplane
         self.anchor_x = np.zeros((0, self.d))         # points answered while anchoring
         self.anchor_y: Optional[np.ndarray] = None
@@ -673,6 +675,8 @@ class _Run:
         new = [i for i, t in enumerate(res.t)
                if pred.size == 0 or np.nanmin(np.abs(pred - t)) > tol + spread * abs(t)]
         if not new:
+            if self.nf.float64 and (self.separate_twins() or self.merge_twins()):
+                return True
             if self.nf.float64:
                 self.notes.append(f"line {self.lines - 1}: answers disagree with the model "
                                   f"(relative {self.check_error:.2e}) but no new kink was found")
@@ -692,6 +696,104 @@ class _Run:
                  and (not known.size or np.abs(known @ j.row[:-1]).max() < 0.99)]
         self.jumps = self.jumps[:before] + fresh
         return len(self.jumps) > before
+
+    def separate_twins(self) -> bool:
+        """Re-measures two units whose kinks on one line are closer than it can resolve.
+
+        Twins (rows that differ by ~1e-7) kink a hair apart on every line, and the region
+        between is too thin for a gradient. Their hyperplanes fan out with the distance from
+        where they meet, so a short line along the better row's normal far out (``|x| ~ T``)
+        crosses them further apart; the gradients of the three regions there, with each
+        coordinate step kept inside its region, give both rows. True when a pair was measured.
+        """
+        if len(self.jumps) < 2:
+            return False
+        lines = np.array([j.line for j in self.jumps])
+        ts = np.array([j.t for j in self.jumps])
+        close = np.abs(ts[:, None] - ts[None, :]) <= 1e-6 * self.t_max
+        close &= (lines[:, None] == lines[None, :]) & ~np.eye(len(ts), dtype=bool)
+        pairs = [(a, b) for a, b in zip(*np.nonzero(np.triu(close)))
+                 if (a, b) not in self.twins_done]
+        if not pairs:
+            return False
+        est = self._unit_error()
+        measured = False
+        for a, b in pairs[:4]:
+            self.twins_done.add((a, b))
+            keep = a if est[a] <= est[b] else b
+            w, b0 = self.rows[keep, :-1], self.rows[keep, -1]
+            n = w / np.linalg.norm(w)
+            reach = 30 * self.t_max
+            tau = 1e-4 * reach
+            for _ in range(3):                # the fan opens along an unknown direction
+                xr = self.rng.normal(size=self.d)
+                xr *= reach / np.linalg.norm(xr)
+                x0 = xr - (w @ xr + b0) / (w @ w) * w
+                self.lines += 1
+                res = search.search_lines(
+                    self.query("search"), x0[None], n[None], tau, delta=1e-6 * tau,
+                    min_delta=1e-12 * tau, noise_factor=self.tol_rel / search.EPS,
+                    max_rounds=self.cfg.max_rounds)[0]
+                if res.t.size >= 2:
+                    break
+            else:
+                continue
+            t1, t2 = np.sort(res.t[np.argsort(np.abs(res.t))[:2]])
+            bounds = np.array([-tau, t1, t2, tau])
+            mids = 0.5 * (bounds[:-1] + bounds[1:])
+            base = x0 + mids[:, None] * n
+            others = np.array([m for m in range(self.rows.shape[0]) if m not in (a, b)])
+            cap = self.cfg.step_max * self.cfg.input_scale
+            steps = []
+            for r, mid in enumerate(mids):
+                st = (_safe_steps(base[r], self.rows[others, :-1], self.rows[others, -1], cap)
+                      if others.size else np.full(self.d, cap))
+                room = min(mid - bounds[r] if r else np.inf,
+                           bounds[r + 1] - mid if r < 2 else np.inf)
+                with np.errstate(divide="ignore"):
+                    limit = 0.25 * room / np.abs(n)
+                steps.append(np.sign(st) * np.minimum(np.abs(st), limit))
+            regions, complete = recover.measure_points(
+                self.query("gradients"), base, np.array(steps), np.full(3, self.lines - 1),
+                bounds[:-1], bounds[1:], remaining=self.oracle.remaining)
+            if not complete:
+                raise QueryBudgetExceeded(
+                    f"budget of {self.oracle.budget} rows ran out while separating twins")
+            self.regions.append(regions)
+            aff = regions.affine()
+            noise = self.tolerance(np.abs(regions.f_probe).max((1, 2))) / regions.step_rms()
+            new = recover.jumps_to_rows(aff[:2], aff[1:], n, self.lines - 1,
+                                        np.array([t1, t2]),
+                                        4 * np.maximum(noise[:2], noise[1:]))
+            if len(new) == 2:
+                self.jumps[a], self.jumps[b] = new
+                self.coef = None              # refit from the jumps, the twins' new rows first
+                measured = True
+                self.notes.append(f"units {a} and {b} are twins (their kinks nearly coincide); "
+                                  f"measured again {t2 - t1:.2g} apart far out")
+        return measured
+
+    def merge_twins(self) -> bool:
+        """Twins that a far line could not tell apart (hyperplanes parallel and closer than
+        float64 resolves) are kept as one unit: the worse-measured jump is dropped and the
+        refit gives the survivor both output weights. True when a pair was merged."""
+        est = self._unit_error()
+        for a, b in sorted(self.twins_done):
+            if (a, b) in self.twins_merged or max(a, b) >= len(self.jumps):
+                continue
+            self.twins_merged.add((a, b))
+            drop = a if est[a] > est[b] else b
+            del self.jumps[drop]
+            self.twins_done = {(p - (p > drop), q - (q > drop)) for p, q in self.twins_done
+                               if drop not in (p, q)}
+            self.twins_merged = {(p - (p > drop), q - (q > drop)) for p, q in self.twins_merged
+                                 if drop not in (p, q)}
+            self.coef = None
+            self.notes.append(f"units {a} and {b} could not be separated at this precision "
+                              "(twin hyperplanes closer than float64 resolves); kept as one unit "
+                              "carrying both output weights")
+            return True
+        return False
 
     def result(self, status: str, t0: float) -> Extraction:
         net = self.network

@@ -119,7 +119,7 @@ def extracted(request):
     victim = F.ReLUNetwork.random(seed, list(sizes))
     oracle = F.Oracle(victim, precision="mp")
     with jax.enable_x64(True):
-        result = F.extract(oracle)
+        result = F.extract(oracle, precision="float64")
     assert result.status == "ok"
     return victim, oracle, result
 
@@ -166,7 +166,7 @@ def test_refine_budget_gives_partial_result():
     victim = F.ReLUNetwork.random(0, [10, 8, 1])
     oracle = F.Oracle(victim, precision="mp")
     with jax.enable_x64(True):
-        result = F.extract(oracle)
+        result = F.extract(oracle, precision="float64")
     oracle.budget = oracle.queries + 40
     with pytest.raises(F.QueryBudgetExceeded) as info:
         mp.refine(result, oracle, dps=50, chunk_regions=2)
@@ -181,7 +181,7 @@ def test_refine_misuse():
     victim = F.ReLUNetwork.random(0, [4, 3, 1])
     oracle = F.Oracle(victim)
     with jax.enable_x64(True):
-        result = F.extract(oracle)
+        result = F.extract(oracle, precision="float64")
     with pytest.raises(ValueError, match="precision='mp'"):
         mp.refine(result, oracle)
     with pytest.raises(ValueError):
