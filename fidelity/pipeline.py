@@ -686,7 +686,13 @@ class _Run:
             return False
         before = len(self.jumps)
         if self.nf.float64:
+            # a known unit whose row is still rough can kink just outside the tolerance: its
+            # jump repeats a known row (and would make the fit rank-deficient); drop it
             self.measure(x0, v, res, np.array(new))
+            known = np.array([j.row for j in self.jumps[:before]])
+            self.jumps = self.jumps[:before] + [
+                j for j in self.jumps[before:]
+                if not known.size or np.abs(np.abs(known) - np.abs(j.row)).max(1).min() > 1e-4]
             return len(self.jumps) > before
         # noisy rows predict kinks loosely, so some candidates are known units: drop jumps
         # along a known unit's normal, and jumps that are not rank one (merged kinks)
@@ -712,11 +718,15 @@ class _Run:
         ts = np.array([j.t for j in self.jumps])
         close = np.abs(ts[:, None] - ts[None, :]) <= 1e-6 * self.t_max
         close &= (lines[:, None] == lines[None, :]) & ~np.eye(len(ts), dtype=bool)
-        pairs = [(a, b) for a, b in zip(*np.nonzero(np.triu(close)))
+        est = self._unit_error()
+        w_all = self.rows[:, :-1]
+        # twins, not two units that happen to kink close on this line: their rows agree, or
+        # one of them could not be measured in the thin region between
+        alike = (np.abs(w_all @ w_all.T) > 0.99) | (np.maximum(est[:, None], est[None, :]) > 1e-3)
+        pairs = [(a, b) for a, b in zip(*np.nonzero(np.triu(close & alike)))
                  if (a, b) not in self.twins_done]
         if not pairs:
             return False
-        est = self._unit_error()
         measured = False
         for a, b in pairs[:4]:
             self.twins_done.add((a, b))
@@ -765,7 +775,7 @@ class _Run:
             new = recover.jumps_to_rows(aff[:2], aff[1:], n, self.lines - 1,
                                         np.array([t1, t2]),
                                         4 * np.maximum(noise[:2], noise[1:]))
-            if len(new) == 2:
+            if len(new) == 2 and min(abs(j.row[:-1] @ n) for j in new) > 0.99:
                 self.jumps[a], self.jumps[b] = new
                 self.coef = None              # refit from the jumps, the twins' new rows first
                 measured = True
@@ -963,6 +973,12 @@ def extract(oracle: Oracle, *, seed: int = 0, throw: bool = True,
                         run.fit()
                     elif run.add_units() and run.reg_info is not None:
                         run.regress()          # noisy: new units join the regressed model
+                elif run.nf.float64 and not polished:
+                    # no unit is missing, the model is just not precise yet (wide layers):
+                    # polish and refit in full now rather than wait for clean lines
+                    polished = True
+                    run.polish()
+                    run.fit(final=True)
                 run.report(stage="extend")
         except QueryBudgetExceeded as exc:
             if run.jumps and (run.network is None or len(run.rows) != len(run.jumps)):
