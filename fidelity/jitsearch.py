@@ -38,6 +38,7 @@ from jax import lax
 
 from .errors import OracleError
 from .network import ReLUNetwork, _batch_sharding, _forward
+from . import search
 from .search import EPS, LineKinks
 
 # stop codes of the device loop
@@ -493,18 +494,5 @@ def _assemble(s: _State, x0, v, t_max, min_delta, first_slope) -> list[LineKinks
     k = first_slope.shape[1]
     all_t, all_ok = fv[:, 0], fv[:, 1] > 0.5
     all_sl, all_sr = fv[:, 2:2 + k], fv[:, 2 + k:]
-    out = []
-    for i in range(x0.shape[0]):
-        sel = all_line == i
-        order = np.argsort(all_t[sel])
-        t, okv = all_t[sel][order], all_ok[sel][order]
-        ksl, ksr = all_sl[sel][order], all_sr[sel][order]
-        if t.size > 1:  # merge duplicates closer than the resolution
-            keep = np.concatenate([[True], np.diff(t) > 2 * min_delta])
-            t, okv, ksl, ksr = t[keep], okv[keep], ksl[keep], ksr[keep]
-        slopes = np.concatenate([first_slope[i][None], ksr])
-        if t.size:
-            slopes[0] = np.where(np.isnan(ksl[0]), np.nan, slopes[0])
-        out.append(LineKinks(x0=x0[i], v=v[i], t_max=t_max, t=t, verified=okv,
-                             unresolved=int(s.unresolved[i]), slopes=slopes))
-    return out
+    return search.collect_lines(x0, v, t_max, min_delta, first_slope, s.unresolved, all_line,
+                                all_t, all_ok, all_sl, all_sr)

@@ -17,10 +17,11 @@ from typing import Callable
 
 import numpy as np
 
-EPS = np.finfo(np.float64).eps
+EPS = float(np.finfo(np.float64).eps)
 
-# relative noise below this (~16 eps) is float64 arithmetic: the float64 defaults apply
-FLOAT64_LEVEL = 4e-15
+# relative noise below this (~54 eps: the estimate of float64 rounding scatters up to ~20 eps) is
+# float64 arithmetic, where the float64 defaults apply (their tolerance is 256 eps)
+FLOAT64_LEVEL = 1.2e-14
 
 
 @dataclass(frozen=True)
@@ -86,9 +87,12 @@ def measure(query: Callable[[np.ndarray], np.ndarray], x_near: np.ndarray, x_far
     # sigma = a + r |f| through the two segments (noise never shrinks as |f| grows)
     rel = max(s_far - s_near, 0.0) / max(f_far - f_near, 1e-300) if f_far > f_near else 0.0
     absolute = max(s_near - rel * f_near, 0.0)
-    rel = max(rel, EPS)
-    # the worse of the two ends: absolute noise (rounding) weighs most where |f| is small
-    ratio = max((absolute + rel * f) / max(f, 1e-300) for f in (f_near, f_far))
+    rel = float(max(rel, EPS))
+    # the worse of the two ends: absolute noise (rounding) weighs most where |f| is small. An
+    # answer that cancels to ~0 near the origin still carries the rounding of its terms, whose
+    # size the far end shows: |f| is taken as at least 1e-2 of the far answers (as the search does)
+    floor = 1e-2 * f_far
+    ratio = max((absolute + rel * f) / max(f, floor, 1e-300) for f in (f_near, f_far))
     exact = ratio <= FLOAT64_LEVEL
     if exact:
         absolute, rel = 0.0, EPS

@@ -138,15 +138,10 @@ class Oracle:
     def charge(self, n: int) -> None:
         """Counts ``n`` rows the engine evaluated on :meth:`jax_victim` directly."""
         n = int(n)
-        if self.budget is not None and self.queries + n > self.budget:
-            raise QueryBudgetExceeded(
-                f"charging {n} rows would pass the budget of {self.budget} "
-                f"({self.queries} spent)")
+        self._check_budget(n)
         self.queries += n
         self.paid += n
-        if self.progress is not None:
-            self.progress(dict(queries=self.queries, paid=self.paid,
-                               replayed=self.replayed, budget=self.budget))
+        self._report()
 
     def require_scores(self) -> None:
         """Raises :class:`OracleError` when the victim answers labels only."""
@@ -164,10 +159,7 @@ class Oracle:
         if x.ndim != 2 or x.shape[1] != self.input_dim:
             raise ValueError(f"queries must have shape (n, {self.input_dim}), got {x.shape}")
         n = x.shape[0]
-        if self.budget is not None and self.queries + n > self.budget:
-            raise QueryBudgetExceeded(
-                f"sending {n} rows would pass the budget of {self.budget} "
-                f"({self.queries} spent)")
+        self._check_budget(n)
         if n == 0:
             return np.zeros((0, self.output_dim or 0))
         out = []
@@ -189,25 +181,33 @@ class Oracle:
                 if self.journal is not None:
                     self.journal.append(chunk, y)   # durable before the engine sees it
                 out.append(y)
-            if self.progress is not None:
-                self.progress(dict(queries=self.queries, paid=self.paid,
-                                   replayed=self.replayed, budget=self.budget))
+            self._report()
         return out[0] if len(out) == 1 else np.concatenate(out)
 
     def _ask(self, x: np.ndarray) -> np.ndarray:
+        return self._validate(self._call_victim(x), x.shape[0])
+
+    def _call_victim(self, x: np.ndarray):
         try:
-            y = self._victim(x)
+            return self._victim(x)
         except (OracleError, QueryBudgetExceeded):
             raise
         except Exception as exc:  # a victim failing is an oracle failure, said plainly
             raise OracleError(f"the victim raised {type(exc).__name__}: {exc}") from exc
-        return self._validate(y, x.shape[0])
 
-    def _validate(self, y, n: int) -> np.ndarray:
-        try:
-            y = np.asarray(y, dtype=np.float64)
-        except (TypeError, ValueError) as exc:
-            raise OracleError(f"answer is not numeric: {exc}") from exc
+    def _check_budget(self, n: int) -> None:
+        if self.budget is not None and self.queries + n > self.budget:
+            raise QueryBudgetExceeded(
+                f"sending {n} rows would pass the budget of {self.budget} "
+                f"({self.queries} spent)")
+
+    def _report(self) -> None:
+        if self.progress is not None:
+            self.progress(dict(queries=self.queries, paid=self.paid,
+                               replayed=self.replayed, budget=self.budget))
+
+    def _shaped(self, y: np.ndarray, n: int) -> np.ndarray:
+        """The answer as ``(n, k)``; learns ``k`` from the first one."""
         if y.ndim == 1 and y.shape[0] == n and self.output_dim in (None, 1):
             y = y[:, None]
         if y.ndim != 2 or y.shape[0] != n:
@@ -218,6 +218,14 @@ class Oracle:
             self.output_dim = y.shape[1]
         elif y.shape[1] != self.output_dim:
             raise OracleError(f"answer has {y.shape[1]} outputs, expected {self.output_dim}")
+        return y
+
+    def _validate(self, y, n: int) -> np.ndarray:
+        try:
+            y = np.asarray(y, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise OracleError(f"answer is not numeric: {exc}") from exc
+        y = self._shaped(y, n)
         if not np.all(np.isfinite(y)):
             raise OracleError("answer contains NaN or inf")
         return y
@@ -240,10 +248,7 @@ class Oracle:
         if x.ndim != 2 or x.shape[1] != self.input_dim:
             raise ValueError(f"queries must have shape (n, {self.input_dim}), got {x.shape}")
         n = x.shape[0]
-        if self.budget is not None and self.queries + n > self.budget:
-            raise QueryBudgetExceeded(
-                f"sending {n} rows would pass the budget of {self.budget} "
-                f"({self.queries} spent)")
+        self._check_budget(n)
         with mpmath.workdps(self.dps or mpmath.mp.dps):
             if x.dtype != object:
                 x = _to_mpf(np.asarray(x, np.float64))
@@ -251,19 +256,13 @@ class Oracle:
             for chunk in self._chunks(x):
                 self.queries += chunk.shape[0]
                 try:
-                    y = self._victim(chunk)
-                except QueryBudgetExceeded:
+                    y = self._call_victim(chunk)
+                except QueryBudgetExceeded:     # refused by the victim's side: not answered
                     self.queries -= chunk.shape[0]
                     raise
-                except OracleError:
-                    raise
-                except Exception as exc:
-                    raise OracleError(f"the victim raised {type(exc).__name__}: {exc}") from exc
                 self.paid += chunk.shape[0]
                 out.append(self._validate_mp(y, chunk.shape[0]))
-                if self.progress is not None:
-                    self.progress(dict(queries=self.queries, paid=self.paid,
-                                       replayed=self.replayed, budget=self.budget))
+                self._report()
         if not out:
             return np.empty((0, self.output_dim or 0), object)
         return out[0] if len(out) == 1 else np.concatenate(out)
@@ -275,16 +274,7 @@ class Oracle:
                 y = _to_mpf(np.asarray(y, np.float64))
             except (TypeError, ValueError) as exc:
                 raise OracleError(f"answer is not numeric: {exc}") from exc
-        if y.ndim == 1 and y.shape[0] == n and self.output_dim in (None, 1):
-            y = y[:, None]
-        if y.ndim != 2 or y.shape[0] != n:
-            raise OracleError(f"answer has shape {y.shape}, expected ({n}, k)")
-        if self.output_dim is None:
-            if y.shape[1] < 1:
-                raise OracleError("answer has no outputs")
-            self.output_dim = y.shape[1]
-        elif y.shape[1] != self.output_dim:
-            raise OracleError(f"answer has {y.shape[1]} outputs, expected {self.output_dim}")
+        y = self._shaped(y, n)
         flat = y.reshape(-1)
         try:
             for i, v in enumerate(flat):

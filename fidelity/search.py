@@ -171,8 +171,16 @@ def search_lines(query: Callable[[np.ndarray], np.ndarray], x0: np.ndarray, v: n
     k = first_slope.shape[1]
     all_sl = np.concatenate(found_sl) if found_sl else np.zeros((0, k))
     all_sr = np.concatenate(found_sr) if found_sr else np.zeros((0, k))
+    return collect_lines(x0, v, t_max, min_delta, first_slope, unresolved, all_line, all_t,
+                         all_ok, all_sl, all_sr)
+
+
+def collect_lines(x0, v, t_max, min_delta, first_slope, unresolved, all_line, all_t, all_ok,
+                  all_sl, all_sr) -> list[LineKinks]:
+    """Per line: the kinks found (any order, tagged by line) sorted, duplicates closer than
+    the resolution merged, and the slope of each piece."""
     out = []
-    for i in range(n_lines):
+    for i in range(x0.shape[0]):
         sel = all_line == i
         order = np.argsort(all_t[sel])
         t, okv = all_t[sel][order], all_ok[sel][order]
