@@ -57,37 +57,52 @@ class NoiseFloor:
         return NoiseFloor(0.0, EPS, 1.0, 1.0, 52.0, True, 0)
 
 
-def _segment_noise(y: np.ndarray) -> tuple[float, float]:
-    """Noise standard deviation from answers ``(n, k)`` at equally spaced points of a segment,
-    and the typical answer size there."""
-    d2 = np.abs(y[:-2] - 2 * y[1:-1] + y[2:]) / np.sqrt(6.0)       # (n - 2, k)
-    # the 0.75 quantile of |N(0, s^2)| is 1.15 s; at most two second differences hold a kink
-    sigma = float(np.quantile(d2, 0.75) / 1.15)
-    scale = float(np.abs(y).max())
-    return sigma, scale
+def _segment_noise(t: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Noise standard deviation from answers ``y (n, k)`` at points ``t`` of a segment (NaN when
+    the answers do not change along it: a flat piece, every unit off, shows no rounding), and
+    the typical answer size there.
+
+    Each answer is compared with the interpolation of its two neighbours; for an affine piece
+    the difference is pure noise, of standard deviation ``sigma sqrt(1 + a^2 + b^2)`` with
+    ``a, b`` the interpolation weights. The points are unevenly spaced on purpose: rounding an
+    arithmetic progression to a fixed quantum can repeat the same error at every point.
+    """
+    moving = np.ptp(y, axis=0) > 0
+    if not moving.any():
+        return float("nan"), float(np.abs(y).max())
+    y = y[:, moving]
+    a = ((t[2:] - t[1:-1]) / (t[2:] - t[:-2]))[:, None]
+    b = 1.0 - a
+    dev = np.abs(y[1:-1] - a * y[:-2] - b * y[2:]) / np.sqrt(1 + a ** 2 + b ** 2)
+    # the 0.75 quantile of |N(0, s^2)| is 1.15 s; at most two deviations hold a kink
+    sigma = float(np.quantile(dev, 0.75) / 1.15)
+    return sigma, float(np.abs(y).max())
 
 
 def measure(query: Callable[[np.ndarray], np.ndarray], x_near: np.ndarray, x_far: np.ndarray,
-            v: np.ndarray, spacing: float, points: int = 24) -> NoiseFloor:
-    """Measures the noise floor on two segments ``x + j spacing v``, ``j < points``.
+            v: np.ndarray, spacing: float, rng: np.random.Generator,
+            points: int = 24) -> NoiseFloor:
+    """Measures the noise floor on two segments ``x + t_j v`` with ``t_j`` about ``j spacing``.
 
     Args:
         query: the counting oracle.
         x_near, x_far: segment starts near the origin and far out (``(d,)`` each).
         v: unit direction of both segments.
-        spacing: distance between neighbouring points (short enough that a segment rarely
+        spacing: mean distance between neighbouring points (short enough that a segment rarely
             holds a kink, long enough that the answers change by more than their rounding).
+        rng: draws the uneven spacing.
         points: answers per segment.
     """
-    j = np.arange(points)[:, None]
-    pts = np.concatenate([x_near + j * spacing * v, x_far + j * spacing * v])
+    t = spacing * (np.arange(points) + rng.uniform(-0.3, 0.3, points))
+    pts = np.concatenate([x_near + t[:, None] * v, x_far + t[:, None] * v])
     y = query(pts)
-    s_near, f_near = _segment_noise(y[:points])
-    s_far, f_far = _segment_noise(y[points:])
-    # sigma = a + r |f| through the two segments (noise never shrinks as |f| grows)
-    rel = max(s_far - s_near, 0.0) / max(f_far - f_near, 1e-300) if f_far > f_near else 0.0
-    absolute = max(s_near - rel * f_near, 0.0)
-    rel = float(max(rel, EPS))
+    s_near, f_near = _segment_noise(t, y[:points])
+    s_far, f_far = _segment_noise(t, y[points:])
+    # sigma = a + r |f|, at least what was seen at either end (each estimate comes from ~20
+    # numbers: a line through both could put the absolute part near 0 by chance)
+    seen = [sv for sv in (s_near, s_far) if np.isfinite(sv)] or [0.0]
+    absolute = min(seen)
+    rel = float(max((max(seen) - absolute) / max(f_far, f_near, 1e-300), EPS))
     # the worse of the two ends: absolute noise (rounding) weighs most where |f| is small. An
     # answer that cancels to ~0 near the origin still carries the rounding of its terms, whose
     # size the far end shows: |f| is taken as at least 1e-2 of the far answers (as the search does)
