@@ -12,7 +12,7 @@ import jax
 import numpy as np
 
 from . import noise, recover, refine, regress, search, solve
-from .errors import FidelityError, QueryBudgetExceeded
+from .errors import FidelityError, QueryBudgetExceeded, UnsupportedArchitecture
 from .network import ReLUNetwork
 from .oracle import Oracle
 
@@ -403,7 +403,14 @@ class _Run:
         else:                               # residual of the last solve (before anchoring)
             resid = recover.region_residual(*fit_in, *fitted)
         self.reg_info = None
-        self.signs = solve.resolve_signs(self.rows, self.coef, aff0, tol=self.sign_tol)
+        try:
+            self.signs = solve.resolve_signs(self.rows, self.coef, aff0, tol=self.sign_tol)
+        except UnsupportedArchitecture:
+            # two rows of one hyperplane direction (parallel twins) leave the sign system
+            # singular, though the layer is not expansive: keep them as one unit and refit
+            if not self._merge_parallel():
+                raise
+            return self.fit(final)
         w1, self.unit_src = solve.signed_units(self.rows, self.coef, self.signs)
         self.fit_resid = np.array([resid[m[:, i]].max() if m[:, i].any() else 0.0
                                    for i in range(self.rows.shape[0])])
@@ -818,6 +825,28 @@ class _Run:
                 self.notes.append(f"units {a} and {b} are twins (their kinks nearly coincide); "
                                   f"measured again {t2 - t1:.2g} apart far out")
         return measured
+
+    def _merge_parallel(self, tol: float = 1e-6) -> bool:
+        """Drops the jump of one of the two most nearly parallel rows (``1 - |cos| <= tol``);
+        the refit gives the other both output weights. True when a jump was dropped."""
+        if self.rows.shape[0] < 2 or self.rows.shape[0] != len(self.jumps):
+            return False
+        w = self.rows[:, :-1] / np.linalg.norm(self.rows[:, :-1], axis=1)[:, None]
+        cos = np.abs(w @ w.T) - 2 * np.eye(w.shape[0])
+        a, b = np.unravel_index(np.argmax(cos), cos.shape)
+        if cos[a, b] < 1 - tol:
+            return False
+        a, b = min(a, b), max(a, b)
+        del self.jumps[b]
+        self.twins_done = {(p - (p > b), q - (q > b)) for p, q in self.twins_done
+                           if b not in (p, q)}
+        self.twins_merged = {(p - (p > b), q - (q > b)) for p, q in self.twins_merged
+                             if b not in (p, q)}
+        self.coef = None
+        self.notes.append(f"units {a} and {b} have parallel rows (1 - |cos| = "
+                          f"{1 - cos[a, b]:.1e}) that this precision cannot separate; kept as "
+                          "one unit carrying both output weights")
+        return True
 
     def merge_twins(self) -> bool:
         """Twins that a far line could not tell apart (hyperplanes parallel and closer than
