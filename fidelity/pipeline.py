@@ -59,8 +59,7 @@ class ExtractConfig:
         detect_noise: measure the noise floor of the answers first (48 queries) and, when it
             is above float64 rounding (a float32 or rounding victim), derive steps, tolerances
             and weights from it; False assumes float64 answers.
-        noisy_step_frac, noisy_sign_tol: ``step_frac`` and ``sign_tol`` used instead when the
-            answers are noisier than float64.
+        noisy_sign_tol: ``sign_tol`` used instead when the answers are noisier than float64.
         noisy_check_tol: check tolerance of the finite-difference model when the answers are
             noisy (it only has to show that no unit is missing); the regressed model is then
             checked against ``max(check_tol, 64 sigma / |f|)``.
@@ -94,7 +93,6 @@ class ExtractConfig:
     polish_tries: int = 8
     detect_noise: bool = True
     jit_search: Optional[bool] = None
-    noisy_step_frac: float = 0.02
     noisy_sign_tol: float = 0.5
     noisy_check_tol: float = 0.05
     regress_factor: float = 2.0
@@ -196,8 +194,8 @@ class _Run:
         Float64 answers keep the configured values. Noisier answers (sigma = a + r |f|) get
         tolerances a few sigma wide, a search step ``delta = T sqrt(sigma / |f|)`` at the far
         end of the line (the geometric middle between resolving nearby kinks and keeping the
-        slopes' noise ``sigma / delta`` well below the kinks' slope jumps), larger gradient
-        steps, more polishing and a looser sign rounding.
+        slopes' noise ``sigma / delta`` well below the kinks' slope jumps), a looser sign
+        rounding and a loose check until the regression (:meth:`regress`) has fitted them.
         """
         cfg = self.cfg
         self.nf = nf
@@ -213,7 +211,7 @@ class _Run:
         self.tol_rel, self.tol_abs = 3 * nf.relative, 3 * nf.absolute
         self.delta = max(cfg.slope_step, np.sqrt(ratio)) * self.t_max
         self.min_delta = self.delta * 1e-3
-        self.step_frac, self.polish_frac = cfg.noisy_step_frac, cfg.polish_frac
+        self.step_frac, self.polish_frac = cfg.step_frac, cfg.polish_frac
         self.sign_tol = cfg.noisy_sign_tol
         self.check_tol = cfg.noisy_check_tol
         self.final_check_tol = max(cfg.check_tol, 64 * nf.ratio)
@@ -584,7 +582,7 @@ class _Run:
         not determine (error estimate above ``undetermined``: a spurious kink whose output
         weights the regression drove to ~0) is dropped."""
         net, err = self.network, self.reg_info.unit_error
-        if self.reg_info.final_rms > 2.0:     # not at the noise floor: estimates mean little
+        if self.reg_info.final_rms > self.cfg.noisy_fit_rms:   # not at the noise floor
             return
         w, b = net.weights[0], net.biases[0]
         norm = np.linalg.norm(w, axis=1)
@@ -751,7 +749,7 @@ class _Run:
 
         Twins (rows that differ by ~1e-7) kink a hair apart on every line, and the region
         between is too thin for a gradient. Their hyperplanes fan out with the distance from
-        where they meet, so a short line along the better row's normal far out (``|x| ~ T``)
+        where they meet, so a short line along the better row's normal far out (``|x| ~ 30 T``)
         crosses them further apart; the gradients of the three regions there, with each
         coordinate step kept inside its region, give both rows. True when a pair was measured.
         """
@@ -837,16 +835,20 @@ class _Run:
         if cos[a, b] < 1 - tol:
             return False
         a, b = min(a, b), max(a, b)
-        del self.jumps[b]
-        self.twins_done = {(p - (p > b), q - (q > b)) for p, q in self.twins_done
-                           if b not in (p, q)}
-        self.twins_merged = {(p - (p > b), q - (q > b)) for p, q in self.twins_merged
-                             if b not in (p, q)}
-        self.coef = None
+        self._drop_jump(b)
         self.notes.append(f"units {a} and {b} have parallel rows (1 - |cos| = "
                           f"{1 - cos[a, b]:.1e}) that this precision cannot separate; kept as "
                           "one unit carrying both output weights")
         return True
+
+    def _drop_jump(self, i: int):
+        """Forgets unit ``i`` (its jump); the next fit starts again from the jumps."""
+        del self.jumps[i]
+
+        def shift(pairs):
+            return {(p - (p > i), q - (q > i)) for p, q in pairs if i not in (p, q)}
+        self.twins_done, self.twins_merged = shift(self.twins_done), shift(self.twins_merged)
+        self.coef = None
 
     def merge_twins(self) -> bool:
         """Twins that a far line could not tell apart (hyperplanes parallel and closer than
@@ -857,13 +859,7 @@ class _Run:
             if (a, b) in self.twins_merged or max(a, b) >= len(self.jumps):
                 continue
             self.twins_merged.add((a, b))
-            drop = a if est[a] > est[b] else b
-            del self.jumps[drop]
-            self.twins_done = {(p - (p > drop), q - (q > drop)) for p, q in self.twins_done
-                               if drop not in (p, q)}
-            self.twins_merged = {(p - (p > drop), q - (q > drop)) for p, q in self.twins_merged
-                                 if drop not in (p, q)}
-            self.coef = None
+            self._drop_jump(a if est[a] > est[b] else b)
             self.notes.append(f"units {a} and {b} could not be separated at this precision "
                               "(twin hyperplanes closer than float64 resolves); kept as one unit "
                               "carrying both output weights")
