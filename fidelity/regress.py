@@ -62,7 +62,9 @@ def _gn_step(p, x, y, inv_sigma, damping, cg_iters):
                           a.shape)
     dc = jnp.full(y.shape[1], (inv_sigma ** 2).sum())
     diag = (dw, db, da, dc)
-    diag = tuple(jnp.maximum(dd, 1e-300) for dd in diag)
+    # a unit active at no point has a zero block: floor each block's diagonal at a tiny fraction
+    # of its largest entry, so that the preconditioner and the damping stay finite
+    diag = tuple(jnp.maximum(dd, 1e-12 * jnp.max(dd) + 1e-300) for dd in diag)
 
     def normal(v):
         jv = jvp(v)

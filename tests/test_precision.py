@@ -47,13 +47,7 @@ def test_float64_victim_has_no_noise_note(arch):
     assert rep.fidelity == 1.0 and rep.max_rel_error <= 1e-9
 
 
-@pytest.mark.parametrize("arch", [
-    pytest.param("10-8-1", marks=pytest.mark.xfail(strict=True, reason=(
-        "known failure: on 10-8-1 the first line misses a unit and lists a duplicate kink; "
-        "the Gauss-Newton regression started without that unit stalls (weighted RMS 1.7e5) "
-        "and the unit added from a check line does not rescue it: 8 units, max rel error 6e-2, "
-        "status unverified (784-32-10 and 64-16-10 float32 victims pass)"))),
-    "64-16-10"])
+@pytest.mark.parametrize("arch", list(ARCHS))
 def test_float32_victim(bench, arch):
     # measured: max rel error 5.1e-8 (10-8-1), 1.0e-7 (64-16-10); float32 rounding is 6e-8
     seed, sizes = ARCHS[arch]
