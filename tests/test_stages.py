@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 import fidelity as F
-from fidelity import recover, refine, search, solve
+from fidelity import noise, recover, refine, regress, search, solve
 
 
 def _true_kinks(net, x0, v, t_max):
@@ -84,3 +84,37 @@ def test_crossing_correction_is_zero_inside_regions():
                               line=np.zeros(1, int), t_lo=np.zeros(1), t_hi=np.ones(1))
     corr, _ = refine.crossing_correction(regions, net.weights[0], net.biases[0], net.weights[1])
     np.testing.assert_array_equal(corr, 0.0)
+
+
+def _noise_floor(answer, d, t_far=300.0):
+    rng = np.random.default_rng(3)
+    x, v = rng.normal(size=d), rng.normal(size=d)
+    v /= np.linalg.norm(v)
+    return noise.measure(F.Oracle(answer, input_dim=d), x, x + t_far * v, v, 1e-2, rng=rng)
+
+
+def test_noise_floor_tells_float64_float32_and_rounding_apart():
+    net = F.ReLUNetwork.random(0, [64, 16, 10])
+    exact = _noise_floor(net, 64)
+    assert exact.float64 and exact.queries == 48
+    v32 = net.astype(np.float32)
+    f32 = _noise_floor(lambda x: np.asarray(v32(x.astype(np.float32)), np.float64), 64)
+    assert not f32.float64 and 1e-8 < f32.relative < 1e-6 and 18 < f32.bits < 26
+    # rounding to 6 decimals: uniform error of width 1e-6, standard deviation 2.9e-7
+    r6 = _noise_floor(lambda x: np.round(net(x), 6), 64)
+    assert not r6.float64 and 1e-7 < r6.absolute < 1e-6
+
+
+def test_regression_fits_every_parameter_to_noisy_answers():
+    truth = F.ReLUNetwork.random(1, [20, 6, 3])
+    rng = np.random.default_rng(0)
+    start = F.ReLUNetwork([w * (1 + 1e-3 * rng.normal(size=w.shape)) for w in truth.weights],
+                          [b + 1e-3 * rng.normal(size=b.shape) for b in truth.biases])
+    x = rng.normal(size=(400, 20))
+    sigma = np.full(400, 1e-9)
+    y = truth(x) + sigma[:, None] * rng.normal(size=(400, 3))
+    fitted, info = regress.gauss_newton(start, x, y, sigma)
+    assert info.final_rms < 1.5 < info.start_rms        # down to the noise floor
+    assert F.evaluate(truth, start, num_samples=2000).param_error > 1e-4
+    assert F.evaluate(truth, fitted, num_samples=2000).param_error < 1e-7
+    assert fitted.weights[0].shape == (6, 20) and info.unit_error.shape == (6,)
