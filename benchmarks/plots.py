@@ -178,7 +178,7 @@ def plot_all(records: list[dict], out: Path, name: str = "sweep") -> list[Path]:
                 label="floor (P - h) / k" if i == 0 else None)
         ax.annotate(f"k={k}", floor[-1], textcoords="offset points", xytext=(6, -3),
                     fontsize=7, color="grey")
-    _finish(ax, "parameters P", "queries", f"Queries to extract a one-hidden-layer ReLU network"
+    _finish(ax, "parameters P", "queries", "Queries to extract a one-hidden-layer ReLU network"
             + (f"\n({device})" if device else ""))
     paths.append(out / f"{name}_queries.png")
     fig.savefig(paths[-1], dpi=120)

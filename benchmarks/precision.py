@@ -156,7 +156,6 @@ def run_one(name: str, regime: str, truth: F.ReLUNetwork, answer: Callable, *, i
     try:
         with jax.enable_x64(True):
             if mp_dps is not None:
-                from fidelity import mp
                 oracle = F.Oracle(truth, precision="mp", budget=budget)
                 res = F.extract(oracle, seed=0, throw=False, precision="mp", dps=mp_dps)
                 rec["f64_queries"] = res.queries - res.stage_queries.get("mp", 0)

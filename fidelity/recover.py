@@ -19,7 +19,6 @@ from typing import Callable, Optional
 import numpy as np
 import scipy.linalg
 
-from .errors import QueryBudgetExceeded
 from .search import EPS
 
 

@@ -38,10 +38,6 @@ def _forward(p, x):
     return jnp.maximum(x @ w.T + b, 0.0) @ a.T + c
 
 
-def _tree_dot(u, v):
-    return sum(jnp.vdot(a, b) for a, b in zip(u, v))
-
-
 @partial(jax.jit, static_argnames=("cg_iters",))
 def _gn_step(p, x, y, inv_sigma, damping, cg_iters):
     """One damped Gauss-Newton step: ``(J^T J + damping D) delta = -J^T r`` by preconditioned CG."""
