@@ -172,17 +172,23 @@ class Oracle:
                 out.append(self._validate(y, m))
                 chunk = chunk[m:]      # the journal ended inside this chunk: pay for the rest
             if chunk.shape[0]:
-                try:
-                    y = self._ask(chunk)
-                except QueryBudgetExceeded:     # refused by the victim's side: not answered
-                    self.queries -= chunk.shape[0]
-                    raise
-                self.paid += chunk.shape[0]
+                y = self._pay(chunk, self._ask)
                 if self.journal is not None:
                     self.journal.append(chunk, y)   # durable before the engine sees it
                 out.append(y)
             self._report()
         return out[0] if len(out) == 1 else np.concatenate(out)
+
+    def _pay(self, chunk: np.ndarray, ask):
+        """``ask(chunk)`` for rows already counted in ``queries``; counts them as paid, or
+        uncounts them when the victim's side refuses (nothing was answered)."""
+        try:
+            y = ask(chunk)
+        except QueryBudgetExceeded:
+            self.queries -= chunk.shape[0]
+            raise
+        self.paid += chunk.shape[0]
+        return y
 
     def _ask(self, x: np.ndarray) -> np.ndarray:
         return self._validate(self._call_victim(x), x.shape[0])
@@ -255,13 +261,8 @@ class Oracle:
             out = []
             for chunk in self._chunks(x):
                 self.queries += chunk.shape[0]
-                try:
-                    y = self._call_victim(chunk)
-                except QueryBudgetExceeded:     # refused by the victim's side: not answered
-                    self.queries -= chunk.shape[0]
-                    raise
-                self.paid += chunk.shape[0]
-                out.append(self._validate_mp(y, chunk.shape[0]))
+                out.append(self._validate_mp(self._pay(chunk, self._call_victim),
+                                             chunk.shape[0]))
                 self._report()
         if not out:
             return np.empty((0, self.output_dim or 0), object)

@@ -165,6 +165,7 @@ class _Run:
         self.reg_x = np.zeros((0, self.d))          # noisy answers: the regression's points
         self.reg_y: Optional[np.ndarray] = None
         self.reg_info: Optional[regress.RegressionInfo] = None   # set while the model is regressed
+        self.jumps_modelled = 0                     # noisy: jumps the current model is built from
         self.use_noise(noise.NoiseFloor.exact())
         self.regions: list[recover.Regions] = []
         self.jumps: list[recover.Jump] = []
@@ -638,6 +639,7 @@ class _Run:
         rows[self.signs.rho > 0.5] *= -1
         self.network = self._oriented(rows, sweeps)
         self.unit_src = np.arange(rows.shape[0])
+        self.jumps_modelled = len(self.jumps)
 
     def _oriented(self, rows: np.ndarray, sweeps: int = 2) -> ReLUNetwork:
         """Greedy flips of ``rows`` that lower the output layer's residual on the regression's
@@ -674,13 +676,13 @@ class _Run:
         unbiased), all oriented again on the regression's answers (``c relu(z)`` and
         ``c relu(-z) + c z`` kink alike), and the regression then refits everything.
         """
-        known = self.unit_src.size and int(self.unit_src.max()) + 1
-        if len(self.jumps) <= max(known, len(set(self.unit_src.tolist()))):
+        if len(self.jumps) <= self.jumps_modelled:
             return False
         if self.reg_y is None:      # answers to choose orientations by: the regression's
             self.draw_regression_points()
         self.network = self._oriented(np.array([j.row for j in self.jumps]))
         self.unit_src = np.arange(len(self.jumps))
+        self.jumps_modelled = len(self.jumps)
         return True
 
     def check_line(self):

@@ -5,11 +5,6 @@ same way, so the kinks, flags and row counts are compared exactly (positions als
 relative, the bar that matters downstream).
 """
 
-import json
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
@@ -145,16 +140,8 @@ with jax.enable_x64(True):
 """
 
 
-def _run_devices(devices: int) -> dict:
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-    out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True,
-                         timeout=300, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def test_four_devices_same_kinks_same_rows():
-    one, four = _run_devices(1), _run_devices(4)
+def test_four_devices_same_kinks_same_rows(run_on_devices):
+    one, four = run_on_devices(SCRIPT, 1), run_on_devices(SCRIPT, 4)
     assert one["devices"] == 1 and four["devices"] == 4
     assert one["complete"] and four["complete"]
     assert four["rows"] == one["rows"]

@@ -1,9 +1,6 @@
 """Several devices: a ReLUNetwork victim splits each query batch over all of them."""
 
-import json
-import os
-import subprocess
-import sys
+import numpy as np
 
 SCRIPT = r"""
 import json, jax, numpy as np, fidelity as F
@@ -17,17 +14,8 @@ with jax.enable_x64(True):
 """
 
 
-def _run(devices: int) -> dict:
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-    out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True,
-                         timeout=300, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def test_four_devices_same_network_same_queries():
-    import numpy as np
-    one, four = _run(1), _run(4)
+def test_four_devices_same_network_same_queries(run_on_devices):
+    one, four = run_on_devices(SCRIPT, 1), run_on_devices(SCRIPT, 4)
     assert one["devices"] == 1 and four["devices"] == 4
     assert four["queries"] == one["queries"]
     np.testing.assert_allclose(four["w"], one["w"], rtol=0, atol=1e-12)
