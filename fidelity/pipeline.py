@@ -365,6 +365,9 @@ class _Run:
         if self.jumps and (self.coef is None or self.rows.shape[0] != len(self.jumps)):
             self.rows = np.array([j.row for j in self.jumps])
             self.coef = np.array([j.coef for j in self.jumps])
+            # kinks located for another set of units (one was missing, or indices shifted) may
+            # belong to a unit they were not meant for: they pin no bias any more
+            self.anchors = {}
         elif self.jumps:   # same units as the current model: start from its crossing terms
             correction, exposure = refine.crossing_correction(
                 regions, self.rows[:, :-1], self.rows[:, -1], self.coef.T)
@@ -1040,14 +1043,9 @@ def extract(oracle: Oracle, *, seed: int = 0, throw: bool = True,
                 if run.extend(x0, v):
                     if run.nf.float64:
                         run.fit()
+                        polished = False               # the new model is polished again
                     elif run.add_units() and run.reg_info is not None:
                         run.regress()          # noisy: new units join the regressed model
-                elif run.nf.float64 and not polished:
-                    # no unit is missing, the model is just not precise yet (wide layers):
-                    # polish and refit in full now rather than wait for clean lines
-                    polished = True
-                    run.polish()
-                    run.fit(final=True)
                 run.report(stage="extend")
         except QueryBudgetExceeded as exc:
             if run.jumps and (run.network is None or len(run.rows) != len(run.jumps)):
