@@ -497,12 +497,18 @@ class _Run:
             est = np.maximum(est, np.where(fitted, self.sigma[:, 1], 0.0))
         return est
 
-    def _unit_error(self) -> np.ndarray:
+    def _unit_error(self, by_size: bool = True) -> np.ndarray:
         """``(h,)`` rough error of each unit's normalised row and coefficients.
 
         The LS standard errors, and ``crossing_rel_error * step_max / s`` with ``s`` the
         smallest step of the two regions beside the unit's kink: a kink squeezed next to another
-        leaves a tiny region whose probes cross both, an error the covariance does not see.
+        leaves a tiny region whose probes cross both, an error the covariance does not see. That
+        error comes from the other units' crossing terms, so it is scaled by the largest unit's
+        output coefficient over this unit's: a unit with small output weights has a small jump
+        to read its row from (784-128-1 seed 0: units at 3e-4 and 3e-3 of the largest were
+        left unpolished at 2.9e-8 while larger units with smaller errors were polished).
+        ``by_size=False`` leaves that factor out (the twin tests ask how well a kink's own
+        region was measured, not how large the unit is).
         """
         h = self.rows.shape[0]
         est = self._ls_error()
@@ -512,11 +518,16 @@ class _Run:
         steps = regions.step_rms()
         tol = 1e-12 * self.t_max
         cap = self.cfg.step_max * self.cfg.input_scale
+        ratio = np.ones(h)
+        if by_size and self.coef is not None and self.coef.shape[0] == h:
+            size = np.linalg.norm(self.coef, axis=1)
+            ratio = size.max() / np.maximum(size, 1e-300 * size.max())
         for i, j in enumerate(self.jumps[:h]):
             beside = (regions.line == j.line) & ((np.abs(regions.t_hi - j.t) <= tol)
                                                  | (np.abs(regions.t_lo - j.t) <= tol))
             if beside.any():
-                est[i] = max(est[i], self.cfg.crossing_rel_error * cap / steps[beside].min())
+                est[i] = max(est[i], self.cfg.crossing_rel_error * cap * ratio[i]
+                             / steps[beside].min())
         return est
 
     def _anchor(self) -> bool:
@@ -760,7 +771,7 @@ class _Run:
         ts = np.array([j.t for j in self.jumps])
         close = np.abs(ts[:, None] - ts[None, :]) <= 1e-6 * self.t_max
         close &= (lines[:, None] == lines[None, :]) & ~np.eye(len(ts), dtype=bool)
-        est = self._unit_error()
+        est = self._unit_error(by_size=False)
         w_all = self.rows[:, :-1]
         # twins, not two units that happen to kink close on this line: their rows agree, or
         # one of them could not be measured in the thin region between
@@ -855,7 +866,7 @@ class _Run:
         """Twins that a far line could not tell apart (hyperplanes parallel and closer than
         float64 resolves) are kept as one unit: the worse-measured jump is dropped and the
         refit gives the survivor both output weights. True when a pair was merged."""
-        est = self._unit_error()
+        est = self._unit_error(by_size=False)
         for a, b in sorted(self.twins_done):
             if (a, b) in self.twins_merged or max(a, b) >= len(self.jumps):
                 continue
