@@ -404,7 +404,8 @@ class _Run:
             if (used[0] is None and not correction.any()
                     or used[0] is not None and np.array_equal(used[0], correction)) \
                     and np.array_equal(used[1], weight):
-                # no probe crossed a hyperplane the model moved: the next pass would solve
+                # the crossing terms and weights came out as this pass used them (no probe
+                # crosses a hyperplane, or the model did not move): the next pass would solve
                 # the same data (784-1024-10: one pass of ~2.5 s saved per fit)
                 self.row_change = np.zeros(self.rows.shape[0])
                 break
@@ -960,6 +961,7 @@ def _safe_steps(p: np.ndarray, w: np.ndarray, b: np.ndarray, cap: float,
         fwd = 1.0 / np.maximum(-q, 0.0).max(0, initial=0.0)
         back = 1.0 / np.maximum(q, 0.0).max(0, initial=0.0)
     return np.where(fwd >= back, 1.0, -1.0) * np.minimum(frac * np.maximum(fwd, back), cap)
+
 
 def extract(oracle: Oracle, *, seed: int = 0, throw: bool = True,
             progress: Optional[Callable[[dict], None]] = None, journal=None,
