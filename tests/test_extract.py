@@ -135,6 +135,23 @@ def test_property_random_small_networks(seed, d, h, k):
     assert rep.missing == 0 and rep.extra == 0
 
 
+def test_units_with_small_output_weights_get_the_extra_polish():
+    # three units at 1e-3 of the others' output weights: the first allowance polishes one, the
+    # extra (here large enough for all) only the small ones that are next in line
+    victim = F.ReLUNetwork.random(0, [64, 16, 1])
+    a = victim.weights[1].copy()
+    a[:, [3, 7, 11]] *= 1e-3
+    victim = F.ReLUNetwork([victim.weights[0], a], list(victim.biases))
+
+    def polished(**options):
+        result = F.extract(F.Oracle(victim), **options)
+        _check(victim, result, samples=5_000)
+        return [n for n in result.notes if n.startswith("polished")]
+
+    assert polished(polish_small_frac=1.0) == ["polished 3 units (6 regions)"]
+    assert polished(polish_small_frac=1.0, polish_small=0.0) == ["polished 1 units (2 regions)"]
+
+
 def test_a_negligible_unit_may_be_left_out_but_is_reported():
     victim = F.ReLUNetwork.random(0, [20, 6, 2])
     a = victim.weights[1].copy()
