@@ -53,6 +53,8 @@ class ExtractConfig:
             ``polish_small`` of the largest (a unit with small output weights reads its row
             from a small jump: a trained 784-128-1 left such a unit, 2.4e-4 of the largest and
             8th in line, at 4.8e-9 with 0.10 alone).
+        polish_small_frac: see ``polish_frac``.
+        polish_small: see ``polish_frac``.
         polish_radius: spread (in units of ``input_scale``) of the random points projected
             onto a hyperplane to place them.
         polish_tries: candidate points per unit; the one farthest from other hyperplanes wins.

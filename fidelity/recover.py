@@ -190,7 +190,8 @@ def fit_rows(aff: np.ndarray, weight: np.ndarray, m: np.ndarray, coef: np.ndarra
     First the *relaxed* model, in which unit ``l`` contributes a free ``(k, d + 1)`` matrix
     ``P_l`` instead of the rank-one ``c_l r_l``: it is linear, its normal matrix
     ``[M, 1]^T W^2 [M, 1]`` of size ``h + 1`` is shared by all ``k (d + 1)`` columns, and one
-    Cholesky solve (refined on the data's residual) gives its exact least-squares answer; each
+    factorisation (see :func:`_relaxed_solve`, refined on the data's residual) gives its exact
+    least-squares answer; each
     ``P_l`` is then split into ``c_l r_l`` by its top singular pair (for ``k = 1`` this is the
     unsigned model's own least-squares answer; for ``k > 1`` it agrees with it to first order in
     the noise). Then ``iters`` alternations of a row solve (coefficients fixed) and a coefficient
@@ -330,9 +331,10 @@ def _relaxed_fit(aff: np.ndarray, weight: np.ndarray, mf: np.ndarray,
 
 
 def _relaxed_solve(design: np.ndarray, w2: np.ndarray, data: np.ndarray, steps: int):
-    """Weighted least squares ``design @ X ~ data`` by the equilibrated Cholesky factor of the
-    normal matrix, refined on the data's residual (as :meth:`_Moments.solve`); ``(X, factor)`` or
-    ``None`` when the factor is unusable or refinement does not reach rounding.
+    """Weighted least squares ``design @ X ~ data``, refined on the data's residual (as
+    :meth:`_Moments.solve`); ``(X, factor)`` with the equilibrated Cholesky factor of the normal
+    matrix, or ``None`` when that factor is unusable (singular or too ill-conditioned) or
+    refinement does not reach rounding.
 
     The data have ``k (d + 1)`` columns and the design ``h + 1``, so the solve is the product
     ``K @ data`` with ``K = R^-1 Q^T W`` from the QR factors of the weighted design ``W D``
@@ -354,12 +356,20 @@ def _relaxed_solve(design: np.ndarray, w2: np.ndarray, data: np.ndarray, steps: 
         delta = gain @ (data - design @ sol)
         size, scale = np.abs(delta).max(), np.abs(sol).max()
         sol = sol + delta
-        seen = size / max(scale, 1e-300) if last is None else size / max(last, 1e-300)
-        rate = max(chol.rate, seen if np.isfinite(seen) else 0.0)
-        if rate * size <= EPS * max(scale, 1e-300):
+        if _refined(size, scale, last, chol.rate):
             return sol, chol
         last = size
     return None
+
+
+def _refined(size: float, scale: float, last: Optional[float], rate: float) -> bool:
+    """True once the next refinement correction would fall below rounding: each step shrinks
+    the error by at least ``rate`` (the factor's estimate) and at least by the shrinkage seen
+    from the ``last`` correction to this one, ``size`` (``scale``: the solution's size)."""
+    seen = size / max(scale, 1e-300) if last is None else size / max(last, 1e-300)
+    rate = max(rate, seen if np.isfinite(seen) else 0.0)
+    return rate * size <= EPS * max(scale, 1e-300)
+
 
 def region_residual(aff: np.ndarray, weight: np.ndarray, m: np.ndarray, rows: np.ndarray,
                     coef: np.ndarray, aff0: np.ndarray) -> np.ndarray:
@@ -456,11 +466,7 @@ class _Moments:
             delta = chol.solve(self._rhs(coef, g_res, g0_res))
             size, scale = np.abs(delta[:, cols]).max(), np.abs(sol[:, cols]).max()
             sol = sol + delta
-            # each step shrinks the error by ``rate`` (at least the factor's estimate, at least
-            # the shrinkage seen): stop once the next correction would be below rounding
-            seen = size / max(scale, 1e-300) if last is None else size / max(last, 1e-300)
-            rate = max(chol.rate, seen if np.isfinite(seen) else 0.0)
-            if rate * size <= EPS * max(scale, 1e-300):
+            if _refined(size, scale, last, chol.rate):
                 return sol, chol
             last = size
         if steps:            # refinement too slow for the steps allowed
