@@ -120,7 +120,7 @@ class NeuronInfo:
     out_weight: float       # max |A2[:, i]| * |w_i| (its size as seen at the outputs)
     error_estimate: float   # estimated error of its normalised row and output weights:
                             # float64, the LS standard error or the crossing corrections' error
-                            # (conservative: measured errors are 1e-5..0.9 of it); noisy
+                            # (conservative: measured errors are at most 2% of it); noisy
                             # answers, the regression's calibrated estimate; mp, see mp.refine
     anchored: bool          # its bias comes from a kink located near the origin
 
@@ -405,13 +405,12 @@ class _Run:
                 if np.all(self.row_change <= settled):
                     break
             # the crossing terms are the same in the unsigned model: refine before signs
-            used = (correction, weight)
+            used_weight = weight
+            used = 0.0 if correction is None else correction   # None: no crossing term
             correction, exposure = refine.crossing_correction(
                 regions, self.rows[:, :-1], self.rows[:, -1], self.coef.T)
             weight = self._weights(regions, exposure)
-            if (used[0] is None and not correction.any()
-                    or used[0] is not None and np.array_equal(used[0], correction)) \
-                    and np.array_equal(used[1], weight):
+            if np.all(correction == used) and np.array_equal(weight, used_weight):
                 # the crossing terms and weights came out as this pass used them (no probe
                 # crosses a hyperplane, or the model did not move): the next pass would solve
                 # the same data (784-1024-10: one pass of ~2.5 s saved per fit)
@@ -758,10 +757,10 @@ class _Run:
                                   f"model (relative {self.check_error:.2e}); no new unit on it")
             return False
         before = len(self.jumps)
+        self.measure(x0, v, res, np.array(new))
         if self.nf.float64:
             # a known unit whose row is still rough can kink just outside the tolerance: its
             # jump repeats a known row (and would make the fit rank-deficient); drop it
-            self.measure(x0, v, res, np.array(new))
             known = np.array([j.row for j in self.jumps[:before]])
             self.jumps = self.jumps[:before] + [
                 j for j in self.jumps[before:]
@@ -769,7 +768,6 @@ class _Run:
             return len(self.jumps) > before
         # noisy rows predict kinks loosely, so some candidates are known units: drop jumps
         # along a known unit's normal, and jumps that are not rank one (merged kinks)
-        self.measure(x0, v, res, np.array(new))
         known = np.array([j.row[:-1] for j in self.jumps[:before]])
         fresh = [j for j in self.jumps[before:] if j.rank_ratio < 0.1
                  and (not known.size or np.abs(known @ j.row[:-1]).max() < 0.99)]
