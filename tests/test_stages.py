@@ -118,3 +118,21 @@ def test_regression_fits_every_parameter_to_noisy_answers():
     assert F.evaluate(truth, start, num_samples=2000).param_error > 1e-4
     assert F.evaluate(truth, fitted, num_samples=2000).param_error < 1e-7
     assert fitted.weights[0].shape == (6, 20) and info.unit_error.shape == (6,)
+
+
+def test_each_predicted_kink_explains_one_verified_kink():
+    from fidelity.pipeline import _unexplained
+    pred = np.array([-5.0, 1.0, 1.0 + 1e-9, 7.0])      # a unit may be predicted twice
+    # kink 2 lies within the tolerance of unit 1's prediction but unit 1 explains kink 1
+    # (nearer); kink 4 is far from every prediction
+    found = np.array([-5.0, 1.0, 1.01, 7.0, 20.0])
+    verified = np.ones(5, bool)
+    assert _unexplained(found, verified, pred[[0, 1, 3]], 0.05) == [2, 4]
+    # with two predictions near 1 (two units), both kinks there are explained
+    assert _unexplained(found, verified, pred, 0.05) == [4]
+    # a kink only located to the search's resolution may repeat a neighbour's: any prediction
+    # within the tolerance explains it
+    verified[2] = False
+    assert _unexplained(found, verified, pred[[0, 1, 3]], 0.05) == [4]
+    assert _unexplained(found, verified, np.zeros(0), 0.05) == [0, 1, 2, 3, 4]
+    assert _unexplained(found, verified, np.array([np.nan, 20.0]), 0.05) == [0, 1, 2, 3]
