@@ -55,6 +55,10 @@ class ExtractConfig:
             8th in line, at 4.8e-9 with 0.10 alone).
         polish_small_frac: see ``polish_frac``.
         polish_small: see ``polish_frac``.
+        precision_est: once verified, a unit whose error estimate (the polish's) exceeds this
+            counts as imprecise; see :meth:`_Run.precision_line`.
+        precision_share: more imprecise units than this share of all (and than the polish can
+            take) call for a precision line near the origin before the polish.
         polish_radius: spread (in units of ``input_scale``) of the random points projected
             onto a hyperplane to place them.
         polish_tries: candidate points per unit; the one farthest from other hyperplanes wins.
@@ -97,6 +101,8 @@ class ExtractConfig:
     polish_frac: float = 0.1
     polish_small_frac: float = 0.03
     polish_small: float = 1e-2
+    precision_est: float = 1e-6
+    precision_share: float = 1 / 3
     polish_radius: float = 0.1
     polish_tries: int = 8
     detect_noise: bool = True
@@ -169,7 +175,8 @@ class _Run:
         self.d = oracle.input_dim
         self.seed = seed
         self.t_max = cfg.line_length or 100.0 * np.sqrt(self.d) * cfg.input_scale
-        self.stage = {"noise": 0, "search": 0, "gradients": 0, "regression": 0, "checks": 0}
+        self.stage = {"noise": 0, "search": 0, "gradients": 0, "regression": 0, "checks": 0,
+                      "precision": 0}
         self.reg_x = np.zeros((0, self.d))          # noisy answers: the regression's points
         self.reg_y: Optional[np.ndarray] = None
         self.reg_info: Optional[regress.RegressionInfo] = None   # set while the model is regressed
@@ -350,8 +357,16 @@ class _Run:
         return np.where(np.isnan(err), False, err > tol)
 
     def _weights(self, regions: recover.Regions, exposure: Optional[np.ndarray]) -> np.ndarray:
-        """Inverse noise per region: rounding of the answers, plus the crossing terms' error."""
-        noise = 2 * self.nf.sigma(regions.scale()) / regions.step_rms()
+        """Inverse noise per region: rounding of the answers, plus the crossing terms' error.
+
+        A float64 answer is rounded to the size of the terms it sums, ``sum_j |a_j| relu(z_j)``,
+        not to its own size (trained victims cancel: 3-4x larger at trained 784-1024-10); once
+        a network is fitted, the terms come from it.
+        """
+        scale = regions.scale()
+        if self.nf.float64 and self.network is not None:
+            scale = np.maximum(scale, _term_scale(self.network, regions.base))
+        noise = 2 * self.nf.sigma(scale) / regions.step_rms()
         if exposure is not None:
             noise = noise + self.cfg.crossing_rel_error * exposure
         return 1.0 / noise
@@ -457,8 +472,9 @@ class _Run:
         per = 2 * (self.d + 1)
         room = np.inf if self.oracle.remaining is None else (
             self.oracle.remaining - cfg.patience * cfg.check_points)
-        first = int(min(self.polish_frac * self.oracle.queries, room)) // per
-        extra = int(min(cfg.polish_small_frac * self.oracle.queries,
+        spent = self.oracle.queries - self.stage["precision"]   # the precision line's aside
+        first = int(min(self.polish_frac * spent, room)) // per
+        extra = int(min(cfg.polish_small_frac * spent,
                         room - first * per)) // per
         size = np.linalg.norm(self.coef, axis=1)
         small = [i for i in order[first:] if size[i] < cfg.polish_small * size.max()]
@@ -489,6 +505,68 @@ class _Run:
         if not complete:
             raise QueryBudgetExceeded(
                 f"budget of {self.oracle.budget} rows ran out while polishing")
+        return True
+
+    def precision_line(self) -> bool:
+        """Measures the regions next to imprecise units' kinks again on a line near the origin.
+
+        Once the network is verified, a unit counts as imprecise when the polish's error
+        estimate (:meth:`_unit_error`, conservative: actual errors are 1e-4..1e-2 of it)
+        exceeds ``precision_est``. A few such units are left to :meth:`polish`; when there are
+        more than the polish can take, more than 16 and more than ``precision_share`` of all
+        units (trained
+        victims, whose output weights are mostly 1-5% of the largest: 58% and 80% of the units
+        of trained 784-512-10 and 784-1024-10, against 20% of random 784-1024-10 and 12% of
+        random 784-128-1), the first line's own noise is the cause: its regions lie between
+        dense kinks, so its coordinate steps are tiny. One more line then serves them all at
+        about one region each: it passes within ``polish_radius`` of the origin (small
+        answers), and each of its regions next to an imprecise unit's kink takes the
+        crossing-free coordinate steps of the verified model (:func:`_safe_steps`: median 25x
+        larger than the first line's on trained 784-1024-10). True when anything was measured.
+        """
+        cfg = self.cfg
+        h = self.rows.shape[0]
+        if not h or not self.nf.float64:
+            return False
+        imprecise = np.flatnonzero(self._unit_error() > cfg.precision_est)
+        per = 2 * (self.d + 1)
+        capacity = int(cfg.polish_frac * self.oracle.queries) // per
+        if imprecise.size <= max(capacity, cfg.precision_share * h, 16):
+            return False    # (a handful of units is the polish's, whatever its budget)
+        cap = cfg.step_max * cfg.input_scale
+        x0 = self.rng.normal(size=self.d) * cfg.input_scale * cfg.polish_radius
+        v = self.rng.normal(size=self.d)
+        v /= np.linalg.norm(v)
+        self.lines += 1
+        res = self.search(x0, v)
+        w, b = self.rows[:, :-1], self.rows[:, -1]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            pred = -(w[imprecise] @ x0 + b[imprecise]) / (w[imprecise] @ v)
+        tol = max(1e-7 * self.t_max, 8 * self.delta)
+        near = np.clip(np.searchsorted(res.t, pred), 1, max(res.t.size - 1, 1)) if res.t.size \
+            else np.zeros(0, int)
+        kinks = []
+        for p, j in zip(pred, near):
+            cand = [i for i in (j - 1, j) if 0 <= i < res.t.size]
+            best = min(cand, key=lambda i: abs(res.t[i] - p)) if cand else None
+            if best is not None and abs(res.t[best] - p) <= tol:
+                kinks.append(best)
+        if not kinks:
+            return False
+        lo, hi, mid, _ = recover.plan_regions(res.t, self.t_max, self.step_frac, cap)
+        idx = np.unique(np.concatenate([kinks, np.array(kinks) + 1]))
+        base = x0 + mid[idx, None] * v
+        steps = np.array([_safe_steps(p, w, b, cap) for p in base])
+        regions, complete = recover.measure_points(
+            self.query("precision"), base, steps, np.full(idx.size, self.lines - 1),
+            lo[idx], hi[idx], remaining=self.oracle.remaining)
+        self.regions.append(regions)
+        self.notes.append(f"{imprecise.size} of {h} units imprecise (error estimate above "
+                          f"{cfg.precision_est:.0e}); {len(kinks)} of their kinks measured "
+                          f"again on a line near the origin ({regions.size} regions)")
+        if not complete:
+            raise QueryBudgetExceeded(
+                f"budget of {self.oracle.budget} rows ran out on the precision line")
         return True
 
     def _plane_point(self, i: int, cap: float, origin: bool):
@@ -954,6 +1032,14 @@ def _at(values: np.ndarray, i: int) -> float:
     return float(values[i]) if i < values.size else float("nan")
 
 
+def _term_scale(net: ReLUNetwork, x: np.ndarray) -> np.ndarray:
+    """``(n,)`` largest over outputs of ``sum_j |a_j| relu(z_j) + |b|`` at each point."""
+    w, b = np.asarray(net.weights[0]), np.asarray(net.biases[0])
+    a, c = np.asarray(net.weights[1]), np.asarray(net.biases[1])
+    hidden = np.maximum(x @ w.T + b, 0.0)
+    return (hidden @ np.abs(a).T + np.abs(c)).max(1)
+
+
 def _unexplained(found: np.ndarray, verified: np.ndarray, pred: np.ndarray,
                  tol: np.ndarray) -> list[int]:
     """Indices of the ``found`` kinks that no predicted kink explains (within ``tol``, per
@@ -1094,6 +1180,8 @@ def extract(oracle: Oracle, *, seed: int = 0, throw: bool = True,
                             continue
                         if not polished and run.nf.float64:
                             polished = True
+                            if run.precision_line():
+                                run.fit(final=True)
                             if run.polish():
                                 run.fit(final=True)
                                 run.report(stage="polish")

@@ -152,6 +152,26 @@ def test_units_with_small_output_weights_get_the_extra_polish():
     assert polished(polish_small_frac=1.0, polish_small=0.0) == ["polished 1 units (2 regions)"]
 
 
+def test_many_imprecise_units_are_measured_again_on_a_precision_line():
+    # output weights of most units at 2% of the largest (as in trained victims): with the
+    # threshold lowered so that they count as imprecise, the precision line measures them again
+    # and every row is at least as good as without it
+    victim = F.ReLUNetwork.random(1, [64, 24, 10])
+    a = victim.weights[1].copy()
+    a[:, 4:] *= 0.02
+    victim = F.ReLUNetwork([victim.weights[0], a], list(victim.biases))
+    plain = F.extract(F.Oracle(victim))
+    assert plain.stage_queries["precision"] == 0
+    assert not any("near the origin" in n for n in plain.notes)
+    result = F.extract(F.Oracle(victim), precision_est=0.0)
+    line = [n for n in result.notes if "near the origin" in n]
+    assert len(line) == 1 and line[0].startswith("24 of 24 units imprecise"), result.notes
+    assert result.stage_queries["precision"] > 0
+    assert sum(result.stage_queries.values()) == result.queries
+    rep = _check(victim, result, samples=5_000)
+    assert rep.param_error <= F.evaluate(victim, plain.network, num_samples=5_000).param_error
+
+
 def test_a_negligible_unit_may_be_left_out_but_is_reported():
     victim = F.ReLUNetwork.random(0, [20, 6, 2])
     a = victim.weights[1].copy()
