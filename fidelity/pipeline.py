@@ -58,7 +58,12 @@ class ExtractConfig:
         precision_est: once verified, a unit whose error estimate (the polish's) exceeds this
             counts as imprecise; see :meth:`_Run.precision_line`.
         precision_share: more imprecise units than this share of all (and than the polish can
-            take) call for a precision line near the origin before the polish.
+            take, and than ``precision_min``) call for a precision line near the origin before
+            the polish.
+        precision_min: see ``precision_share``. A precision line costs a search and about one
+            region per imprecise unit: trained even/odd 784-64-1 and 784-128-1 (41 and 74
+            imprecise units) meet the 1e-9 bar without one at 1.25 queries per parameter, and
+            would pay 2.1 with one.
         polish_radius: spread (in units of ``input_scale``) of the random points projected
             onto a hyperplane to place them.
         polish_tries: candidate points per unit; the one farthest from other hyperplanes wins.
@@ -103,6 +108,7 @@ class ExtractConfig:
     polish_small: float = 1e-2
     precision_est: float = 1e-6
     precision_share: float = 1 / 3
+    precision_min: int = 200
     polish_radius: float = 0.1
     polish_tries: int = 8
     detect_noise: bool = True
@@ -196,6 +202,8 @@ class _Run:
         self.row_change = np.zeros(0)
         self.sigma: Optional[np.ndarray] = None
         self.twins_done: set = set()                  # pairs of units already re-measured
+        self.precision_done = False                   # a precision line was measured
+        self.precision_missed: set = set()            # imprecise units it did not cross
         self.twins_merged: set = set()
         self.anchors: dict[int, np.ndarray] = {}     # unit -> a point located on its hyperplane
         self.anchor_x = np.zeros((0, self.d))         # points answered while anchoring
@@ -463,12 +471,16 @@ class _Run:
         hyperplane near the origin, ``n`` its normal and ``tau`` half the distance to the
         nearest other hyperplane along ``n``. Each coordinate probe takes the sign and the
         largest step (up to ``step_max``) that keeps it inside the region by the now-verified
-        model, so no crossing term is needed. True when anything was measured.
+        model, so no crossing term is needed. After a precision line (:meth:`precision_line`)
+        only the imprecise units that it did not cross are flagged. True when anything was
+        measured.
         """
         cfg = self.cfg
         anchored = self._anchor()
         est = self._unit_error()
         order = [int(i) for i in np.argsort(-est) if est[i] > self.polish_tol]
+        if self.precision_done:   # the precision line measured the others again
+            order = [i for i in order if i in self.precision_missed]
         per = 2 * (self.d + 1)
         room = np.inf if self.oracle.remaining is None else (
             self.oracle.remaining - cfg.patience * cfg.check_points)
@@ -512,27 +524,29 @@ class _Run:
 
         Once the network is verified, a unit counts as imprecise when the polish's error
         estimate (:meth:`_unit_error`, conservative: actual errors are 1e-4..1e-2 of it)
-        exceeds ``precision_est``. A few such units are left to :meth:`polish`; when there are
-        more than the polish can take, more than 16 and more than ``precision_share`` of all
-        units (trained
-        victims, whose output weights are mostly 1-5% of the largest: 58% and 80% of the units
-        of trained 784-512-10 and 784-1024-10, against 20% of random 784-1024-10 and 12% of
-        random 784-128-1), the first line's own noise is the cause: its regions lie between
-        dense kinks, so its coordinate steps are tiny. One more line then serves them all at
-        about one region each: it passes within ``polish_radius`` of the origin (small
-        answers), and each of its regions next to an imprecise unit's kink takes the
-        crossing-free coordinate steps of the verified model (:func:`_safe_steps`: median 25x
-        larger than the first line's on trained 784-1024-10). True when anything was measured.
+        exceeds ``precision_est``. Such units are left to :meth:`polish` unless there are more
+        than it can take, more than ``precision_share`` of all units and more than
+        ``precision_min`` (trained victims, whose output weights are mostly 1-5% of the
+        largest: 295 (58%) and 817 (80%) units of trained 784-512-10 and 784-1024-10, against
+        20% of random 784-1024-10). Then the first line's own noise is the cause: its regions
+        lie between dense kinks, so its coordinate steps are tiny, and the noise grows about
+        as h^2 (answers sum ~h terms, kinks lie ~1/h apart). One more line then
+        serves them all at about one region each: it passes within ``polish_radius`` of the
+        origin (small answers), and each of its regions next to an imprecise unit's kink takes
+        the crossing-free coordinate steps of the verified model (:func:`_safe_steps`: median
+        25x larger than the first line's on trained 784-1024-10). At most one such line per
+        extraction (the estimate does not shrink with it). True when anything was measured.
         """
         cfg = self.cfg
         h = self.rows.shape[0]
-        if not h or not self.nf.float64:
+        if not h or not self.nf.float64 or self.precision_done:
             return False
         imprecise = np.flatnonzero(self._unit_error() > cfg.precision_est)
         per = 2 * (self.d + 1)
         capacity = int(cfg.polish_frac * self.oracle.queries) // per
-        if imprecise.size <= max(capacity, cfg.precision_share * h, 16):
-            return False    # (a handful of units is the polish's, whatever its budget)
+        if imprecise.size <= max(capacity, cfg.precision_share * h, cfg.precision_min):
+            return False
+        self.precision_done = True
         cap = cfg.step_max * cfg.input_scale
         x0 = self.rng.normal(size=self.d) * cfg.input_scale * cfg.polish_radius
         v = self.rng.normal(size=self.d)
@@ -546,11 +560,13 @@ class _Run:
         near = np.clip(np.searchsorted(res.t, pred), 1, max(res.t.size - 1, 1)) if res.t.size \
             else np.zeros(0, int)
         kinks = []
-        for p, j in zip(pred, near):
+        for u, p, j in zip(imprecise, pred, near):
             cand = [i for i in (j - 1, j) if 0 <= i < res.t.size]
             best = min(cand, key=lambda i: abs(res.t[i] - p)) if cand else None
             if best is not None and abs(res.t[best] - p) <= tol:
                 kinks.append(best)
+            else:
+                self.precision_missed.add(int(u))
         if not kinks:
             return False
         lo, hi, mid, _ = recover.plan_regions(res.t, self.t_max, self.step_frac, cap)
@@ -1180,9 +1196,8 @@ def extract(oracle: Oracle, *, seed: int = 0, throw: bool = True,
                             continue
                         if not polished and run.nf.float64:
                             polished = True
-                            if run.precision_line():
-                                run.fit(final=True)
-                            if run.polish():
+                            lined = run.precision_line()   # (refitted with the polish's)
+                            if run.polish() or lined:
                                 run.fit(final=True)
                                 run.report(stage="polish")
                                 clean = cfg.patience - 1   # the polished model is checked once

@@ -163,7 +163,7 @@ def test_many_imprecise_units_are_measured_again_on_a_precision_line():
     plain = F.extract(F.Oracle(victim))
     assert plain.stage_queries["precision"] == 0
     assert not any("near the origin" in n for n in plain.notes)
-    result = F.extract(F.Oracle(victim), precision_est=0.0)
+    result = F.extract(F.Oracle(victim), precision_est=0.0, precision_min=0)
     line = [n for n in result.notes if "near the origin" in n]
     assert len(line) == 1 and line[0].startswith("24 of 24 units imprecise"), result.notes
     assert result.stage_queries["precision"] > 0
