@@ -367,14 +367,13 @@ class _Run:
     def _weights(self, regions: recover.Regions, exposure: Optional[np.ndarray]) -> np.ndarray:
         """Inverse noise per region: rounding of the answers, plus the crossing terms' error.
 
-        A float64 answer is rounded to the size of the terms it sums, ``sum_j |a_j| relu(z_j)``,
-        not to its own size (trained victims cancel: 3-4x larger at trained 784-1024-10); once
-        a network is fitted, the terms come from it.
+        (A float64 answer is rounded to the size of the terms it sums, ``sum_j |a_j|
+        relu(z_j)``, 3-4x |f| at trained 784-1024-10. Weights from that size calibrate the LS
+        errors 4x better there, but did not make rows more precise, and they turned the
+        ``parallel`` twins of ``benchmarks/precision.py`` from 'unverified' into a verified
+        network with 37 units for 32; so the weights keep |f|.)
         """
-        scale = regions.scale()
-        if self.nf.float64 and self.network is not None:
-            scale = np.maximum(scale, _term_scale(self.network, regions.base))
-        noise = 2 * self.nf.sigma(scale) / regions.step_rms()
+        noise = 2 * self.nf.sigma(regions.scale()) / regions.step_rms()
         if exposure is not None:
             noise = noise + self.cfg.crossing_rel_error * exposure
         return 1.0 / noise
@@ -840,7 +839,8 @@ class _Run:
             tol = 2 * self.delta
         with np.errstate(divide="ignore", invalid="ignore"):
             pred = -(w @ x0 + b) / (w @ v)
-        new = _unexplained(res.t, res.verified, pred, tol + spread * np.abs(res.t))
+        new = _unexplained(res.t, res.verified, pred, tol + spread * np.abs(res.t),
+                           close=1e-7 * self.t_max)
         if not new:
             if self.nf.float64 and (self.separate_twins() or self.merge_twins()):
                 return True
@@ -1048,16 +1048,8 @@ def _at(values: np.ndarray, i: int) -> float:
     return float(values[i]) if i < values.size else float("nan")
 
 
-def _term_scale(net: ReLUNetwork, x: np.ndarray) -> np.ndarray:
-    """``(n,)`` largest over outputs of ``sum_j |a_j| relu(z_j) + |b|`` at each point."""
-    w, b = np.asarray(net.weights[0]), np.asarray(net.biases[0])
-    a, c = np.asarray(net.weights[1]), np.asarray(net.biases[1])
-    hidden = np.maximum(x @ w.T + b, 0.0)
-    return (hidden @ np.abs(a).T + np.abs(c)).max(1)
-
-
 def _unexplained(found: np.ndarray, verified: np.ndarray, pred: np.ndarray,
-                 tol: np.ndarray) -> list[int]:
+                 tol: np.ndarray, close: float = 0.0) -> list[int]:
     """Indices of the ``found`` kinks that no predicted kink explains (within ``tol``, per
     found kink).
 
@@ -1068,7 +1060,10 @@ def _unexplained(found: np.ndarray, verified: np.ndarray, pred: np.ndarray,
     the second, 2e-3 to 2e-2 from a neighbour's kink). A kink the search only located to its
     resolution (``verified`` False) is explained by any prediction within ``tol``: where two
     kinks lie closer than the resolution, the search may report more kinks than there are (31
-    such extras on that line, which one-to-one matching would have measured as new).
+    such extras on that line, which one-to-one matching would have measured as new). So is a
+    kink within ``close`` of an explained one: the region between them is too thin to give a
+    row (twin hyperplanes, left to :meth:`_Run.separate_twins`; the parallel twins of
+    ``benchmarks/precision.py`` kink 3e-6 apart and came back as five spurious units).
     """
     found = np.asarray(found, np.float64)
     verified = np.asarray(verified, bool)
@@ -1089,7 +1084,9 @@ def _unexplained(found: np.ndarray, verified: np.ndarray, pred: np.ndarray,
         elif i not in used_f and j not in used_p:
             used_f.add(i)
             used_p.add(j)
-    return [i for i in range(found.size) if i not in used_f]
+    matched = np.array(sorted(used_f), int)
+    return [i for i in range(found.size) if i not in used_f
+            and not (matched.size and np.abs(found[matched] - found[i]).min() <= close)]
 
 
 def _safe_steps(p: np.ndarray, w: np.ndarray, b: np.ndarray, cap: float,

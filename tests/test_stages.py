@@ -135,4 +135,9 @@ def test_each_predicted_kink_explains_one_verified_kink():
     verified[2] = False
     assert _unexplained(found, verified, pred[[0, 1, 3]], 0.05) == [4]
     assert _unexplained(found, verified, np.zeros(0), 0.05) == [0, 1, 2, 3, 4]
+    # a verified kink closer than ``close`` to an explained one bounds a region too thin to
+    # measure: it is left to the twins' treatment, not added
+    verified[2] = True
+    assert _unexplained(found, verified, pred[[0, 1, 3]], 0.05, close=0.02) == [4]
+    assert _unexplained(found, verified, pred[[0, 1, 3]], 0.05, close=0.005) == [2, 4]
     assert _unexplained(found, verified, np.array([np.nan, 20.0]), 0.05) == [0, 1, 2, 3]
