@@ -1193,7 +1193,8 @@ def extract(oracle: Oracle, *, seed: int = 0, throw: bool = True,
                             continue
                         if not polished and run.nf.float64:
                             polished = True
-                            lined = run.precision_line()   # (refitted with the polish's)
+                            # the precision line's regions join the polish's final fit
+                            lined = run.precision_line()
                             if run.polish() or lined:
                                 run.fit(final=True)
                                 run.report(stage="polish")
