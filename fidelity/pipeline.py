@@ -447,8 +447,9 @@ class _Run:
             self.signs = solve.resolve_signs(self.rows, self.coef, aff0, tol=self.sign_tol)
         except UnsupportedArchitecture:
             # two rows of one hyperplane direction (parallel twins) leave the sign system
-            # singular, though the layer is not expansive: keep them as one unit and refit
-            if not self._merge_parallel():
+            # singular, though the layer is not expansive: keep them as one unit and refit;
+            # so does a spurious unit whose fitted output weights are nil
+            if not (self._drop_void_units() or self._merge_parallel()):
                 raise
             return self.fit(final)
         w1, self.unit_src = solve.signed_units(self.rows, self.coef, self.signs)
@@ -948,6 +949,22 @@ class _Run:
                 self.notes.append(f"units {a} and {b} are twins (their kinks nearly coincide); "
                                   f"measured again {t2 - t1:.2g} apart far out")
         return measured
+
+    def _drop_void_units(self, tol: float = 1e-9) -> bool:
+        """Drops the jumps of units whose fitted output coefficients are below ``tol`` of the
+        largest: no answer moves with them (a kink measured across a region too thin to give a
+        row: trained 784-1024-10 with ``input_scale=0.3`` took two, at 2e-10 of the largest,
+        and their rows left the sign system singular). True when a jump was dropped."""
+        if self.coef is None or self.rows.shape[0] != len(self.jumps) or not len(self.jumps):
+            return False
+        size = np.linalg.norm(self.coef, axis=1)
+        void = np.flatnonzero(size < tol * size.max())
+        for i in void[::-1]:
+            self._drop_jump(int(i))
+        if void.size:
+            self.notes.append(f"{void.size} units with nil output weights (below {tol:.0e} of "
+                              "the largest) dropped as spurious")
+        return bool(void.size)
 
     def _merge_parallel(self, tol: float = 1e-6) -> bool:
         """Drops the jump of one of the two most nearly parallel rows (``1 - |cos| <= tol``);

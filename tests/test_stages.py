@@ -141,3 +141,18 @@ def test_each_predicted_kink_explains_one_verified_kink():
     assert _unexplained(found, verified, pred[[0, 1, 3]], 0.05, close=0.02) == [4]
     assert _unexplained(found, verified, pred[[0, 1, 3]], 0.05, close=0.005) == [2, 4]
     assert _unexplained(found, verified, np.array([np.nan, 20.0]), 0.05) == [0, 1, 2, 3]
+
+
+def test_units_with_nil_output_weights_are_dropped_as_spurious():
+    from fidelity.pipeline import ExtractConfig, _Run
+    run = _Run(F.Oracle(F.ReLUNetwork.random(0, [4, 3, 2])), ExtractConfig(), 0, None)
+    rows = np.eye(3, 5)
+    coef = np.array([[1.0, 2.0], [1e-12, 0.0], [3.0, 1.0]])
+    run.jumps = [recover.Jump(row=r, coef=c, rank_ratio=0.0, line=0, t=float(i))
+                 for i, (r, c) in enumerate(zip(rows, coef))]
+    run.rows, run.coef = rows, coef
+    assert run._drop_void_units()
+    assert [j.t for j in run.jumps] == [0.0, 2.0] and run.coef is None
+    assert "nil output weights" in run.notes[-1]
+    run.rows, run.coef = rows[[0, 2]], coef[[0, 2]]
+    assert not run._drop_void_units() and len(run.jumps) == 2
