@@ -312,7 +312,7 @@ def _relaxed_fit(aff: np.ndarray, weight: np.ndarray, mf: np.ndarray,
             return None
         sol[:, :, -1], chol_b = bias
     mats, aff0 = sol[:h], sol[h]
-    _, sv, vt = np.linalg.svd(mats[:, :, :-1], full_matrices=False)
+    vt = np.linalg.svd(mats[:, :, :-1], full_matrices=False)[2]
     w = vt[:, 0, :]                                               # (h, d) unit normals
     new_coef = np.einsum("lkd,ld->lk", mats[:, :, :-1], w)
     ref = (np.einsum("ld,ld->l", w, rows[:, :-1]) if rows is not None
