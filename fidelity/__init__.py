@@ -1,7 +1,9 @@
 """fidelity: exact, query-efficient extraction of ReLU networks from black-box access."""
 
 from .errors import OracleError, QueryBudgetExceeded, UnsupportedArchitecture
-from .pipeline import Extraction, ExtractConfig, ExtractionError, NeuronInfo, extract
+from .config import ExtractConfig
+from .pipeline import extract
+from .results import Event, Extraction, ExtractionError, Kind, NeuronInfo, Status
 from .learn import LearnConfig, finetune, learn
 from .metrics import Report, evaluate
 from .network import ReLUNetwork
@@ -10,9 +12,9 @@ from .http import HTTPOracle
 from .journal import Journal, JournalError
 
 __all__ = [
-    "Extraction", "ExtractConfig", "ExtractionError", "HTTPOracle", "Journal", "JournalError",
-    "LearnConfig", "NeuronInfo", "Oracle",
-    "OracleError", "QueryBudgetExceeded", "ReLUNetwork", "Report", "UnsupportedArchitecture",
+    "Event", "Extraction", "ExtractConfig", "ExtractionError", "HTTPOracle", "Journal",
+    "JournalError", "Kind", "LearnConfig", "NeuronInfo", "Oracle", "OracleError",
+    "QueryBudgetExceeded", "ReLUNetwork", "Report", "Status", "UnsupportedArchitecture",
     "evaluate", "extract", "finetune", "learn",
 ]
 __version__ = "0.1.0"

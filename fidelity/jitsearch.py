@@ -29,7 +29,7 @@ through a counting oracle. Padding rows are not counted.
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -37,7 +37,8 @@ import numpy as np
 from jax import lax
 
 from .errors import OracleError
-from .network import ReLUNetwork, _batch_sharding, _forward
+from .network import ReLUNetwork, batch_sharding
+from .oracle import JaxFunction
 from . import search
 from .search import EPS, LineKinks
 
@@ -64,11 +65,19 @@ class _State(NamedTuple):
     need: jax.Array        # (2,) int32 interval and kink slots a discarded round needed
 
 
+class _Spec(NamedTuple):
+    """What is static about the victim (hashable: part of the compiled function's key)."""
+
+    apply: object          # apply(params, x) -> (n, k), jittable
+    dtype: object          # the dtype the victim takes its inputs in
+    k: int                 # outputs
+    sharding: object       # NamedSharding over the devices, or None
+
+
 class _Consts(NamedTuple):
     """Arrays and scalars fixed for one search (arguments, so a new victim does not recompile)."""
 
-    weights: tuple
-    biases: tuple
+    params: object         # the victim's parameters: an opaque pytree
     x0: jax.Array          # (L, d) float64
     v: jax.Array
     floor: jax.Array       # (L,)
@@ -123,16 +132,17 @@ def _pairwise_sum(x):
 
 
 # ------------------------------------------------------------------ the victim
-def _ask(c: _Consts, t, line, n, sharding):
+def _ask(c: _Consts, t, line, n, spec: _Spec):
     """The victim at rows ``x0[line[r]] + t[r] v[line[r]]``, ``r < n`` (answers 0 past ``n``).
 
-    The batch is evaluated as :class:`~fidelity.network.ReLUNetwork` evaluates one of ``n`` rows:
+    The batch is evaluated as a :class:`~fidelity.network.ReLUNetwork` victim evaluates one of
+    ``n`` rows:
     zero-padded to the next power of two (then to a multiple of the devices) and split over the
     devices, so that every row's answer is the one the host path gets.
     """
     size = t.shape[0]             # a power of two
-    k = c.weights[-1].shape[0]
-    zeros = jnp.zeros((size, k), jnp.float64)
+    sharding = spec.sharding
+    zeros = jnp.zeros((size, spec.k), jnp.float64)
     n_dev = 1 if sharding is None else sharding.mesh.size
     buckets = [0] + [1 << i for i in range(1, size.bit_length())]   # batches have >= 2 rows
 
@@ -144,12 +154,12 @@ def _ask(c: _Consts, t, line, n, sharding):
             x = c.x0[ln] + _unfused(t[:bucket, None] * c.v[ln], c.one)
             x = jnp.where((jnp.arange(bucket) < n)[:, None], x, 0.0)
             pad = -bucket % n_dev
-            x = x.astype(c.weights[0].dtype)
+            x = x.astype(spec.dtype)
             if pad:
                 x = jnp.concatenate([x, jnp.zeros((pad, x.shape[1]), x.dtype)])
             if sharding is not None:
                 x = lax.with_sharding_constraint(x, sharding)
-            y = _forward(c.weights, c.biases, x)[:bucket].astype(jnp.float64)
+            y = spec.apply(c.params, x)[:bucket].astype(jnp.float64)
             return zeros.at[:bucket].set(y)
         return run
 
@@ -273,7 +283,7 @@ def _commit(s: _State, p, j, g3, gx):
         jnp.stack([new_n, nf]).astype(jnp.int32)
 
 
-def _step(s: _State, c: _Consts, sharding) -> _State:
+def _step(s: _State, c: _Consts, spec: _Spec) -> _State:
     """One batch: a round's first (3 probes per interval tried) or its "mixed" one (2 more)."""
     cap = s.line.shape[0]
     size = _pow2(3 * cap)
@@ -295,7 +305,7 @@ def _step(s: _State, c: _Consts, sharding) -> _State:
     n_keep = p["keep"].sum(dtype=jnp.int32)
     n_rows = jnp.where(second, 2 * earlier["mixed"].sum(dtype=jnp.int32), 3 * n_keep)
     answers = _ask(c, jnp.where(second, t_b, t_a), jnp.where(second, line_b, line_a), n_rows,
-                   sharding)
+                   spec)
     used = jnp.arange(size) < n_rows
     finite = jnp.all(jnp.isfinite(answers) | ~used[:, None])
 
@@ -323,8 +333,8 @@ def _step(s: _State, c: _Consts, sharding) -> _State:
                                   halted, waiting, committed, regrow)
 
 
-@functools.partial(jax.jit, static_argnames=("sharding",))
-def _run(s: _State, c: _Consts, sharding=None) -> _State:
+@functools.partial(jax.jit, static_argnames=("spec",))
+def _run(s: _State, c: _Consts, spec: _Spec) -> _State:
     """Batches until the search ends, a buffer is full, the budget stops it or ``max_rounds``."""
 
     def finish(s):  # nothing open, or more than max_open: what is open stays unresolved
@@ -335,23 +345,23 @@ def _run(s: _State, c: _Consts, sharding=None) -> _State:
 
     def body(s):
         end = (s.phase == 0) & ((s.n == 0) | (s.n > c.max_open))
-        return lax.cond(end, finish, lambda s: _step(s, c, sharding), s)
+        return lax.cond(end, finish, lambda s: _step(s, c, spec), s)
 
     s = lax.while_loop(lambda s: (s.stop == _RUNNING) & (s.rounds < c.max_rounds), body, s)
     return lax.cond(s.stop == _RUNNING, finish, lambda s: s, s)   # out of rounds
 
 
-@functools.partial(jax.jit, static_argnames=("capacity", "found_capacity", "sharding"))
-def _start(c: _Consts, t_max, floor_frac, *, capacity, found_capacity, sharding=None):
+@functools.partial(jax.jit, static_argnames=("capacity", "found_capacity", "spec"))
+def _start(c: _Consts, t_max, floor_frac, *, capacity, found_capacity, spec: _Spec):
     """Answers at both ends of every line (one batch) and the first interval of each."""
     n_lines = c.x0.shape[0]
-    k = c.weights[-1].shape[0]
+    k = spec.k
     ends = jnp.stack([-t_max, -t_max + c.delta, t_max - c.delta, t_max])
     size = 1 << max(0, (4 * n_lines - 1).bit_length())
     pad = size - 4 * n_lines
     t = jnp.pad(jnp.tile(ends, n_lines), (0, pad))
     line = jnp.pad(jnp.repeat(jnp.arange(n_lines, dtype=jnp.int32), 4), (0, pad))
-    g = _ask(c, t, line, 4 * n_lines, sharding)[:4 * n_lines].reshape(n_lines, 4, k)
+    g = _ask(c, t, line, 4 * n_lines, spec)[:4 * n_lines].reshape(n_lines, 4, k)
     floor = floor_frac * jnp.abs(g).max((1, 2))
     step = _divisor(c.delta, g[:, 0].shape)
     sl0 = (g[:, 1] - g[:, 0]) / step
@@ -389,9 +399,9 @@ def _pow2(n: int) -> int:
     return 1 << max(0, int(n - 1).bit_length())
 
 
-def search_lines_jit(net: ReLUNetwork, x0, v, t_max: float, *, delta: float, min_delta: float,
-                     noise_factor: float, max_rounds: int, max_open: int = 1 << 14,
-                     floor_frac: float = 1e-2, noise_abs: float = 0.0,
+def search_lines_jit(victim: Union[JaxFunction, ReLUNetwork], x0, v, t_max: float, *,
+                     delta: float, min_delta: float, noise_factor: float, max_rounds: int,
+                     max_open: int = 1 << 14, floor_frac: float = 1e-2, noise_abs: float = 0.0,
                      row_budget: Optional[int] = None, capacity: Optional[int] = None,
                      max_capacity: int = 1 << 16) -> tuple[list[LineKinks], int, bool]:
     """Finds the kinks of a JAX victim on lines ``x0[i] + t v[i]`` with the loop inside ``jit``.
@@ -400,17 +410,20 @@ def search_lines_jit(net: ReLUNetwork, x0, v, t_max: float, *, delta: float, min
     through a counting oracle on the same victim (bit for bit on the CPU backends we test).
 
     Args:
-        net: the victim (float64 or float32 weights; it is evaluated in their dtype, as the
-            network object evaluates itself, and the search's arithmetic is float64).
+        victim: the victim as an opaque :class:`~fidelity.oracle.JaxFunction` (what
+            :meth:`Oracle.jax_function` hands over), or a float32/float64 ReLUNetwork. It is
+            evaluated in its own dtype, as the victim evaluates itself; the search's arithmetic
+            is float64. Nothing of it but its input and output widths is read.
         x0, v: ``(L, d)`` line origins and unit directions.
         t_max, delta, min_delta, noise_factor, max_rounds, max_open, floor_frac, noise_abs: as in
             :func:`~fidelity.search.search_lines`.
         row_budget: the most rows the search may use. It stops before a batch (a round's
             probes, or its extra probes of "mixed" intervals) that would pass it, as the counting
             oracle refuses such a batch, and returns ``complete=False``.
-        capacity: starting number of interval slots (all lines together) and of kink slots;
-            default ``2 * L *`` the hidden units, at least 16, rounded up to a power of two.
-            Both double when full (a recompilation each time).
+        capacity: starting number of interval slots (all lines together) and of kink slots
+            (e.g. twice the units the caller knows of); default 16 per line, at least 16,
+            rounded up to a power of two. Both double when full (a recompilation each time),
+            so the result does not depend on it.
         max_capacity: the slots never grow past this; a round that would need more ends the
             search with its open intervals reported as unresolved.
 
@@ -420,8 +433,7 @@ def search_lines_jit(net: ReLUNetwork, x0, v, t_max: float, *, delta: float, min
         when ``row_budget`` stopped the search (``lines`` then holds the kinks committed before).
 
     Raises:
-        ValueError: bad shapes or settings, a victim that is not a float32/float64
-            :class:`ReLUNetwork`.
+        ValueError: bad shapes or settings, or a victim that is neither.
         OracleError: the victim answered NaN or inf on a row the search uses.
 
     Example:
@@ -432,29 +444,31 @@ def search_lines_jit(net: ReLUNetwork, x0, v, t_max: float, *, delta: float, min
         >>> complete, lines[0].t.size <= 3
         (True, True)
     """
-    if not isinstance(net, ReLUNetwork):
-        raise ValueError("search_lines_jit needs a ReLUNetwork victim; drive a plain callable "
-                         "with fidelity.search.search_lines")
-    if net.dtype not in (np.float32, np.float64):
-        raise ValueError(f"the victim's weights must be float32 or float64, not {net.dtype}")
+    if isinstance(victim, ReLUNetwork):
+        if victim.dtype not in (np.float32, np.float64):
+            raise ValueError(f"the victim's weights must be float32 or float64, not "
+                             f"{victim.dtype}")
+        victim = JaxFunction.of_network(victim)
+    if not isinstance(victim, JaxFunction):
+        raise ValueError("search_lines_jit needs a JaxFunction or ReLUNetwork victim; drive a "
+                         "plain callable with fidelity.search.search_lines")
     x0 = np.asarray(x0, np.float64)
     v = np.asarray(v, np.float64)
-    if x0.ndim != 2 or v.shape != x0.shape or x0.shape[1] != net.input_dim or x0.shape[0] < 1:
-        raise ValueError(f"x0 and v must both have shape (L, {net.input_dim}) with L >= 1, got "
-                         f"{x0.shape} and {v.shape}")
+    if x0.ndim != 2 or v.shape != x0.shape or x0.shape[1] != victim.input_dim or x0.shape[0] < 1:
+        raise ValueError(f"x0 and v must both have shape (L, {victim.input_dim}) with L >= 1, "
+                         f"got {x0.shape} and {v.shape}")
     if max_rounds < 0 or max_open < 0 or (row_budget is not None and row_budget < 0):
         raise ValueError("max_rounds, max_open and row_budget must be non-negative")
     n_lines = x0.shape[0]
-    hidden = sum(w.shape[0] for w in net.weights[:-1])
-    cap = _pow2(max(16, n_lines, capacity if capacity is not None else 2 * n_lines * hidden))
+    cap = _pow2(max(16, n_lines, capacity if capacity is not None else 16 * n_lines))
     fcap = cap
     max_cap = max(_pow2(max_capacity), cap)
-    sharding = _batch_sharding() if jax.device_count() > 1 else None
+    sharding = batch_sharding() if jax.device_count() > 1 else None
+    spec = _Spec(victim.apply, victim.dtype, victim.output_dim, sharding)
 
     with jax.enable_x64(True):
         c = _Consts(
-            weights=tuple(jnp.asarray(w) for w in net.weights),
-            biases=tuple(jnp.asarray(b) for b in net.biases),
+            params=jax.tree_util.tree_map(jnp.asarray, victim.params),
             x0=jnp.asarray(x0), v=jnp.asarray(v), floor=jnp.zeros(n_lines),
             delta=jnp.float64(delta), min_delta=jnp.float64(min_delta),
             noise_factor=jnp.float64(noise_factor), noise_abs=jnp.float64(noise_abs),
@@ -462,19 +476,19 @@ def search_lines_jit(net: ReLUNetwork, x0, v, t_max: float, *, delta: float, min
             max_open=jnp.int64(max_open),
             budget=jnp.int64(np.iinfo(np.int64).max if row_budget is None else row_budget))
         state, floor, first_slope = _start(c, jnp.float64(t_max), jnp.float64(floor_frac),
-                                           capacity=cap, found_capacity=fcap, sharding=sharding)
+                                           capacity=cap, found_capacity=fcap, spec=spec)
         c = c._replace(floor=floor)
         # each pass ends the search or doubles a buffer that stays <= max_cap: bounded
         for _ in range(2 * max_cap.bit_length() + 2):
             if int(state.stop) != _RUNNING:
                 break
-            state = _run(state, c, sharding=sharding)
+            state = _run(state, c, spec=spec)
             if int(state.stop) != _GROW:
                 break
             need_open, need_found = (int(a) for a in state.need)
             if max(need_open, need_found) > max_cap:   # give the open intervals up
                 state = _run(state._replace(stop=jnp.int32(_RUNNING)),
-                             c._replace(max_open=jnp.int64(-1)), sharding=sharding)
+                             c._replace(max_open=jnp.int64(-1)), spec=spec)
                 break
             cap, fcap = max(cap, _pow2(need_open)), max(fcap, _pow2(need_found))
             state = _grow(state, cap, fcap)

@@ -31,7 +31,7 @@ import optax
 
 from .network import ReLUNetwork
 from .oracle import Oracle
-from .pipeline import Extraction
+from .results import Event, Extraction, Kind, Status
 from .solve import fit_output_layer
 
 log = logging.getLogger("fidelity")
@@ -398,9 +398,9 @@ def learn(oracle: Oracle, *, hidden: int, budget: int, pool: Optional[np.ndarray
         net = run.network(params, fixed)
         err = run.validate(net)
     run.notes.insert(0, f"strategy {strategy}: {run.data.n} training rows, {run.n_val} validation")
-    return Extraction(network=net, queries=run.spent(), hidden_size=int(hidden), status="learned",
-                      stage_queries=dict(run.stage), check_error=err, notes=tuple(run.notes),
-                      seconds=time.perf_counter() - t0)
+    return Extraction(network=net, queries=run.spent(), hidden_size=int(hidden),
+                      status=Status.LEARNED, stage_queries=dict(run.stage), check_error=err,
+                      events=_events(run.notes), seconds=time.perf_counter() - t0)
 
 
 def _active(run: _Trainer, fixed: np.ndarray, hidden: int):
@@ -507,12 +507,17 @@ def finetune(extraction: Extraction, oracle: Oracle, *, budget: int,
     for name, n in run.stage.items():
         stage[f"finetune_{name}"] = n
     notes = (f"kept {n_planes} recovered hyperplanes fixed ({n_pairs} with both orientations), "
-             f"trained {new} new units and the output layer on {run.data.n} rows",
-             *run.notes, *extraction.notes)
+             f"trained {new} new units and the output layer on {run.data.n} rows", *run.notes)
     return Extraction(network=net, queries=extraction.queries + run.spent(),
-                      hidden_size=net.weights[0].shape[0], status="finetuned",
-                      stage_queries=stage, lines=extraction.lines, check_error=err, notes=notes,
+                      hidden_size=net.weights[0].shape[0], status=Status.FINETUNED,
+                      stage_queries=stage, lines=extraction.lines, check_error=err,
+                      events=_events(notes) + tuple(extraction.events),
                       seconds=extraction.seconds + time.perf_counter() - t0)
+
+
+def _events(notes) -> tuple:
+    """The trainer's notes as events."""
+    return tuple(Event(Kind.LEARNING, n) for n in notes)
 
 
 def _fixed_rows(extraction: Extraction, d: int):

@@ -10,9 +10,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from . import mpforward
+
 
 @jax.jit
-def _forward(weights, biases, x):
+def forward(weights, biases, x):
+    """``f(x)`` of the network with layers ``(weights, biases)``, jitted (a pure function of its
+    arguments: the in-jit search runs it as an opaque victim)."""
     h = x
     for w, b in zip(weights[:-1], biases[:-1]):
         h = jnp.maximum(h @ w.T + b, 0.0)
@@ -20,7 +24,7 @@ def _forward(weights, biases, x):
 
 
 @functools.lru_cache(maxsize=None)
-def _batch_sharding() -> NamedSharding:
+def batch_sharding() -> NamedSharding:
     """Rows split over every visible device (weights are replicated by ``jit``)."""
     return NamedSharding(Mesh(np.array(jax.devices()), ("batch",)), PartitionSpec("batch"))
 
@@ -35,7 +39,7 @@ class ReLUNetwork:
     ``net(x)`` evaluates a batch ``(n, d) -> (n, k)`` (a single ``(d,)`` row gives ``(k,)``), in the
     dtype of the weights (float64 weights evaluate in float64 whatever JAX's x64 flag says). Object
     arrays of ``mpmath.mpf``, as inputs or as weights, evaluate in mpmath at the current
-    ``mpmath.mp`` precision and give an object array of mpf (see :func:`fidelity.mp.forward`).
+    ``mpmath.mp`` precision and give an object array of mpf (see :func:`fidelity.mpforward.forward`).
 
     Example:
         >>> net = ReLUNetwork.random(0, [4, 3, 2])
@@ -118,8 +122,7 @@ class ReLUNetwork:
             raise ValueError(f"expected inputs of shape (n, {self.input_dim}), got {x.shape}")
         dtype = self.dtype
         if x.dtype == object or dtype == object:   # mpmath: exact fixed-point arithmetic
-            from . import mp   # a lazy import: mp builds on this module
-            out = mp.forward(self.weights, self.biases, x)
+            out = mpforward.forward(self.weights, self.biases, x)
         elif dtype == np.float64 or dtype == np.float32:
             n = x.shape[0]
             n_dev = jax.device_count()
@@ -128,8 +131,8 @@ class ReLUNetwork:
             xp = np.zeros((bucket, x.shape[1]), dtype)
             xp[:n] = x
             with jax.enable_x64(dtype == np.float64):
-                xj = jnp.asarray(xp) if n_dev == 1 else jax.device_put(xp, _batch_sharding())
-                out = np.asarray(_forward(self.weights, self.biases, xj))[:n]
+                xj = jnp.asarray(xp) if n_dev == 1 else jax.device_put(xp, batch_sharding())
+                out = np.asarray(forward(self.weights, self.biases, xj))[:n]
         else:  # anything exotic: plain numpy
             h = x
             for w, b in zip(self.weights[:-1], self.biases[:-1]):

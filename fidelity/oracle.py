@@ -3,16 +3,42 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Optional, Union
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Union
 
 import mpmath
 import numpy as np
 
 from .errors import OracleError, QueryBudgetExceeded
 from .journal import DEFAULT_CHUNK_ROWS, Journal
-from .network import ReLUNetwork
+from .network import ReLUNetwork, forward
 
 Victim = Union[ReLUNetwork, Callable[[np.ndarray], np.ndarray]]
+
+
+@dataclass(frozen=True, eq=False)
+class JaxFunction:
+    """A victim the engine may evaluate inside ``jit``: ``apply(params, x)`` maps ``(n, d)``
+    inputs in ``dtype`` to ``(n, k)`` answers. ``params`` is an opaque pytree handed to
+    ``apply``; the engine never looks inside it (its structure is the victim's)."""
+
+    apply: Callable[[Any, Any], Any]
+    params: Any
+    dtype: np.dtype
+    input_dim: int
+    output_dim: int
+
+    @staticmethod
+    def of_network(net: ReLUNetwork) -> "JaxFunction":
+        return JaxFunction(apply=_apply_network, params=(net.weights, net.biases),
+                           dtype=np.dtype(net.dtype), input_dim=net.input_dim,
+                           output_dim=net.output_dim)
+
+
+def _apply_network(params, x):
+    """A :class:`ReLUNetwork`'s forward pass as ``apply(params, x)`` (one function for every
+    network, so a new victim does not recompile)."""
+    return forward(params[0], params[1], x)
 
 
 LABEL_ONLY_MESSAGE = (
@@ -125,18 +151,19 @@ class Oracle:
         self.chunk_size = journal.chunk_rows
         return journal
 
-    def jax_victim(self) -> Optional[ReLUNetwork]:
-        """The victim itself when the engine may evaluate it inside jit (a float ReLUNetwork,
-        asked in-process, with no journal or chunking to honour); ``None`` otherwise. Rows
-        evaluated that way must be paid with :meth:`charge`."""
+    def jax_function(self) -> Optional["JaxFunction"]:
+        """The victim as an opaque in-process JAX function the engine may run inside ``jit``
+        (a float ReLUNetwork asked in-process, with no journal or chunking to honour); ``None``
+        otherwise. Only its input and output widths are readable; rows evaluated through it
+        must be paid with :meth:`charge`."""
         victim = self._victim
         if (isinstance(victim, ReLUNetwork) and self.journal is None and self.chunk_size is None
                 and victim.dtype in (np.float64, np.float32)):
-            return victim
+            return JaxFunction.of_network(victim)
         return None
 
     def charge(self, n: int) -> None:
-        """Counts ``n`` rows the engine evaluated on :meth:`jax_victim` directly."""
+        """Counts ``n`` rows the engine evaluated through :meth:`jax_function` directly."""
         n = int(n)
         self._check_budget(n)
         self.queries += n

@@ -12,6 +12,7 @@ least-squares fit of the answers already paid for on the features ``relu(W x + b
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
@@ -26,18 +27,23 @@ class Signs:
     condition: float       # condition number of the sign system
 
 
-def resolve_signs(rows: np.ndarray, coef: np.ndarray, affine_term: np.ndarray,
-                  *, tol: float = 1e-3) -> Signs:
+# the sign system is taken as singular above this condition number
+MAX_CONDITION = 1e10
+
+
+def try_signs(rows: np.ndarray, coef: np.ndarray, affine_term: np.ndarray,
+              *, tol: float = 1e-3) -> tuple[Optional[Signs], str]:
+    """The signs of ``rows``, or ``(None, why)`` when the sign system is singular."""
     h = rows.shape[0]
     d = rows.shape[1] - 1
     if h == 0:
-        return Signs(np.zeros(0, bool), np.zeros(0), np.zeros(0, bool), 1.0)
+        return Signs(np.zeros(0, bool), np.zeros(0), np.zeros(0, bool), 1.0), ""
     lin = affine_term[:, :d]                                  # (k, d)
     cols = (coef[:, :, None] * rows[:, None, :d]).reshape(h, -1).T   # (k d, h)
     sv = np.linalg.svd(cols, compute_uv=False)
     cond = float(sv[0] / sv[-1]) if sv[-1] > 0 else np.inf
-    if cols.shape[0] < h or cond > 1e10:
-        raise UnsupportedArchitecture(
+    if cols.shape[0] < h or cond > MAX_CONDITION:
+        return None, (
             f"cannot resolve the signs of {h} hidden units from {cols.shape[0]} equations "
             f"(condition {cond:.3g}); the layer is too expansive for exact recovery "
             "(h must not exceed k*d, and rows must be independent)")
@@ -45,7 +51,20 @@ def resolve_signs(rows: np.ndarray, coef: np.ndarray, affine_term: np.ndarray,
     flip = np.abs(rho - 1) <= tol
     keep = np.abs(rho) <= tol
     split = ~(flip | keep)
-    return Signs(flip=flip, rho=rho, split=split, condition=cond)
+    return Signs(flip=flip, rho=rho, split=split, condition=cond), ""
+
+
+def resolve_signs(rows: np.ndarray, coef: np.ndarray, affine_term: np.ndarray,
+                  *, tol: float = 1e-3) -> Signs:
+    """The signs of ``rows`` (see the module doc).
+
+    Raises:
+        UnsupportedArchitecture: the sign system is singular (an expansive layer).
+    """
+    signs, why = try_signs(rows, coef, affine_term, tol=tol)
+    if signs is None:
+        raise UnsupportedArchitecture(why)
+    return signs
 
 
 def signed_units(rows: np.ndarray, coef: np.ndarray, signs: Signs):

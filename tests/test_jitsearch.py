@@ -158,3 +158,28 @@ def test_extract_with_jit_search_matches_host_search():
     assert jitted.queries == host.queries == oracle.queries == oracle.paid
     assert jitted.stage_queries == host.stage_queries
     np.testing.assert_array_equal(jitted.network.weights[0], host.network.weights[0])
+
+
+def test_opaque_victim_and_any_starting_capacity_give_the_host_kinks():
+    # the search sees the victim only as apply(params, x): here a closure over a dict of
+    # parameters it cannot interpret; it starts with slots for 1 kink per line and grows them
+    from fidelity.network import forward
+    from fidelity.oracle import JaxFunction
+    net, x0, v, t_max, kw = _setup([64, 24, 10], 2, 6)
+    opaque = JaxFunction(apply=lambda p, x: forward(p["a"], p["b"], x),
+                         params={"a": net.weights, "b": net.biases}, dtype=np.dtype(np.float64),
+                         input_dim=64, output_dim=10)
+    host, queries = _host(net, x0, v, t_max, **kw)
+    for capacity in (1, None, 4096):
+        jit, rows, complete = search_lines_jit(opaque, x0, v, t_max, capacity=capacity, **kw)
+        assert complete and rows == queries
+        _assert_same(host, jit, t_max)
+
+
+def test_the_oracle_hands_over_an_opaque_function_only():
+    net = F.ReLUNetwork.random(0, [6, 4, 2])
+    fn = F.Oracle(net).jax_function()
+    assert (fn.input_dim, fn.output_dim) == (6, 2)
+    assert not hasattr(fn, "weights") and not hasattr(fn, "sizes")
+    assert F.Oracle(net, chunk_size=8).jax_function() is None     # chunks must be honoured
+    assert F.Oracle(lambda x: net(x), input_dim=6).jax_function() is None

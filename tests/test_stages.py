@@ -121,7 +121,7 @@ def test_regression_fits_every_parameter_to_noisy_answers():
 
 
 def test_each_predicted_kink_explains_one_verified_kink():
-    from fidelity.pipeline import _unexplained
+    from fidelity.checks import unexplained as _unexplained
     pred = np.array([-5.0, 1.0, 1.0 + 1e-9, 7.0])      # a unit may be predicted twice
     # kink 2 lies within the tolerance of unit 1's prediction but unit 1 explains kink 1
     # (nearer); kink 4 is far from every prediction
@@ -144,15 +144,20 @@ def test_each_predicted_kink_explains_one_verified_kink():
 
 
 def test_units_with_nil_output_weights_are_dropped_as_spurious():
-    from fidelity.pipeline import ExtractConfig, _Run
-    run = _Run(F.Oracle(F.ReLUNetwork.random(0, [4, 3, 2])), ExtractConfig(), 0, None)
+    from fidelity import twins
+    from fidelity.context import Run
+    run = Run(F.Oracle(F.ReLUNetwork.random(0, [4, 3, 2])), seed=0, t_max=1.0, input_scale=1.0,
+              step_cap=1.0, check_reserve=0, crossing_rel_error=1e-10)
     rows = np.eye(3, 5)
     coef = np.array([[1.0, 2.0], [1e-12, 0.0], [3.0, 1.0]])
-    run.jumps = [recover.Jump(row=r, coef=c, rank_ratio=0.0, line=0, t=float(i))
-                 for i, (r, c) in enumerate(zip(rows, coef))]
-    run.rows, run.coef = rows, coef
-    assert run._drop_void_units()
-    assert [j.t for j in run.jumps] == [0.0, 2.0] and run.coef is None
-    assert "nil output weights" in run.notes[-1]
-    run.rows, run.coef = rows[[0, 2]], coef[[0, 2]]
-    assert not run._drop_void_units() and len(run.jumps) == 2
+    run.evidence.add_jumps([recover.Jump(row=r, coef=c, rank_ratio=0.0, line=0, t=float(i))
+                            for i, (r, c) in enumerate(zip(rows, coef))])
+    version = run.evidence.version
+    assert twins.resolve_singular(run, rows, coef)
+    assert [j.t for j in run.evidence.jumps] == [0.0, 2.0]
+    assert run.evidence.version != version            # the next fit restarts from the jumps
+    assert run.events[-1].kind == F.Kind.VOID_DROPPED
+    assert run.events[-1].data["units"] == (1,)
+    # neither nil nor parallel: nothing to drop
+    assert not twins.resolve_singular(run, rows[[0, 2]], coef[[0, 2]])
+    assert len(run.evidence.jumps) == 2

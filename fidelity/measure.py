@@ -1,0 +1,164 @@
+"""Stages 1-2 on one line: search its kinks, then measure the gradients of its regions.
+
+The search runs on the host (:func:`fidelity.search.search_lines`, batched queries) or, when the
+oracle can hand over an opaque in-process JAX function, inside ``jit``
+(:func:`fidelity.jitsearch.search_lines_jit`): same kinks, same rows. Each region's gradient
+must reproduce the slope along the line that the search measured for free; a region that does
+not (a coordinate probe crossed a hyperplane lying close to the line) is measured again with a
+smaller step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import jax
+import numpy as np
+
+from . import jitsearch, recover, search
+from .context import Run
+from .recover import Jump, Regions
+from .results import Kind
+
+
+@dataclass(frozen=True)
+class MeasureConfig:
+    """Tuning of the search and of the gradient measurements.
+
+    Attributes:
+        slope_step: relative step ``delta / T`` for the search's one-sided slopes.
+        noise_factor: float64 answers are trusted to ``noise_factor * eps * |f|``.
+        max_rounds: bound on batched search rounds per line.
+        step_frac: gradient step as a fraction of the region's half-width.
+        step_max: cap on the gradient step (in units of ``input_scale``).
+        remeasure_rounds: bound on re-measuring a region whose gradient disagrees with the
+            slope along the line found by the search.
+        remeasure_shrink: step reduction for such a region.
+    """
+
+    slope_step: float = 1e-6
+    noise_factor: float = 256.0
+    max_rounds: int = 200
+    step_frac: float = 0.02
+    step_max: float = 1.0
+    remeasure_rounds: int = 3
+    remeasure_shrink: float = 16.0
+
+    def __post_init__(self):
+        _positive(self, "slope_step", "noise_factor", "step_frac", "step_max",
+                  "remeasure_shrink")
+        _at_least(self, 1, "max_rounds")
+        _at_least(self, 0, "remeasure_rounds")
+        if self.step_frac > 1:
+            raise ValueError("step_frac is a fraction of a region's half-width: at most 1")
+
+
+def _positive(cfg, *names):
+    for n in names:
+        if not getattr(cfg, n) > 0:
+            raise ValueError(f"{type(cfg).__name__}.{n} must be positive, got "
+                             f"{getattr(cfg, n)!r}")
+
+
+def _at_least(cfg, low, *names):
+    for n in names:
+        value = getattr(cfg, n)
+        if not isinstance(value, (int, np.integer)) or value < low:
+            raise ValueError(f"{type(cfg).__name__}.{n} must be an int >= {low}, got {value!r}")
+
+
+def search_line(run: Run, x0: np.ndarray, v: np.ndarray, *, max_rounds: int,
+                use_jit: Optional[bool]) -> search.LineKinks:
+    """The kinks of the victim on the line ``x0 + t v``, ``|t| <= t_max``."""
+    tol = run.tol
+    opts = dict(delta=tol.delta, min_delta=tol.min_delta, noise_factor=tol.rel / search.EPS,
+                noise_abs=tol.abs, max_rounds=max_rounds)
+    fn = run.oracle.jax_function()
+    if use_jit is None:
+        use_jit = jax.default_backend() != "cpu"
+    if use_jit and fn is not None:
+        # slots for the kinks: what the model knows of, grown by the search when short
+        hint = 2 * max(run.model.size, len(run.evidence.jumps), 8)
+        lines, rows, complete = jitsearch.search_lines_jit(
+            fn, x0[None], v[None], run.t_max, row_budget=run.remaining, capacity=hint, **opts)
+        run.oracle.charge(rows)
+        run.stage["search"] += rows
+        if not complete:
+            raise run.out_of_budget("while searching")
+        res = lines[0]
+    else:
+        res = search.search_lines(run.query("search"), x0[None], v[None], run.t_max,
+                                  **opts)[0]
+    if res.unresolved:
+        run.note(Kind.UNRESOLVED, f"line {run.lines - 1}: {res.unresolved} intervals left "
+                 "unresolved after max_rounds", line=run.lines - 1, intervals=res.unresolved)
+    return res
+
+
+def measure_line(run: Run, cfg: MeasureConfig, x0: np.ndarray, v: np.ndarray,
+                 kinks: search.LineKinks, wanted_kinks=None,
+                 keep: Optional[Callable[[list[Jump]], list[Jump]]] = None) -> int:
+    """Measures regions on the current line (all of them, or those next to ``wanted_kinks``)
+    and adds them and the jumps across those kinks to the evidence; ``keep`` filters the jumps
+    first. Returns the number of jumps added.
+
+    When the budget runs out the jumps measured so far are added unfiltered (a partial result
+    is fitted from all of them), then :class:`~fidelity.errors.QueryBudgetExceeded` is raised.
+    """
+    kinks_t = kinks.t
+    lo, hi, mid, step = recover.plan_regions(kinks_t, run.t_max, cfg.step_frac, run.step_cap)
+    idx = np.arange(lo.size)
+    if wanted_kinks is not None:
+        idx = np.unique(np.concatenate([wanted_kinks, wanted_kinks + 1]))
+    line = run.lines - 1
+    query = run.query("gradients")
+    regions, complete = recover.measure_regions(
+        query, x0, v, line, lo[idx], hi[idx], mid[idx], step[idx], remaining=run.remaining)
+    for _ in range(cfg.remeasure_rounds):
+        bad = _slope_mismatch(run, regions, v, kinks.slopes[idx[:regions.size]])
+        if not bad.any() or not complete:
+            break
+        sel = np.flatnonzero(bad)
+        again, complete = recover.measure_regions(
+            query, x0, v, line, regions.t_lo[sel], regions.t_hi[sel],
+            0.5 * (regions.t_lo[sel] + regions.t_hi[sel]),
+            regions.step[sel] / cfg.remeasure_shrink, remaining=run.remaining)
+        regions = regions.replace(sel[:again.size], again)
+    run.evidence.add_regions(regions)
+    aff = regions.affine()
+    noise = region_noise(run, regions)
+    measured = idx[:regions.size]
+    pos = {int(r): i for i, r in enumerate(measured)}
+    kink_ids = (np.arange(kinks_t.size) if wanted_kinks is None
+                else np.asarray(wanted_kinks))
+    left, right, ts, nz = [], [], [], []
+    for kid in kink_ids:
+        if int(kid) in pos and int(kid) + 1 in pos:
+            a, b = pos[int(kid)], pos[int(kid) + 1]
+            left.append(aff[a]); right.append(aff[b]); ts.append(kinks_t[kid])
+            nz.append(4 * max(noise[a], noise[b]))
+    jumps = []
+    if left:
+        jumps = recover.jumps_to_rows(np.array(left), np.array(right), v, line,
+                                      np.array(ts), np.array(nz))
+    if not complete:
+        run.evidence.add_jumps(jumps)
+        raise run.out_of_budget("while measuring gradients")
+    if keep is not None:
+        jumps = keep(jumps)
+    run.evidence.add_jumps(jumps)
+    return len(jumps)
+
+
+def region_noise(run: Run, regions: Regions) -> np.ndarray:
+    """``(R,)`` what each region's gradient entries are trusted to."""
+    return run.tol(np.abs(regions.f_probe).max((1, 2))) / regions.step_rms()
+
+
+def _slope_mismatch(run: Run, regions: Regions, v: np.ndarray, slopes) -> np.ndarray:
+    g = regions.affine()[:, :, :-1] @ v                      # (R, k)
+    noise = run.tol(regions.scale())
+    tol = noise * (4 * np.sqrt(run.d) / regions.step_rms() + 8 / run.tol.delta)
+    err = np.abs(g - slopes).max(1)
+    return np.where(np.isnan(err), False, err > tol)

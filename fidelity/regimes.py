@@ -1,0 +1,115 @@
+"""The two regimes of an extraction, behind one interface: float64 answers and noisy ones.
+
+The driver's loop (:func:`fidelity.pipeline.extract`) is the same for both; a regime says what
+its answers are trusted to (:class:`~fidelity.context.Tolerances`), what follows the first fit,
+what a verified model still needs (``settle``), what to do when units are added, and how a
+disagreeing check line is read (the hooks of :func:`fidelity.checks.extend`).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Protocol, Union
+
+import numpy as np
+
+from . import fit, polish, search, twins
+from .config import ExtractConfig
+from .context import Run, Tolerances
+from .noise import NoiseFloor
+from .noisy import NoisyRegime
+from .results import Kind, Status
+
+# a kink within max(KINK_MATCH t_max, 8 delta) of a unit's predicted kink is that unit's
+KINK_MATCH = 1e-7
+# a new jump whose row matches a known one to this (max abs, up to sign) is that unit again
+KNOWN_ROW = 1e-4
+
+
+class Regime(Protocol):
+    """What the driver asks of a regime (besides the hooks of :class:`fidelity.checks.Extender`)."""
+
+    float64: bool
+    tol: Tolerances
+
+    def check_tol(self, run: Run) -> float: ...
+    def start(self, run: Run) -> None: ...
+    def settle(self, run: Run) -> Optional[Status]: ...
+    def units_added(self, run: Run) -> None: ...
+
+
+class Float64Regime:
+    """Answers exact to float64 rounding: the configured tolerances; a verified model is
+    polished once (and again after units are added), twins are measured apart or merged."""
+
+    float64 = True
+
+    def __init__(self, cfg: ExtractConfig, t_max: float):
+        self.cfg = cfg
+        delta = cfg.measure.slope_step * t_max
+        self.tol = Tolerances(rel=cfg.measure.noise_factor * search.EPS, abs=0.0, delta=delta,
+                              min_delta=delta * 1e-6, sign_tol=cfg.fit.sign_tol,
+                              check_tol=cfg.check_tol, polish_tol=cfg.polish.polish_tol)
+        self.polished = False
+        self.precision: Optional[tuple[set, bool]] = None   # the precision line, once run
+
+    def check_tol(self, run: Run) -> float:
+        return self.tol.check_tol
+
+    def start(self, run: Run) -> None:
+        pass
+
+    def settle(self, run: Run) -> Optional[Status]:
+        """Enough clean check lines: polish once (then check again), or decide."""
+        cfg = self.cfg
+        if not self.polished:
+            self.polished = True
+            lined = False
+            if self.precision is None:
+                self.precision = polish.precision_line(
+                    run, cfg.polish, cfg.measure.max_rounds, cfg.measure.step_frac,
+                    cfg.jit_search)
+                lined = self.precision is not None and self.precision[1]
+            missed = None if self.precision is None else self.precision[0]
+            # the precision line's regions join the polish's final fit
+            if polish.polish(run, cfg.polish, missed) or lined:
+                fit.fit(run, cfg.fit, final=True)
+                run.report(stage="polish")
+                return None                      # the polished model is checked once more
+            fit.fit(run, cfg.fit, final=True)    # no new answers: refit only
+        return Status.OK
+
+    def units_added(self, run: Run) -> None:
+        fit.fit(run, self.cfg.fit)
+        self.polished = False                    # the new model is polished again
+
+    # ------------------------------------------------------------------ extend's hooks
+    def predicted_kinks(self, run, x0, v, t):
+        # one boundary per unit of the unsigned model (the network holds a unit whose sign is
+        # undecided twice, as relu(z) and relu(-z): two predictions of one kink)
+        tol = max(KINK_MATCH * run.t_max, 8 * self.tol.delta)
+        return run.model.geometry().kinks(x0, v), tol + 0.0 * np.abs(t)
+
+    def nothing_new(self, run: Run) -> bool:
+        if twins.separate_twins(run, self.cfg.measure.max_rounds) or twins.merge_twins(run):
+            return True
+        run.note(Kind.NO_NEW_KINK,
+                 f"line {run.lines - 1}: answers disagree with the model (relative "
+                 f"{run.check_error:.2e}) but no new kink was found", line=run.lines - 1,
+                 check_error=run.check_error)
+        return False
+
+    def keep_new(self, run: Run, jumps: list) -> list:
+        # a known unit whose row is still rough can kink just outside the tolerance: its jump
+        # repeats a known row (and would make the fit rank-deficient); drop it
+        known = run.evidence.jump_rows()
+        return [j for j in jumps if not known.size
+                or np.abs(np.abs(known) - np.abs(j.row)).max(1).min() > KNOWN_ROW]
+
+
+def make_regime(nf: NoiseFloor, cfg: ExtractConfig,
+                t_max: float) -> Union[Float64Regime, NoisyRegime]:
+    """The regime for answers with noise floor ``nf``."""
+    if nf.float64:
+        return Float64Regime(cfg, t_max)
+    return NoisyRegime(nf, cfg.noisy, t_max=t_max, slope_step=cfg.measure.slope_step,
+                       check_tol=cfg.check_tol, polish_tol=cfg.polish.polish_tol)
