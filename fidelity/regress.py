@@ -93,8 +93,11 @@ def gauss_newton(net: ReLUNetwork, x: np.ndarray, y: np.ndarray, sigma: np.ndarr
         cg_iters: bound on conjugate-gradient iterations per step.
         damping: Levenberg-Marquardt damping relative to the diagonal (it also pins the
             per-unit scaling symmetry, which leaves ``J^T J`` singular).
-        stop: stop when a step lowers the weighted RMS residual by less than this fraction
-            (or when it falls below 1, the noise floor).
+        stop: stop when a step lowers the weighted RMS residual by less than this fraction.
+            A residual below 1 (the noise floor) is no reason to stop: with ``n`` answers
+            and ``P`` parameters the optimum lies near ``sqrt(1 - P / n)``, and a float32
+            64-16-10 stopped after one step at 0.85 left rows 2-4x less precise than the
+            error estimate assumes.
         retries: bound on steps refused (the residual grew) and retried with 100x the damping.
 
     Returns:
@@ -122,7 +125,7 @@ def gauss_newton(net: ReLUNetwork, x: np.ndarray, y: np.ndarray, sigma: np.ndarr
             p, taken = trial, taken + 1
             gain = (current - new) / current
             current = new
-            if taken >= steps or gain < stop or current < 1.0:   # at the noise floor
+            if taken >= steps or gain < stop:   # converged (the floor itself is no stop)
                 break
         w, b, a, c = (np.asarray(t) for t in p)
         if diag is None:
