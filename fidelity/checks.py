@@ -13,11 +13,17 @@ from typing import Protocol
 import numpy as np
 
 from .context import Run
+from .errors import DeepVictim
 from .measure import MeasureConfig, measure_line, search_line
 
 # a verified kink this close (times t_max) to an explained one bounds a region too thin for a
 # row: it is left to the twins' treatment
 CLOSE = 1e-7
+# this many (and this share) of the model's hyperplanes missing their kink on a searched line,
+# within BENT_RANGE t_max of its centre, say the victim is deeper than one hidden layer
+BENT_MIN = 3
+BENT_SHARE = 0.25
+BENT_RANGE = 0.999
 
 
 class Extender(Protocol):
@@ -52,12 +58,33 @@ def extend(run: Run, regime: Extender, cfg: MeasureConfig, x0: np.ndarray, v: np
     evidence changed (units added, or measured again by the regime)."""
     res = search_line(run, x0, v, max_rounds=cfg.max_rounds, use_jit=use_jit)
     pred, tol = regime.predicted_kinks(run, x0, v, res.t)
+    if getattr(regime, "float64", False):
+        _refuse_bent(run, res.t, pred, tol)
     new = unexplained(res.t, res.verified, pred, tol, close=CLOSE * run.t_max)
     if not new:
         return regime.nothing_new(run)
     added = measure_line(run, cfg, x0, v, res, np.array(new),
                          keep=lambda jumps: regime.keep_new(run, jumps))
     return added > 0
+
+
+def _refuse_bent(run: Run, found: np.ndarray, pred: np.ndarray, tol) -> None:
+    """Raises :class:`~fidelity.errors.DeepVictim` when many of the model's hyperplanes cross
+    the line where the victim has no kink: their boundaries bend (float64 answers only; a
+    one-layer victim's every hyperplane kinks where predicted)."""
+    pred = np.asarray(pred, np.float64)
+    pred = pred[np.isfinite(pred) & (np.abs(pred) < BENT_RANGE * run.t_max)]
+    if not pred.size:
+        return
+    width = float(np.max(tol)) if np.size(tol) else 0.0
+    if found.size:
+        missed = int((np.abs(pred[:, None] - found[None, :]).min(1) > width).sum())
+    else:
+        missed = pred.size
+    if missed >= max(BENT_MIN, BENT_SHARE * pred.size):
+        raise DeepVictim(f"{missed} of the {pred.size} hyperplanes crossing line "
+                         f"{run.lines - 1} have no kink there: the victim's boundaries bend "
+                         "(more than one hidden layer)")
 
 
 def unexplained(found: np.ndarray, verified: np.ndarray, pred: np.ndarray,

@@ -15,13 +15,14 @@ from typing import Optional
 
 import numpy as np
 
+from .deep import DeepConfig
 from .fit import FitConfig
 from .measure import MeasureConfig
 from .noisy import NoisyConfig
 from .polish import PolishConfig
 
 _STAGES = {"measure": MeasureConfig, "fit": FitConfig, "polish": PolishConfig,
-           "noisy": NoisyConfig}
+           "noisy": NoisyConfig, "deep": DeepConfig}
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ class ExtractConfig:
             oracle can hand the victim over as an in-process JAX function; ``None``: only where
             JAX's default backend is not the CPU (on a CPU the host-driven search is faster and
             compiles nothing).
-        measure, fit, polish, noisy: each stage's tuning (see its class).
+        measure, fit, polish, noisy, deep: each stage's tuning (see its class).
     """
 
     line_length: Optional[float] = None
@@ -60,6 +61,7 @@ class ExtractConfig:
     fit: FitConfig = field(default_factory=FitConfig)
     polish: PolishConfig = field(default_factory=PolishConfig)
     noisy: NoisyConfig = field(default_factory=NoisyConfig)
+    deep: DeepConfig = field(default_factory=DeepConfig)
 
     def __post_init__(self):
         if self.line_length is not None and not self.line_length > 0:

@@ -15,7 +15,7 @@ from .noise import NoiseFloor
 from .oracle import Oracle
 from .results import Event, Kind
 
-STAGES = ("noise", "search", "gradients", "regression", "checks", "precision")
+STAGES = ("noise", "search", "gradients", "regression", "checks", "precision", "output")
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,7 @@ class Run:
         self.progress = progress
         self.stage = {s: 0 for s in STAGES}
         self.lines = 0
+        self.drawn: list[tuple[np.ndarray, np.ndarray]] = []   # every line, in order
         self.events: list[Event] = []
         self.evidence = Evidence(self.d)
         self.model = Model.empty(self.d)
@@ -104,7 +105,9 @@ class Run:
             x0 = x0 * radius
         v = self.rng.normal(size=self.d)
         self.lines += 1
-        return x0, v / np.linalg.norm(v)
+        v = v / np.linalg.norm(v)
+        self.drawn.append((x0, v))
+        return x0, v
 
     # ------------------------------------------------------------------ reporting
     def note(self, kind: Kind, message: str, **data) -> None:

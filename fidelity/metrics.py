@@ -26,6 +26,7 @@ class Report:
     ``max_rel_error``: ``max_abs_error / max |f|`` over the same inputs.
     ``param_error``: max abs difference of normalised parameters (each unit scaled so that
     ``|[w, b]| = 1``, its output weights scaled inversely) over matched units and the output bias;
+    deep networks are matched layer by layer (see :func:`match_layers`);
     ``inf`` when a unit is missing or extra. Computed in mpmath (80 digits) when either network
     holds mpf weights, so that errors far below float64 are measured; the functional measures
     above evaluate such networks with their weights rounded to float64.
@@ -85,6 +86,63 @@ def match_units(victim: ReLUNetwork, extracted: ReLUNetwork, *, cos_tol: float =
     return pairs, missing, extra, int(negligible.sum()), err
 
 
+def match_layers(victim: ReLUNetwork, extracted: ReLUNetwork, *, cos_tol: float = 1e-6):
+    """Deep networks: units matched layer by layer (each layer's rows compared in the
+    coordinates of the previous layer's matched units). Returns ``(matched, missing, extra,
+    max error of normalised parameters)``; the error is ``inf`` unless every layer matches."""
+    if len(victim.weights) != len(extracted.weights):
+        hv = sum(w.shape[0] for w in victim.weights[:-1])
+        he = sum(w.shape[0] for w in extracted.weights[:-1])
+        return 0, hv, he, float("inf")
+    lv, ov = _scaled(victim)
+    le, oe = _scaled(extracted)
+    perm = None                      # extracted unit matched to each victim unit, last layer
+    matched = missing = extra = 0
+    err = 0.0
+    for rv, re in zip(lv, le):
+        if perm is not None:
+            re = np.concatenate([re[:, :-1][:, perm], re[:, -1:]], 1)
+        cos = rv @ re.T if rv.size and re.size else np.zeros((rv.shape[0], re.shape[0]))
+        pairs, used = {}, set()
+        for flat in np.argsort(-cos, axis=None):
+            i, j = np.unravel_index(flat, cos.shape)
+            if cos[i, j] < 1 - cos_tol:
+                break
+            if i in pairs or j in used:
+                continue
+            pairs[int(i)] = int(j)
+            used.add(int(j))
+        matched += len(pairs)
+        missing += rv.shape[0] - len(pairs)
+        extra += re.shape[0] - len(pairs)
+        if len(pairs) < rv.shape[0] or len(pairs) < re.shape[0]:
+            return matched, missing, extra, float("inf")
+        perm = np.array([pairs[i] for i in range(rv.shape[0])])
+        err = max(err, float(np.abs(rv - re[perm]).max()))
+    oe = np.concatenate([oe[:, :-1][:, perm], oe[:, -1:]], 1)
+    err = max(err, float(np.abs(ov - oe).max()))
+    return matched, missing, extra, err
+
+
+def _scaled(net: ReLUNetwork):
+    """Hidden layers' rows ``[w, b]`` scaled to unit norm (the scale carried into the next
+    layer's columns), and the output layer ``[A, b]`` in those units."""
+    rows_out, carry = [], None
+    n = len(net.weights)
+    for l, (w, b) in enumerate(zip(net.weights, net.biases)):
+        w = np.asarray(w, np.float64)
+        b = np.asarray(b, np.float64)
+        if carry is not None:
+            w = w * carry[None, :]
+        rows = np.concatenate([w, b[:, None]], 1)
+        if l == n - 1:
+            return rows_out, rows
+        norm = np.linalg.norm(rows, axis=1)
+        carry = np.where(norm > 0, norm, 1.0)
+        rows_out.append(rows / carry[:, None])
+    raise AssertionError("unreachable")
+
+
 def _mp_error(victim: ReLUNetwork, extracted: ReLUNetwork, pairs) -> float:
     """The normalised parameter error of matched units, computed in mpmath at ``_MP_DPS`` digits
     (for networks with mpf weights, whose errors lie far below float64's)."""
@@ -128,9 +186,15 @@ def evaluate(victim: ReLUNetwork, extracted: ReLUNetwork, *, inputs: Optional[np
         agree = y.argmax(1) == yh.argmax(1)
     abs_err = float(np.abs(y - yh).max())
     scale = float(np.abs(y).max())
-    pairs, missing, extra, negligible, err = match_units(victim, extracted)
-    param_error = err if not missing and not extra else float("inf")
+    if len(victim.weights) > 2 or len(extracted.weights) > 2:
+        matched, n_missing, n_extra, param_error = match_layers(_float64(victim),
+                                                                _float64(extracted))
+        negligible = 0
+    else:
+        pairs, missing, extra, negligible, err = match_units(victim, extracted)
+        param_error = err if not missing and not extra else float("inf")
+        matched, n_missing, n_extra = len(pairs), len(missing), len(extra)
     return Report(fidelity=float(agree.mean()), max_abs_error=abs_err,
                   max_rel_error=abs_err / scale if scale > 0 else abs_err,
-                  param_error=param_error, matched=len(pairs), missing=len(missing),
-                  extra=len(extra), negligible=negligible, num_inputs=int(inputs.shape[0]))
+                  param_error=param_error, matched=matched, missing=n_missing,
+                  extra=n_extra, negligible=negligible, num_inputs=int(inputs.shape[0]))

@@ -22,10 +22,10 @@ from typing import Callable, Optional
 import jax
 import numpy as np
 
-from . import checks, estimates, fit, measure, mp, noise
+from . import checks, deep, estimates, fit, measure, mp, noise
 from .config import ExtractConfig
 from .context import Run
-from .errors import FidelityError, QueryBudgetExceeded
+from .errors import FidelityError, QueryBudgetExceeded, UnsupportedArchitecture
 from .oracle import Oracle
 from .regimes import make_regime
 from .results import Event, Extraction, ExtractionError, Kind, NeuronInfo, Status
@@ -90,7 +90,17 @@ def extract(oracle: Oracle, *, seed: int = 0, throw: bool = True,
     t0 = time.perf_counter()
     with jax.enable_x64(True):
         try:
-            status = _drive(run, cfg)
+            try:
+                status = _drive(run, cfg)
+            except UnsupportedArchitecture as exc:
+                layers = _deepen(run, cfg, exc)
+                if layers is None:
+                    raise
+                return _deep_result(run, cfg, layers, t0, throw)
+            if status == Status.UNVERIFIED:
+                layers = _deepen(run, cfg, None)
+                if layers is not None:
+                    return _deep_result(run, cfg, layers, t0, throw)
         except QueryBudgetExceeded as exc:
             ev, model = run.evidence, run.model
             if ev.jumps and (model.network is None or model.stale(ev.version)):
@@ -149,6 +159,38 @@ def _drive(run: Run, cfg: ExtractConfig) -> Status:
             regime.units_added(run)
         run.report(stage="extend")
     return Status.UNVERIFIED
+
+
+def _deepen(run: Run, cfg: ExtractConfig, why: Optional[Exception]):
+    """One hidden layer did not explain the victim: try the layer-by-layer recovery of
+    :mod:`fidelity.deep` (float64 answers only). None when the victim has one hidden layer
+    after all (the one-layer verdict stands)."""
+    if not run.nf.float64:
+        if why is not None:
+            raise UnsupportedArchitecture(
+                f"{why}; a deeper victim would need float64 answers (these are noisier)")
+        return None
+    out = deep.extract_layers(run, cfg.deep, cfg.measure, cfg.jit_search)
+    if out is not None:
+        run.note(Kind.DEEP, f"{len(out[2])} hidden layers (widths "
+                 f"{[i.width for i in out[2]]}), recovered layer by layer",
+                 widths=[i.width for i in out[2]])
+    return out
+
+
+def _deep_result(run: Run, cfg: ExtractConfig, layers, t0: float, throw: bool) -> Extraction:
+    net, check_error, infos = layers
+    run.check_error = check_error
+    status = Status.OK if check_error <= cfg.deep.check_tol else Status.UNVERIFIED
+    result = Extraction(
+        network=net, queries=run.oracle.queries, hidden_size=net.weights[0].shape[0],
+        status=status, stage_queries=dict(run.stage), neurons=(), lines=run.lines,
+        check_error=check_error, events=tuple(run.events),
+        seconds=time.perf_counter() - t0, noise=run.nf, layers=infos)
+    if status != Status.OK and throw:
+        raise ExtractionError(f"the deep network could not be verified (check error "
+                              f"{check_error:.2e}); pass throw=False to get the result", result)
+    return result
 
 
 def _noise_floor(run: Run, cfg: ExtractConfig) -> noise.NoiseFloor:

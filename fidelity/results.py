@@ -46,6 +46,11 @@ class Kind(str, enum.Enum):
     UNIT_MAY_BE_MISSING = "unit_may_be_missing"  # summary of NO_NEW_KINK events
     MP_REFINED = "mp_refined"                    # units refined in mpmath
     LEARNING = "learning"                        # learning-based extraction's reports
+    DEEP = "deep"                                # the victim has more than one hidden layer
+    ONE_SIDED = "one_sided"                      # deep: units of one sign on the fit inputs
+    LAYER_INCOMPLETE = "layer_incomplete"        # deep: row entries never observed
+    UNIDENTIFIED_UNITS = "unidentified_units"    # deep: units never seen on at a deeper kink
+    LAYER_ONE_ADDED = "layer_one_added"          # deep: a layer-1 unit line 0 had missed
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,7 @@ class Extraction:
     events: tuple = ()                  # :class:`Event`s, in the order they happened
     seconds: float = 0.0
     noise: Optional[NoiseFloor] = None  # the answers' measured noise floor
+    layers: tuple = ()                  # deep victims: a :class:`fidelity.deep.LayerInfo` each
 
     def __post_init__(self):
         object.__setattr__(self, "status", Status(self.status))

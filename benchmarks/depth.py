@@ -1,0 +1,137 @@
+"""Issue-14 benchmark: deep victims (2-8 hidden layers) recovered from queries alone.
+
+    python benchmarks/depth.py [--quick] [--timeout 600] [--out benchmarks/results/depth.json]
+
+Per victim: status, layers recovered, queries (total, per parameter, per layer), fidelity on
+Gaussian inputs (and digits images for trained victims), max relative output error,
+layer-matched parameter error, time and peak memory. Ground truth is read only by the metrics,
+after the extraction. Published figures (Carlini et al. 2020, their code on a 2-core machine,
+from the issue) are stored beside ours.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import traceback
+from pathlib import Path
+
+import jax
+import numpy as np
+
+import fidelity as F
+from fidelity import victims
+from sweep import _TimeUp, rss_mb, time_cap
+
+CARLINI = {   # queries, queries/param, weight error, seconds (their code, 2-core machine)
+    "10-10-10-1": (53_000, 229, 3.2e-12, 34),
+    "10-20-20-1": (311_000, 470, 4.4e-12, 581),
+    "40-20-10-10-1": (323_000, 281, 2.3e-11, 135),
+    "80-40-20-1": (505_000, 124, 4.8e-10, 131),
+}
+
+
+def victim_list(quick: bool):
+    out = []
+    seeds = [0] if quick else [0, 1, 2]
+    for arch in CARLINI:
+        sizes = [int(s) for s in arch.split("-")]
+        for s in seeds:
+            out.append((f"random {arch} s{s}", F.ReLUNetwork.random(s, sizes), None))
+    out.append(("random 784-64-32-10 s0", F.ReLUNetwork.random(0, [784, 64, 32, 10]), None))
+    if quick:
+        return out
+    x8, y8 = victims.digits(None)
+    x28, y28 = victims.digits(28)
+    out.append(("digits 784-64-32-10", victims.train_classifier(x28, y28, [64, 32], seed=0,
+                                                                steps=1500), x28))
+    out.append(("digits8 64-32-16-10", victims.train_classifier(x8, y8, [32, 16], seed=0,
+                                                                steps=1500), x8))
+    out.append(("random 100-50-50-50-10 s0", F.ReLUNetwork.random(0, [100, 50, 50, 50, 10]),
+                None))
+    out.append(("random 784-16x8-1 s0", F.ReLUNetwork.random(0, [784] + [16] * 8 + [1]), None))
+    return out
+
+
+def run(name, victim, images, samples, timeout):
+    oracle = F.Oracle(victim)
+    arch = "-".join(map(str, victim.sizes))
+    rec = dict(victim=name, arch=arch, params=victim.num_params, depth=len(victim.sizes) - 2)
+    t0 = time.perf_counter()
+    try:
+        with time_cap(timeout):
+            res = F.extract(oracle, seed=0, throw=False)
+    except _TimeUp:
+        rec.update(status="timeout", queries=oracle.queries, seconds=time.perf_counter() - t0)
+        return rec
+    except F.UnsupportedArchitecture as exc:
+        rec.update(status="refused", reason=str(exc), queries=oracle.queries,
+                   queries_per_param=oracle.queries / victim.num_params,
+                   seconds=time.perf_counter() - t0)
+        return rec
+    seconds = time.perf_counter() - t0
+    rep = F.evaluate(victim, res.network, num_samples=samples)
+    rec.update(status=str(res.status), widths=list(res.network.sizes[1:-1]),
+               queries=res.queries, queries_per_param=res.queries / victim.num_params,
+               layer_queries=[i.queries for i in res.layers],
+               layer_lines=[i.lines for i in res.layers],
+               layer_kinks=[i.kinks for i in res.layers],
+               stage_queries=res.stage_queries, seconds=seconds,
+               fidelity_gauss=rep.fidelity, max_rel_error=rep.max_rel_error,
+               param_error=rep.param_error, matched=rep.matched, missing=rep.missing,
+               extra=rep.extra, check_error=res.check_error, notes=list(res.notes),
+               peak_rss_mb=rss_mb())
+    if images is not None:
+        ri = F.evaluate(victim, res.network, inputs=images)
+        rec.update(fidelity_digits=ri.fidelity, max_rel_error_digits=ri.max_rel_error)
+    pub = CARLINI.get(arch)
+    if pub:
+        rec.update(carlini_queries=pub[0], carlini_error=pub[2], carlini_seconds=pub[3],
+                   fewer_queries=pub[0] / res.queries)
+    return rec
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--timeout", type=float, default=600.0)
+    ap.add_argument("--samples", type=int, default=100_000)
+    ap.add_argument("--only", default=None, help="run the victims whose name contains this")
+    ap.add_argument("--out", default="benchmarks/results/depth.json")
+    args = ap.parse_args()
+    jax.config.update("jax_enable_x64", True)
+    records = []
+    for name, victim, images in victim_list(args.quick):
+        if args.only and args.only not in name:
+            continue
+        try:
+            rec = run(name, victim, images, args.samples, args.timeout)
+        except Exception as exc:  # a benchmark row says what went wrong, the sweep goes on
+            rec = dict(victim=name, status="error", reason=f"{type(exc).__name__}: {exc}",
+                       trace=traceback.format_exc(limit=3))
+        records.append(rec)
+        print(json.dumps({k: v for k, v in rec.items() if k not in ("notes", "trace",
+                                                                   "stage_queries")}),
+              flush=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(records, indent=1, default=float))
+    print(table(records))
+
+
+def table(records) -> str:
+    lines = ["| victim | status | widths | queries | q/param | vs Carlini | fidelity | "
+             "max rel err | param err | time (s) |", "|" + "---|" * 10]
+    for r in records:
+        fewer = f"{r['fewer_queries']:.0f}x fewer" if "fewer_queries" in r else ""
+        lines.append(
+            f"| {r['victim']} | {r['status']} | {r.get('widths', '')} | {r.get('queries', '')} |"
+            f" {r.get('queries_per_param', float('nan')):.1f} | {fewer} |"
+            f" {r.get('fidelity_gauss', float('nan')):.4f} |"
+            f" {r.get('max_rel_error', float('nan')):.1e} |"
+            f" {r.get('param_error', float('nan')):.1e} | {r.get('seconds', float('nan')):.0f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""The hidden layers recovered so far, and the bent geometry they answer.
+
+Layer ``l`` computes ``z_l = W_l h_{l-1} + b_l`` with ``h_0 = x`` and ``h_l = relu(z_l)``. Every
+layer but the last is *signed* (its rows are oriented so that the unit is on where ``z > 0``); the
+last may still be *pending*: its rows are known up to the sign of each, which is all its kinks
+need (``z = 0`` either way). A layer-1 boundary is a hyperplane; a deeper unit's bends wherever
+an earlier unit switches. Along a line every ``z_l`` is piecewise linear in ``t`` with breaks at
+the earlier layers' kinks, so the kinks of all known units follow layer by layer, exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .network import ReLUNetwork
+
+
+@dataclass(frozen=True)
+class Layered:
+    """Known hidden layers ``(W_l, b_l)``, all signed but possibly the last."""
+
+    weights: tuple
+    biases: tuple
+
+    @property
+    def depth(self) -> int:
+        return len(self.weights)
+
+    @property
+    def widths(self) -> tuple:
+        return tuple(w.shape[0] for w in self.weights)
+
+    def appended(self, w: np.ndarray, b: np.ndarray) -> "Layered":
+        return Layered(self.weights + (w,), self.biases + (b,))
+
+    def signed(self, signs: np.ndarray) -> "Layered":
+        """The last layer's rows multiplied by ``signs`` (+-1 each)."""
+        s = np.asarray(signs, np.float64)
+        return Layered(self.weights[:-1] + (self.weights[-1] * s[:, None],),
+                       self.biases[:-1] + (self.biases[-1] * s,))
+
+    def preacts(self, x: np.ndarray) -> list:
+        """``[z_1, ..., z_L]`` at the rows of ``x`` (each ``(n, h_l)``)."""
+        h, out = np.atleast_2d(x), []
+        for w, b in zip(self.weights, self.biases):
+            z = h @ w.T + b
+            out.append(z)
+            h = np.maximum(z, 0.0)
+        return out
+
+    def jacobian(self, p: np.ndarray, layer: int) -> np.ndarray:
+        """``(h_layer, d)`` the derivative of ``z_layer`` (1-based) at the point ``p``."""
+        zs = self.preacts(p[None])
+        jac = self.weights[0]
+        for l in range(1, layer):
+            jac = self.weights[l] @ (jac * (zs[l - 1][0] > 0)[:, None])
+        return jac
+
+    def kinks(self, x0: np.ndarray, v: np.ndarray, t_max: float):
+        """Where the known units switch on ``x0 + t v``, ``|t| < t_max``: ``(t, layer, unit)``
+        sorted by ``t`` (``layer`` 1-based)."""
+        pts = np.array([-t_max, t_max])
+        ts, layers, units = [np.zeros(0)], [np.zeros(0, int)], [np.zeros(0, int)]
+        for l in range(self.depth):
+            z = self.preacts(x0 + pts[:, None] * v)[l]
+            za, zb = z[:-1], z[1:]
+            ia, iu = np.nonzero(za * zb < 0)
+            frac = za[ia, iu] / (za[ia, iu] - zb[ia, iu])
+            t = pts[ia] + frac * (pts[ia + 1] - pts[ia])
+            ts.append(t)
+            layers.append(np.full(t.size, l + 1))
+            units.append(iu)
+            pts = np.sort(np.concatenate([pts, t]))
+        t, layer, unit = (np.concatenate(a) for a in (ts, layers, units))
+        order = np.argsort(t)
+        return t[order], layer[order], unit[order]
+
+    def network(self, out_w: np.ndarray, out_b: np.ndarray) -> ReLUNetwork:
+        """The ReLU network of these layers (all signed) and the output layer."""
+        return ReLUNetwork(list(self.weights) + [out_w], list(self.biases) + [out_b])
