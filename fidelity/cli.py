@@ -150,7 +150,9 @@ def _extract(args) -> int:
     if result.network is not None:
         result.network.save(args.out)
         saved = args.out
-    summary = dict(status=result.status, hidden=result.hidden_size, queries=result.queries,
+    widths = None if result.network is None else list(result.network.sizes[1:-1])
+    summary = dict(status=result.status, hidden=result.hidden_size, widths=widths,
+                   queries=result.queries,
                    paid=oracle.paid, replayed=oracle.replayed, seconds=round(result.seconds, 3),
                    out=saved, journal=args.journal,
                    noise_bits=None if result.noise is None else round(result.noise.bits, 1),

@@ -15,7 +15,7 @@ from typing import Optional
 
 import numpy as np
 
-from .deep import DeepConfig
+from .deepstate import DeepConfig
 from .fit import FitConfig
 from .measure import MeasureConfig
 from .noisy import NoisyConfig

@@ -96,11 +96,11 @@ def extract(oracle: Oracle, *, seed: int = 0, throw: bool = True,
                 layers = _deepen(run, cfg, exc)
                 if layers is None:
                     raise
-                return _deep_result(run, cfg, layers, t0, throw)
+                return _deep_result(run, cfg, layers, t0, throw, precision)
             if status == Status.UNVERIFIED:
                 layers = _deepen(run, cfg, None)
                 if layers is not None:
-                    return _deep_result(run, cfg, layers, t0, throw)
+                    return _deep_result(run, cfg, layers, t0, throw, precision)
         except QueryBudgetExceeded as exc:
             ev, model = run.evidence, run.model
             if ev.jumps and (model.network is None or model.stale(ev.version)):
@@ -178,9 +178,13 @@ def _deepen(run: Run, cfg: ExtractConfig, why: Optional[Exception]):
     return out
 
 
-def _deep_result(run: Run, cfg: ExtractConfig, layers, t0: float, throw: bool) -> Extraction:
+def _deep_result(run: Run, cfg: ExtractConfig, layers, t0: float, throw: bool,
+                 precision: str) -> Extraction:
     net, check_error, infos = layers
     run.check_error = check_error
+    if run.oracle.precision == "mp" and precision != "float64":
+        run.note(Kind.DEEP, "mp refinement supports one hidden layer: the deep network is "
+                 "float64")
     status = Status.OK if check_error <= cfg.deep.check_tol else Status.UNVERIFIED
     result = Extraction(
         network=net, queries=run.oracle.queries, hidden_size=net.weights[0].shape[0],

@@ -1,0 +1,170 @@
+"""What the layer-by-layer recovery (:mod:`fidelity.deep`) keeps: searched lines, the kinks no
+known unit explains with their measured jumps, per-layer reports, and its tuning."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+from . import search
+from .context import Run
+from .layered import Layered
+from .measure import MeasureConfig, search_line
+
+MATCH = 1e-6          # a found kink within MATCH times the line's half length of a
+                      # predicted one is that unit's
+IN_RANGE = 0.999      # predictions beyond this fraction of t_max are not tested
+STRAY = 1e-6          # a jump along what layer m cannot see, relative: an earlier unit's kink
+
+
+@dataclass(frozen=True)
+class DeepConfig:
+    """Tuning of the layer-by-layer recovery.
+
+    Attributes:
+        max_depth: bound on hidden layers.
+        lines_per_layer: bound on lines searched for the kinks of one layer.
+        layer_patience: lines that bring no new unit before a layer is closed.
+        output_points: answers of the output fit beyond ``2 (2 h + 1)``.
+        check_points: fresh answers the finished network is checked on.
+        check_tol: relative tolerance of that check.
+        max_kinks: bound on the deeper kinks measured in all (each costs ``2 (h + 3)``
+            queries and enters every analysis): past it the layer being searched is closed
+            with what it has.
+    """
+
+    max_depth: int = 8
+    lines_per_layer: int = 24
+    layer_patience: int = 2
+    output_points: int = 32
+    check_points: int = 64
+    check_tol: float = 1e-7
+    max_kinks: int = 3000
+
+    def __post_init__(self):
+        for name, low in (("max_depth", 1), ("lines_per_layer", 1), ("layer_patience", 1),
+                          ("output_points", 0), ("check_points", 1), ("max_kinks", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"DeepConfig.{name} must be an int >= {low}, got {value!r}")
+        if not self.check_tol > 0:
+            raise ValueError(f"DeepConfig.check_tol must be positive, got {self.check_tol!r}")
+
+
+@dataclass
+class Line:
+    """A searched line: origin, direction, kinks and the slopes between them."""
+
+    x0: np.ndarray
+    v: np.ndarray
+    t: np.ndarray
+    slopes: Optional[np.ndarray]
+    half: float                                  # the line is |t| <= half
+    measured: set = field(default_factory=set)   # kink indices measured already
+    done_for: Optional[object] = None            # the model its kinks were last read with
+
+
+@dataclass(frozen=True)
+class Point:
+    """A kink not explained by the known layers, with the jump of the victim's directional
+    derivatives across it along ``dirs`` (``None``: all ``d`` coordinates), ``dirs r u^T``:
+    ``r`` is the input gradient of the switching unit's pre-activation. It is read in the
+    coordinates of the current model only when needed (:func:`_beta`), so that a unit added to
+    an earlier layer needs no new queries as long as the probes span it."""
+
+    line: int
+    t: float
+    x: np.ndarray
+    dirs: Optional[np.ndarray]    # (n, d) unit directions, or None for the coordinates
+    jump: np.ndarray              # (n, k) derivative jumps along them
+    level: int                    # 0: measured in full; m: for the coordinates of layer m
+
+
+def read_jump(p: Point, jac: np.ndarray):
+    """``(beta, residual)``: the kink's jump read as ``beta^T jac`` (up to scale), and the
+    relative part of the jump that ``jac``'s rows cannot explain."""
+    a = jac.T if p.dirs is None else p.dirs @ jac.T
+    coef, *_ = np.linalg.lstsq(a, p.jump, rcond=None)
+    size = np.linalg.norm(p.jump)
+    resid = float(np.linalg.norm(a @ coef - p.jump) / size) if size > 0 else np.inf
+    uu, sv, _ = np.linalg.svd(coef, full_matrices=False)
+    return uu[:, 0] * sv[0], resid
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """What the recovery of one hidden layer found (``index`` 1-based)."""
+
+    index: int
+    width: int
+    lines: int           # lines searched while this layer was being recovered
+    kinks: int           # kinks measured for it
+    queries: int
+    unidentified: tuple  # units of this layer never seen on at a deeper kink
+
+
+@dataclass
+class State:
+    lines: list
+    points: list
+    infos: list
+    model: Optional[Layered] = None      # the model the cached readings are for
+    readings: dict = field(default_factory=dict)   # id(point) -> (beta, z) or None
+    stray_for: Optional[np.ndarray] = None           # layer-1 rows the strays are for
+    stray: dict = field(default_factory=dict)      # id(point) -> unexplained part of its jump
+
+
+def plane_hits(run: Run, rows: np.ndarray, lines: list, skip: np.ndarray):
+    """Per row ``[w, b]``: lines where its plane's crossing is a found kink, and where not."""
+    hits = np.zeros(rows.shape[0], int)
+    misses = np.zeros(rows.shape[0], int)
+    tol = MATCH * run.t_max
+    for li, line in enumerate(lines):
+        wv = rows[:, :-1] @ line.v
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = -(rows[:, :-1] @ line.x0 + rows[:, -1]) / wv
+        test = (np.abs(t) < IN_RANGE * line.half) & (skip != li)
+        if line.t.size:
+            near = np.abs(line.t[None, :] - t[:, None]).min(1) <= tol
+        else:
+            near = np.zeros(t.size, bool)
+        hits += test & near
+        misses += test & ~near
+    return hits, misses
+
+
+def new_line(run: Run, mcfg: MeasureConfig, use_jit, state: State) -> Line:
+    x0, v = run.new_line()
+    res = search_line(run, x0, v, max_rounds=mcfg.max_rounds, use_jit=use_jit)
+    line = Line(x0, v, res.t, res.slopes, run.t_max)
+    state.lines.append(line)
+    return line
+
+
+# ---------------------------------------------------------------------------- polish
+
+
+def window(run: Run, mcfg: MeasureConfig, state: State, x0: np.ndarray, v: np.ndarray,
+            half: float) -> Line:
+    """A short line ``x0 + t v``, ``|t| <= half``, searched for kinks."""
+    tol = run.tol
+    res = search.search_lines(run.query("search"), x0[None], v[None], half,
+                              delta=min(tol.delta, half * 1e-3), min_delta=tol.min_delta,
+                              noise_factor=tol.rel / search.EPS, noise_abs=tol.abs,
+                              max_rounds=mcfg.max_rounds)[0]
+    line = Line(x0, v, res.t, res.slopes, half)
+    state.lines.append(line)
+    return line
+
+
+def predicted(run: Run, layered: Layered, line: Line, extra: Optional[np.ndarray]):
+    """Which of the line's kinks the known layers (and candidate units ``extra``) explain."""
+    model = layered
+    if extra is not None and extra.shape[0]:
+        model = layered.appended(extra, np.ones(extra.shape[0]))
+    t, _, _ = model.kinks(line.x0, line.v, line.half)
+    if not line.t.size or not t.size:
+        return np.zeros(line.t.size, bool)
+    return np.abs(line.t[:, None] - t[None, :]).min(1) <= MATCH * line.half

@@ -1,0 +1,496 @@
+"""The next hidden layer: the signs of the last known layer and the rows of the one after it,
+from the kinks the model does not explain (see :mod:`fidelity.deep` for the method)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from . import recover, search
+from .context import Run
+from .deepstate import (IN_RANGE, STRAY, DeepConfig, LayerInfo, Line, Point, State, new_line,
+                        plane_hits, predicted, read_jump, window)
+from .errors import UnsupportedArchitecture
+from .layered import Layered
+from .measure import MeasureConfig
+from .results import Kind
+
+VERIFY = 1e-4         # a candidate unit's predicted kink this close (times the line's half
+                      # length) to a found one is confirmed (its row is not polished yet)
+ON = 1e-7             # a signature entry above ON * its largest is nonzero
+SAME_UNIT = 1e-5      # two kinks' signatures agreeing to this (relative) are one unit
+NULL_PROBES = 2       # probes along what layer m cannot see, per side of a kink
+MAX_CANCEL = 1e2      # signatures of kinks whose bias cancels worse than this are compared
+                      # at this loose a tolerance (SAME_UNIT times it)
+MAX_COND = 1e4        # a Jacobian worse conditioned than this is not inverted at that kink
+FILL_TRIES = 3        # windows that find nothing before a group of kinks is given up
+FEW_UNEXPLAINED = 0.02  # at most this share of kinks unexplained: a unit missing, not a layer
+MAX_REPAIRS = 8       # kinks measured in full to find layer-1 units that line 0 missed
+WINDOWS_PER_UNIT = 6  # bound on targeted windows per unit of the layer before
+
+
+def few_unexplained(run: Run, layered: Layered, state: State) -> bool:
+    """Whether the known layers explain nearly every kink found so far (a deeper layer would
+    leave many): then a layer is missing a unit rather than the network a layer."""
+    total = missed = 0
+    for line in state.lines:
+        total += line.t.size
+        missed += int((~predicted(run, layered, line, None)).sum())
+    return missed <= max(FEW_UNEXPLAINED * total, 3)
+
+
+def next_layer(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, layered: Layered,
+               state: State, patience: int) -> Optional[Layered]:
+    """Signs of layer ``m`` and rows of layer ``m + 1`` from the kinks the model misses; a
+    random line is searched only when no incomplete unit has a window left to try, and the
+    layer is closed after ``patience`` random lines that bring no new unit."""
+    m = layered.depth
+    h = layered.widths[-1]
+    if h > run.d and m == 1:
+        raise UnsupportedArchitecture(
+            f"layer 1 has {h} units for {run.d} inputs: an expansive first layer hides the "
+            "next layer's rows (not supported yet)")
+    q0, lines0, pts0 = run.oracle.queries, len(state.lines), len(state.points)
+    quiet, found, tried, failed, misses = 0, 0, {}, set(), {}
+    windows = WINDOWS_PER_UNIT * h     # bound on targeted windows for this layer
+    random_lines, searched_random = 0, False
+    max_random = cfg.lines_per_layer * max(1, patience // cfg.layer_patience)
+    repairs, repaired = MAX_REPAIRS, set()
+    found_layer = None
+    for _ in range(max_random + WINDOWS_PER_UNIT * h + 1):
+        for li, line in enumerate(state.lines):
+            if line.done_for is not layered:     # a line is read once per model
+                _measure_unexplained(run, mcfg, layered, state, li, line, found_layer)
+                line.done_for = layered
+        if m == 1 and repairs > 0:
+            layered, tried_once = _repair_layer_one(run, mcfg, layered, state, repaired)
+            repairs -= tried_once
+            h = layered.widths[-1]
+        found_layer = _analyse(run, layered, state)
+        size = found_layer.rows.shape[0] + sum(len(c[2]) > 1 for c in found_layer.partial)
+        if searched_random:                 # patience counts random lines that found nothing
+            quiet = quiet + 1 if size <= found else 0
+        found = max(found, size)
+        open_ = [c for c in found_layer.partial if _key(c) not in failed
+                 and set(c[1].tolist()) - tried.get(_key(c), set())]
+        if not open_ and quiet >= patience:
+            break
+        if len(state.points) >= cfg.max_kinks:
+            run.note(Kind.LAYER_INCOMPLETE, f"layer {m + 1}: {len(state.points)} deeper kinks "
+                     f"measured (max_kinks): the layer is closed with what it has",
+                     layer=m + 1, kinks=len(state.points))
+            break
+        searched_random = False
+        if open_ and windows > 0:
+            windows -= _fill(run, mcfg, layered, found_layer, state, open_, tried, failed,
+                             misses, windows)
+        elif random_lines < max_random:
+            new_line(run, mcfg, use_jit, state)
+            random_lines += 1
+            searched_random = True
+        else:
+            break
+    rows = found_layer.rows
+    if found_layer.partial:
+        run.note(Kind.LAYER_INCOMPLETE, f"layer {m + 1}: {len(found_layer.partial)} groups of "
+                 "kinks agreed like one unit's but could not be completed (a deeper unit seen "
+                 "twice in one region, or a unit whose row has entries never observed); left "
+                 "out", layer=m + 1, groups=len(found_layer.partial))
+    if rows.shape[0] == 0:
+        return None
+    dead = found_layer.dead
+    if dead:
+        run.note(Kind.UNIDENTIFIED_UNITS, f"layer {m}: units {list(dead)} were never on at a "
+                 f"deeper kink: their weights into layer {m + 1} are unidentified (set to 0)",
+                 layer=m, units=list(dead))
+    last = state.infos[-1]
+    state.infos[-1] = LayerInfo(m, h, last.lines, last.kinks, last.queries, tuple(dead))
+    state.infos.append(LayerInfo(m + 1, rows.shape[0], len(state.lines) - lines0,
+                                 len(state.points) - pts0, run.oracle.queries - q0, ()))
+    norm = np.sqrt((rows ** 2).sum(1) + 1.0)
+    return layered.signed(found_layer.signs).appended(rows / norm[:, None], 1.0 / norm)
+
+
+@dataclass(frozen=True)
+class _Found:
+    """What the points say about layer ``m``'s signs and layer ``m + 1``'s units."""
+
+    signs: np.ndarray
+    dead: tuple
+    rows: np.ndarray           # complete units whose boundaries were verified
+    partial: list              # (row, missing entries, member points) of incomplete units
+
+
+def _key(cluster) -> tuple:
+    first = cluster[2][0]
+    return first.line, round(first.t, 9)
+
+
+def _fill(run: Run, mcfg: MeasureConfig, layered: Layered, found: _Found, state: State,
+          clusters: list, tried: dict, failed: set, misses: dict, most: int) -> int:
+    """Follows each incomplete unit's boundary into the side where one of its missing earlier
+    units is on, and searches a short line across it there (at most ``most`` windows). A unit
+    whose window holds no kink agreeing with it is marked ``failed`` (a deeper unit's kinks
+    that agreed within one region). Returns how many windows were searched."""
+    done = 0
+    signed = layered.signed(found.signs)
+    m = signed.depth
+    for cluster in clusters:
+        if done >= most:
+            break
+        row, gaps, members = cluster
+        key = _key(cluster)
+        todo = [int(i) for i in gaps if int(i) not in tried.get(key, set())]
+        model = signed.appended(row[None], np.ones(1))
+        best = None
+        for i in todo:
+            for p in members:
+                zi = signed.preacts(p.x[None])[-1][0, i]
+                gi = signed.jacobian(p.x, m)[i]
+                gj = model.jacobian(p.x, m + 1)[0]
+                delta = gi - (gi @ gj) / (gj @ gj) * gj
+                rate = gi @ delta
+                if rate <= 0 or zi >= 0:
+                    continue
+                dist = -zi / rate * np.linalg.norm(delta)
+                if best is None or dist < best[0]:
+                    best = (dist, i, p.x + 1.5 * (-zi / rate) * delta)
+        tried.setdefault(key, set()).update(todo if best is None else [best[1]])
+        if best is None:
+            failed.add(key)
+            continue
+        dist, i, q = best
+        gj = model.jacobian(q, m + 1)[0]
+        zj = model.preacts(q[None])[-1][0, 0]
+        nrm = np.linalg.norm(gj)
+        if nrm == 0:
+            failed.add(key)
+            continue
+        n = gj / nrm
+        before = len(state.points)
+        line = window(run, mcfg, state, q - zj / nrm * n, n,
+                       max(4.0 * abs(zj) / nrm, 4.0 * dist, 1e-3 * run.input_scale))
+        _measure_unexplained(run, mcfg, layered, state, len(state.lines) - 1, line, found)
+        done += 1
+        if not any(_agrees(signed, p, row, i) for p in state.points[before:]):
+            misses[key] = misses.get(key, 0) + 1
+            if misses[key] >= (FILL_TRIES if len(members) > 1 else 1):
+                failed.add(key)
+    return done
+
+
+def _agrees(signed: Layered, p: Point, row: np.ndarray, i: int) -> bool:
+    """Whether the kink ``p`` belongs to the unit ``row`` and sees its entry ``i``."""
+    beta, resid = read_jump(p, signed.jacobian(p.x, signed.depth))
+    if resid > STRAY:
+        return False
+    z = signed.preacts(p.x[None])[-1][0]
+    on = z > 0
+    c = -(beta * np.maximum(z, 0)).sum()
+    if not on[i] or c == 0:
+        return False
+    sigma = beta / c
+    cond = min(float((np.abs(beta) * np.maximum(z, 0)).sum() / abs(c)), MAX_CANCEL)
+    common = on & (row != 0)
+    common[i] = False
+    if common.sum() < 2:
+        return False
+    scale = np.abs(row[common]).max()
+    return bool(np.abs(sigma[common] - row[common]).max() <= SAME_UNIT * cond * scale)
+
+
+def _repair_layer_one(run: Run, mcfg: MeasureConfig, layered: Layered, state: State,
+                      tried: set):
+    """A layer-1 unit that line 0 missed (its plane crossed it beyond ``t_max``) shows as kinks
+    whose jumps layer 1 cannot explain. The worst such kink is measured in full; a plane that
+    predicts kinks on the other lines joins layer 1. Returns ``(model, tries spent)``."""
+    w, b = layered.weights[0], layered.biases[0]
+    if state.stray_for is not w:
+        state.stray_for, state.stray = w, {}
+    worst, at = STRAY, None
+    for p in state.points:
+        if p.level < 1 or (p.line, p.t) in tried:
+            continue
+        if id(p) not in state.stray:
+            state.stray[id(p)] = read_jump(p, w)[1]
+        resid = state.stray[id(p)]
+        if resid > worst:
+            worst, at = resid, p
+    if at is None:
+        return layered, 0
+    tried.add((at.line, at.t))
+    line = state.lines[at.line]
+    k = int(np.argmin(np.abs(line.t - at.t)))
+    bounds = np.concatenate([[-line.half], line.t, [line.half]])
+    lo, hi = bounds[k:k + 2], bounds[k + 1:k + 3]
+    step = np.minimum(mcfg.step_frac * 0.5 * (hi - lo), run.step_cap)
+    if not run.room(2 * (run.d + 1)):
+        raise run.out_of_budget("while measuring a missed layer-1 unit")
+    regions, _ = recover.measure_regions(run.query("gradients"), line.x0, line.v, at.line,
+                                         lo, hi, 0.5 * (lo + hi), step, remaining=None)
+    aff = regions.affine()
+    jumps = recover.jumps_to_rows(aff[:1], aff[1:], line.v, at.line, line.t[k:k + 1],
+                                  np.zeros(1))
+    if not jumps:
+        return layered, 1
+    row = jumps[0].row[None]
+    hits, misses = plane_hits(run, row, state.lines, np.array([at.line]))
+    if misses[0] or not hits[0]:
+        return layered, 1
+    run.note(Kind.LAYER_ONE_ADDED, f"layer 1: a unit line 0 did not cross was found at a "
+             f"kink of line {at.line} (its jump left {worst:.1e} unexplained) and added",
+             line=at.line)
+    return Layered((np.concatenate([w, row[:, :-1]]),) + layered.weights[1:],
+                   (np.concatenate([b, row[:, -1]]),) + layered.biases[1:]), 1
+
+
+def _measure_unexplained(run: Run, mcfg: MeasureConfig, layered: Layered, state: State,
+                         li: int, line: Line, found: Optional[_Found]) -> None:
+    """Measures, in layer ``m``'s coordinates, the kinks of ``line`` nothing known explains
+    (the verified units of layer ``m + 1`` found so far included)."""
+    if found is not None and found.rows.shape[0]:
+        explained = predicted(run, layered.signed(found.signs), line, found.rows)
+    else:
+        explained = predicted(run, layered, line, None)
+    todo = [k for k in range(line.t.size) if not explained[k] and k not in line.measured]
+    if not todo:
+        return
+    m, h, d = layered.depth, layered.widths[-1], run.d
+    bounds = np.concatenate([[-line.half], line.t, [line.half]])
+    plans = []
+    for k in todo:
+        line.measured.add(k)
+        x = line.x0 + line.t[k] * line.v
+        jac = layered.jacobian(x, m)
+        sv = np.linalg.svd(jac, compute_uv=False)
+        if h > d or sv[-1] <= sv[0] / MAX_COND:
+            continue
+        pinv = np.linalg.pinv(jac)                               # (d, h)
+        norms = np.linalg.norm(pinv, axis=0)
+        dirs = (pinv / norms).T                                  # (h, d)
+        if h < d:                   # probes the model says cannot move: they catch a unit
+            z = run.rng.normal(size=(min(NULL_PROBES, d - h), d))   # an earlier layer lacks
+            z -= (pinv @ (jac @ z.T)).T
+            dirs = np.concatenate([dirs, z / np.linalg.norm(z, axis=1, keepdims=True)])
+        plans.append((k, x, jac, norms, dirs))
+    if not plans:
+        return
+    derivs, steps, scales = {}, {}, {}
+    for i, (k, _, _, _, _) in enumerate(plans):
+        for side in (0, 1):
+            lo, hi = bounds[k + side], bounds[k + side + 1]
+            steps[i, side] = min(mcfg.step_frac * 0.5 * (hi - lo), run.step_cap)
+    todo_sides = list(steps)
+    for _ in range(1 + mcfg.remeasure_rounds):
+        if not todo_sides:
+            break
+        got = _probe(run, line, bounds, plans, todo_sides, steps)
+        todo_sides = []
+        for (i, side), (dv, scale) in got.items():
+            derivs[i, side] = dv
+            scales[i, side] = scale
+            k, _, jac, norms, _ = plans[i]
+            slope = None if line.slopes is None else line.slopes[k + side]
+            if slope is None or np.isnan(slope).any():
+                continue
+            pred = (dv[:h] * norms[:, None]).T @ (jac @ line.v)
+            size = np.abs((dv[:h] * norms[:, None]).T * (jac @ line.v)).sum(1).max()
+            noise = 1e3 * search.EPS * scale / steps[i, side]
+            if np.abs(pred - slope).max() > 1e-7 * size + noise:
+                steps[i, side] /= mcfg.remeasure_shrink
+                todo_sides.append((i, side))
+    for i, (k, x, jac, norms, dirs) in enumerate(plans):
+        if (i, 0) in todo_sides or (i, 1) in todo_sides:
+            continue                                     # a probe kept crossing a boundary
+        jump = derivs[i, 1] - derivs[i, 0]
+        full = jump[:h] * norms[:, None]                                   # (h, k)
+        noise = 1e3 * search.EPS * max(scales[i, 0], scales[i, 1]) / min(steps[i, 0],
+                                                                         steps[i, 1])
+        if np.abs(full).max() <= noise:
+            continue                                                       # no real kink
+        state.points.append(Point(li, float(line.t[k]), x, dirs, jump, m))
+
+
+def _probe(run: Run, line: Line, bounds: np.ndarray, plans: list, sides: list,
+           steps: dict) -> dict:
+    """Directional derivatives at the middle of the regions beside each planned kink:
+    ``{(plan, side): ((dirs, k) derivatives, answer scale)}``."""
+    rows = []
+    for i, side in sides:
+        k, dirs = plans[i][0], plans[i][4]
+        base = line.x0 + 0.5 * (bounds[k + side] + bounds[k + side + 1]) * line.v
+        rows.append(base[None])
+        rows.append(base + steps[i, side] * dirs)
+    total = sum(r.shape[0] for r in rows)
+    if not run.room(total):
+        raise run.out_of_budget("while measuring deeper kinks")
+    y = run.query("gradients")(np.concatenate(rows))
+    out, pos = {}, 0
+    for i, side in sides:
+        n = 1 + plans[i][4].shape[0]
+        block = y[pos:pos + n]
+        pos += n
+        out[i, side] = ((block[1:] - block[0]) / steps[i, side], np.abs(block).max())
+    return out
+
+
+def _analyse(run: Run, layered: Layered, state: State) -> _Found:
+    """Signs of layer ``m`` and the units of layer ``m + 1`` from the points so far."""
+    h = layered.widths[-1]
+    betas, zs, used = [], [], []
+    if state.model is not layered:
+        state.model, state.readings = layered, {}
+    for p in state.points:
+        if id(p) not in state.readings:
+            state.readings[id(p)] = _reading(layered, p)
+        read = state.readings[id(p)]
+        if read is None:
+            continue
+        beta, z = read
+        betas.append(beta)
+        zs.append(z)
+        used.append(p)
+    if not betas:
+        return _Found(np.ones(h), tuple(range(h)), np.zeros((0, h)), [])
+    beta, z = np.array(betas), np.array(zs)
+    on = np.abs(beta) > ON * np.abs(beta).max(1, keepdims=True)
+    pos = (on & (z > 0)).sum(0)
+    neg = (on & (z < 0)).sum(0)
+    signs = np.where(neg > pos, -1.0, 1.0)
+    dead = tuple(int(i) for i in np.flatnonzero((pos == 0) & (neg == 0)))
+    beta, z = beta * signs, z * signs
+    c = -(beta * np.maximum(z, 0)).sum(1)
+    ok = ~(on & (z < 0)).any(1)                           # on where the model says off: drop
+    ok &= np.abs(c) > 1e-12 * np.abs(beta).max(1) * np.abs(z).max(1)
+    on = z > 0                     # an entry is observed wherever its unit is on (maybe as 0)
+    sigma = np.where(on, beta / np.where(ok, c, 1.0)[:, None], 0.0)[ok]
+    # cancellation in c = -beta . h: a unit with a small bias has imprecise signatures
+    cond = np.minimum((np.abs(beta) * np.maximum(z, 0)).sum(1)[ok] / np.abs(c[ok]), MAX_CANCEL)
+    beta, z = beta[ok], z[ok]
+    on = on[ok]
+    used = [p for p, keep in zip(used, ok) if keep]
+    labels = _cluster(sigma, on, cond)
+    alive = np.ones(h, bool)
+    alive[list(dead)] = False
+    complete, partial = [], []
+    for lab in np.unique(labels):
+        members = labels == lab
+        seen = on[members].sum(0)
+        row = _merged_row(beta[members], z[members], on[members], sigma[members],
+                          cond[members])
+        gaps = np.flatnonzero((seen == 0) & alive)
+        if gaps.size:
+            partial.append((row, gaps, [p for p, k in zip(used, members) if k]))
+        elif members.sum() > 1:
+            complete.append(row)
+    rows = np.array(complete) if complete else np.zeros((0, h))
+    if rows.shape[0]:
+        rows = rows[_verified(run, layered.signed(signs), state, rows)]
+    if partial:
+        keep = _verified(run, layered.signed(signs), state,
+                         np.array([r for r, _, _ in partial]), [g for _, g, _ in partial])
+        partial = [p for p, k in zip(partial, keep) if k]
+    return _Found(signs, dead, rows, partial)
+
+
+def _merged_row(beta: np.ndarray, z: np.ndarray, on: np.ndarray, sigma: np.ndarray,
+                cond: np.ndarray, agree: float = 1e-8) -> np.ndarray:
+    """One unit's row ``a / c`` from its kinks' jumps: each kink's ``beta`` is scaled onto a
+    reference kink's on their common entries and the scaled ``beta`` are averaged entrywise,
+    then ``c = -a . h`` is averaged over the kinks. (Averaging each kink's ``beta / c`` instead
+    loses the digits that cancel in ``c`` when the unit's bias is small.) Kinks whose
+    signature strays from the entrywise median by more than ``agree`` times their
+    cancellation (a probe that crossed a boundary) are left out."""
+    masked = np.where(on, sigma, np.nan)
+    seen = on.sum(0) > 0
+    median = np.where(seen, np.nanmedian(np.where(seen, masked, 0.0), 0), 0.0)
+    dev = np.nanmax(np.abs(masked - median), 1)
+    good = dev <= agree * cond * np.abs(median).max()
+    if not good.any():
+        return median
+    beta, z, on = beta[good], z[good], on[good]
+    ref = int(np.argmax(on.sum(1)))
+    scaled = np.zeros_like(beta)
+    use = np.zeros(beta.shape[0], bool)
+    for p in range(beta.shape[0]):
+        common = on[p] & on[ref]
+        if common.sum() < 2:
+            continue
+        s = (beta[p, common] @ beta[ref, common]) / (beta[ref, common] @ beta[ref, common])
+        scaled[p], use[p] = beta[p] / s, True
+    if not use.any():
+        return median
+    cnt = (on & use[:, None]).sum(0)
+    a = np.where(on & use[:, None], scaled, 0.0).sum(0) / np.maximum(cnt, 1)
+    c = -np.mean([(a * np.maximum(z[p], 0.0) * on[p]).sum() for p in np.flatnonzero(use)])
+    if c == 0:
+        return median
+    return np.where(cnt > 0, a / c, median)
+
+
+def _reading(layered: Layered, p: Point):
+    """``(beta, z)`` of a kink in the coordinates of the model's last layer; None where the
+    model cannot read it (a Jacobian too ill-conditioned, a jump it cannot explain: not a
+    deeper unit's kink, or an earlier unit the model lacks is on there)."""
+    jac = layered.jacobian(p.x, layered.depth)
+    sv = np.linalg.svd(jac, compute_uv=False)
+    if sv[-1] <= sv[0] / MAX_COND:
+        return None
+    beta, resid = read_jump(p, jac)
+    if resid > STRAY:
+        return None
+    z = layered.preacts(p.x[None])[-1][0]
+    if np.abs(z).min() == 0:
+        return None
+    return beta, z
+
+
+def _cluster(sigma: np.ndarray, on: np.ndarray, cond: np.ndarray) -> np.ndarray:
+    """Union-find over pairs of signatures that agree on at least two common entries."""
+    n = sigma.shape[0]
+    parent = np.arange(n)
+
+    def root(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    mag = np.abs(sigma)
+    for p in range(n - 1):
+        common = on[p] & on[p + 1:]
+        diff = np.where(common, np.abs(sigma[p] - sigma[p + 1:]), 0).max(1)
+        size = np.maximum(np.where(common, mag[p], 0).max(1),
+                          np.where(common, mag[p + 1:], 0).max(1))
+        tol = SAME_UNIT * np.maximum(cond[p], cond[p + 1:])
+        same = (common.sum(1) >= 2) & (diff <= tol * size)
+        for q in np.flatnonzero(same) + p + 1:
+            parent[root(q)] = root(p)
+    return np.array([root(i) for i in range(n)])
+
+
+def _verified(run: Run, signed: Layered, state: State, rows: np.ndarray,
+              gaps: Optional[list] = None) -> np.ndarray:
+    """Which candidate units' boundaries predict a found kink wherever they cross a line (a
+    unit with unknown entries ``gaps[j]`` only where those earlier units are off)."""
+    keep = np.ones(rows.shape[0], bool)
+    model = signed.appended(rows, np.ones(rows.shape[0]))
+    for line in state.lines:
+        tol = VERIFY * line.half
+        t, layer, unit = model.kinks(line.x0, line.v, IN_RANGE * line.half)
+        sel = layer == signed.depth + 1
+        t, unit = t[sel], unit[sel]
+        if gaps is not None and t.size:
+            z = signed.preacts(line.x0 + t[:, None] * line.v)[-1]
+            exact = np.array([(z[n, gaps[u]] <= 0).all() for n, u in enumerate(unit)], bool)
+            t, unit = t[exact], unit[exact]
+        if not t.size:
+            continue
+        if line.t.size:
+            near = np.abs(t[:, None] - line.t[None, :]).min(1) <= tol
+        else:
+            near = np.zeros(t.size, bool)
+        keep[unit[~near]] = False
+    return keep
