@@ -95,20 +95,21 @@ def extract_layers(run: Run, cfg: DeepConfig, mcfg: MeasureConfig,
 
 
 def _unexplained_kinks(run: Run, net: ReLUNetwork, state: State) -> float:
-    """The share of kinks found on all searched lines that the finished network does not
-    predict (a unit with a wrong boundary leaves its true kinks unexplained, however well
+    """The share of kinks found (and located to the search's precision) on all searched lines
+    that the finished network does not predict (a unit with a wrong boundary leaves its true kinks unexplained, however well
     the network agrees on a few random answers); noted when not nil."""
     hidden = Layered(net.weights[:-1], net.biases[:-1])
     total = missed = 0
     for line in state.lines:
-        if not line.t.size:
+        found = line.t if line.verified is None else line.t[line.verified]
+        if not found.size:
             continue
         t, _, _ = hidden.kinks(line.x0, line.v, line.half)
-        total += line.t.size
+        total += found.size
         if not t.size:
-            missed += line.t.size
+            missed += found.size
             continue
-        missed += int((np.abs(line.t[:, None] - t[None, :]).min(1) > MATCH * line.half).sum())
+        missed += int((np.abs(found[:, None] - t[None, :]).min(1) > MATCH * line.half).sum())
     if missed:
         run.note(Kind.LAYER_INCOMPLETE, f"{missed} of the {total} kinks found on the searched "
                  "lines are not where the recovered network kinks: it is not exact",
@@ -139,7 +140,8 @@ def _first_line(run: Run, mcfg: MeasureConfig, use_jit, state: State) -> list:
     aff = regions.affine()[order]
     noise = region_noise(run, regions)[order]
     kinks_t = t_lo[1:]
-    state.lines.append(Line(x0, v, kinks_t, None, run.t_max, set(range(kinks_t.size))))
+    state.lines.append(Line(x0, v, kinks_t, None, run.t_max,
+                            measured=set(range(kinks_t.size))))
     if not np.allclose(t_hi[:-1], t_lo[1:]):
         raise UnsupportedArchitecture("the first line's regions do not tile it")
     nz = 4 * np.maximum(noise[:-1], noise[1:])

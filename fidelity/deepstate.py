@@ -40,7 +40,7 @@ class DeepConfig:
     layer_patience: int = 2
     output_points: int = 32
     check_points: int = 64
-    check_tol: float = 1e-7
+    check_tol: float = 1e-8
     max_kinks: int = 3000
 
     def __post_init__(self):
@@ -62,6 +62,7 @@ class Line:
     t: np.ndarray
     slopes: Optional[np.ndarray]
     half: float                                  # the line is |t| <= half
+    verified: Optional[np.ndarray] = None        # kinks located to the search's precision
     measured: set = field(default_factory=set)   # kink indices measured already
     done_for: Optional[object] = None            # the model its kinks were last read with
 
@@ -138,7 +139,7 @@ def plane_hits(run: Run, rows: np.ndarray, lines: list, skip: np.ndarray):
 def new_line(run: Run, mcfg: MeasureConfig, use_jit, state: State) -> Line:
     x0, v = run.new_line()
     res = search_line(run, x0, v, max_rounds=mcfg.max_rounds, use_jit=use_jit)
-    line = Line(x0, v, res.t, res.slopes, run.t_max)
+    line = Line(x0, v, res.t, res.slopes, run.t_max, res.verified)
     state.lines.append(line)
     return line
 
@@ -154,7 +155,7 @@ def window(run: Run, mcfg: MeasureConfig, state: State, x0: np.ndarray, v: np.nd
                               delta=min(tol.delta, half * 1e-3), min_delta=tol.min_delta,
                               noise_factor=tol.rel / search.EPS, noise_abs=tol.abs,
                               max_rounds=mcfg.max_rounds)[0]
-    line = Line(x0, v, res.t, res.slopes, half)
+    line = Line(x0, v, res.t, res.slopes, half, res.verified)
     state.lines.append(line)
     return line
 

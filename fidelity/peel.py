@@ -22,7 +22,7 @@ VERIFY = 1e-4         # a candidate unit's predicted kink this close (times the 
 ON = 1e-7             # a signature entry above ON * its largest is nonzero
 SAME_UNIT = 1e-5      # two kinks' signatures agreeing to this (relative) are one unit
 NULL_PROBES = 2       # probes along what layer m cannot see, per side of a kink
-MAX_CANCEL = 1e2      # signatures of kinks whose bias cancels worse than this are compared
+MAX_CANCEL = 1e3      # signatures of kinks whose bias cancels worse than this are compared
                       # at this loose a tolerance (SAME_UNIT times it)
 MAX_COND = 1e4        # a Jacobian worse conditioned than this is not inverted at that kink
 FILL_TRIES = 3        # windows that find nothing before a group of kinks is given up
