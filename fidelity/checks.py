@@ -58,7 +58,7 @@ def extend(run: Run, regime: Extender, cfg: MeasureConfig, x0: np.ndarray, v: np
     evidence changed (units added, or measured again by the regime)."""
     res = search_line(run, x0, v, max_rounds=cfg.max_rounds, use_jit=use_jit)
     pred, tol = regime.predicted_kinks(run, x0, v, res.t)
-    if getattr(regime, "float64", False):
+    if getattr(regime, "float64", False) and not run.deep_tried:
         _refuse_bent(run, res.t, pred, tol)
     new = unexplained(res.t, res.verified, pred, tol, close=CLOSE * run.t_max)
     if not new:

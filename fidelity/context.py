@@ -76,6 +76,8 @@ class Run:
         self.nf = NoiseFloor.exact()
         self.tol: Optional[Tolerances] = None
         self.check_error = float("nan")
+        self.deep_tried = False          # the layer-by-layer recovery was tried (once at most)
+        self.layers = None               # its result: (network, check error, layer infos)
 
     # ------------------------------------------------------------------ queries
     def query(self, stage: str) -> Callable[[np.ndarray], np.ndarray]:

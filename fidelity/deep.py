@@ -45,7 +45,8 @@ RETRY_PATIENCE = 3    # ... with this many times the random lines of patience
 def extract_layers(run: Run, cfg: DeepConfig, mcfg: MeasureConfig,
                    use_jit) -> Optional[tuple[ReLUNetwork, float, tuple]]:
     """Recovers every layer; returns ``(network, check_error, layer infos)``, or None when the
-    victim has one hidden layer after all (the one-layer engine's verdict stands).
+    victim has one hidden layer after all, or no kink fits a unit of a second one (the
+    one-layer engine's verdict stands).
 
     Raises:
         UnsupportedArchitecture: a layer cannot be recovered (named in the message).
@@ -60,9 +61,9 @@ def extract_layers(run: Run, cfg: DeepConfig, mcfg: MeasureConfig,
     while True:
         layered = _polish(run, layered, state)
         out = _output(run, cfg, layered)
+        if layered.depth == 1 and (out is not None or few_unexplained(run, layered, state)):
+            return None                # nothing bends: one hidden layer, however it went
         if out is not None:
-            if layered.depth == 1:
-                return None
             return out[0], max(out[1], _unexplained_kinks(run, out[0], state)), \
                 tuple(state.infos)
         if layered.depth == cfg.max_depth:
@@ -76,7 +77,9 @@ def extract_layers(run: Run, cfg: DeepConfig, mcfg: MeasureConfig,
             below.append(layered)
             layered = deeper
             continue
-        if not below or retries >= MAX_RETRIES:
+        if not below:
+            return None                # no kink fits a second layer: the one-layer verdict
+        if retries >= MAX_RETRIES:
             raise UnsupportedArchitecture(
                 f"layer {layered.depth + 1}: no unit found among {len(state.points)} kinks "
                 f"the model does not explain (layer {layered.depth} has "

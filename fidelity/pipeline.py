@@ -25,7 +25,7 @@ import numpy as np
 from . import checks, deep, estimates, fit, measure, mp, noise
 from .config import ExtractConfig
 from .context import Run
-from .errors import FidelityError, QueryBudgetExceeded, UnsupportedArchitecture
+from .errors import DeepVictim, FidelityError, QueryBudgetExceeded, UnsupportedArchitecture
 from .oracle import Oracle
 from .regimes import make_regime
 from .results import Event, Extraction, ExtractionError, Kind, NeuronInfo, Status
@@ -92,15 +92,12 @@ def extract(oracle: Oracle, *, seed: int = 0, throw: bool = True,
         try:
             try:
                 status = _drive(run, cfg)
-            except UnsupportedArchitecture as exc:
-                layers = _deepen(run, cfg, exc)
-                if layers is None:
+            except UnsupportedArchitecture as exc:     # the one-layer signs are singular
+                run.layers = _deepen(run, cfg, exc)
+                if run.layers is None:
                     raise
-                return _deep_result(run, cfg, layers, t0, throw, precision)
-            if status == Status.UNVERIFIED:
-                layers = _deepen(run, cfg, None)
-                if layers is not None:
-                    return _deep_result(run, cfg, layers, t0, throw, precision)
+            if run.layers is not None:
+                return _deep_result(run, cfg, run.layers, t0, throw, precision)
         except QueryBudgetExceeded as exc:
             ev, model = run.evidence, run.model
             if ev.jumps and (model.network is None or model.stale(ev.version)):
@@ -155,23 +152,33 @@ def _drive(run: Run, cfg: ExtractConfig) -> Status:
                 clean = cfg.patience - 1          # the settled model is checked once more
             continue
         clean = 0
-        if checks.extend(run, regime, cfg.measure, x0, v, cfg.jit_search):
+        try:
+            grew = checks.extend(run, regime, cfg.measure, x0, v, cfg.jit_search)
+        except DeepVictim as exc:      # the boundaries bend: layer by layer (once)
+            run.deep_tried = True
+            run.layers = _deepen(run, cfg, exc)
+            if run.layers is not None:
+                return Status.OK       # extract builds the deep result from run.layers
+            grew = False               # one hidden layer after all: the loop goes on
+        if grew:
             regime.units_added(run)
         run.report(stage="extend")
     return Status.UNVERIFIED
 
 
-def _deepen(run: Run, cfg: ExtractConfig, why: Optional[Exception]):
-    """One hidden layer did not explain the victim: try the layer-by-layer recovery of
-    :mod:`fidelity.deep` (float64 answers only). None when the victim has one hidden layer
-    after all (the one-layer verdict stands)."""
+def _deepen(run: Run, cfg: ExtractConfig, why: UnsupportedArchitecture):
+    """One hidden layer did not explain the victim (its boundaries bend, or its signs could
+    not be resolved): try the layer-by-layer recovery of :mod:`fidelity.deep` (float64 answers
+    only). None when the victim has one hidden layer after all (the one-layer verdict
+    stands)."""
     if not run.nf.float64:
-        if why is not None:
-            raise UnsupportedArchitecture(
-                f"{why}; a deeper victim would need float64 answers (these are noisier)")
-        return None
+        raise UnsupportedArchitecture(
+            f"{why}; a deeper victim would need float64 answers (these are noisier)")
     out = deep.extract_layers(run, cfg.deep, cfg.measure, cfg.jit_search)
-    if out is not None:
+    if out is None:
+        run.note(Kind.DEEP, f"{why}; but no kink fits a second layer: one hidden layer, the "
+                 "one-layer verdict stands")
+    else:
         run.note(Kind.DEEP, f"{len(out[2])} hidden layers (widths "
                  f"{[i.width for i in out[2]]}), recovered layer by layer",
                  widths=[i.width for i in out[2]])
