@@ -43,8 +43,11 @@ def test_random_deep_victims_exact_or_refused(seed, d, k, data):
         result = F.extract(F.Oracle(victim), seed=seed, throw=False)
     except F.UnsupportedArchitecture:
         return
-    if result.status == "ok":
-        _exact(victim, result)
+    if result.status == "ok":        # functionally exact (a degenerate victim may come back
+        rep = F.evaluate(victim, result.network, num_samples=20_000)   # with other widths)
+        assert rep.fidelity == 1.0 and rep.max_rel_error <= 1e-7
+        if result.network.sizes == victim.sizes:
+            assert rep.param_error <= 1e-6
 
 
 def test_layered_kinks_are_the_victims():
