@@ -8,12 +8,11 @@ is the regime's to say (see :mod:`fidelity.regimes`).
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Optional, Protocol
 
 import numpy as np
 
 from .context import Run
-from .errors import DeepVictim
 from .measure import MeasureConfig, measure_line, search_line
 
 # a verified kink this close (times t_max) to an explained one bounds a region too thin for a
@@ -59,7 +58,9 @@ def extend(run: Run, regime: Extender, cfg: MeasureConfig, x0: np.ndarray, v: np
     res = search_line(run, x0, v, max_rounds=cfg.max_rounds, use_jit=use_jit)
     pred, tol = regime.predicted_kinks(run, x0, v, res.t)
     if getattr(regime, "float64", False) and not run.deep_tried:
-        _refuse_bent(run, res.t, pred, tol)
+        run.bent = _bent(run, res.t, pred, tol)
+        if run.bent:
+            return False                    # the driver goes on layer by layer
     new = unexplained(res.t, res.verified, pred, tol, close=CLOSE * run.t_max)
     if not new:
         return regime.nothing_new(run)
@@ -68,23 +69,23 @@ def extend(run: Run, regime: Extender, cfg: MeasureConfig, x0: np.ndarray, v: np
     return added > 0
 
 
-def _refuse_bent(run: Run, found: np.ndarray, pred: np.ndarray, tol) -> None:
-    """Raises :class:`~fidelity.errors.DeepVictim` when many of the model's hyperplanes cross
-    the line where the victim has no kink: their boundaries bend (float64 answers only; a
-    one-layer victim's every hyperplane kinks where predicted)."""
+def _bent(run: Run, found: np.ndarray, pred: np.ndarray, tol) -> Optional[str]:
+    """Why the victim looks deeper than one hidden layer, when many of the model's hyperplanes
+    cross the line where the victim has no kink (their boundaries bend; a one-layer victim's
+    every hyperplane kinks where predicted); None otherwise."""
     pred = np.asarray(pred, np.float64)
     pred = pred[np.isfinite(pred) & (np.abs(pred) < BENT_RANGE * run.t_max)]
     if not pred.size:
-        return
+        return None
     width = float(np.max(tol)) if np.size(tol) else 0.0
     if found.size:
         missed = int((np.abs(pred[:, None] - found[None, :]).min(1) > width).sum())
     else:
         missed = pred.size
     if missed >= max(BENT_MIN, BENT_SHARE * pred.size):
-        raise DeepVictim(f"{missed} of the {pred.size} hyperplanes crossing line "
-                         f"{run.lines - 1} have no kink there: the victim's boundaries bend "
-                         "(more than one hidden layer)")
+        return (f"{missed} of the {pred.size} hyperplanes crossing line {run.lines - 1} have "
+                "no kink there: the victim's boundaries bend (more than one hidden layer)")
+    return None
 
 
 def unexplained(found: np.ndarray, verified: np.ndarray, pred: np.ndarray,

@@ -76,6 +76,7 @@ class Run:
         self.nf = NoiseFloor.exact()
         self.tol: Optional[Tolerances] = None
         self.check_error = float("nan")
+        self.bent: Optional[str] = None  # why a check line says the victim is deeper
         self.deep_tried = False          # the layer-by-layer recovery was tried (once at most)
         self.layers = None               # its result: (network, check error, layer infos)
 

@@ -17,11 +17,6 @@ class UnsupportedArchitecture(FidelityError):
     """The victim cannot be recovered exactly by this engine (e.g. signs are unidentifiable)."""
 
 
-class DeepVictim(UnsupportedArchitecture):
-    """One hidden layer cannot explain the victim (its boundaries bend); :func:`fidelity.extract`
-    goes on layer by layer (see :mod:`fidelity.deep`)."""
-
-
 class QueryBudgetExceeded(FidelityError):
     """The next batch would pass the query budget.
 

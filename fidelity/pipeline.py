@@ -25,7 +25,7 @@ import numpy as np
 from . import checks, deep, estimates, fit, measure, mp, noise
 from .config import ExtractConfig
 from .context import Run
-from .errors import DeepVictim, FidelityError, QueryBudgetExceeded, UnsupportedArchitecture
+from .errors import FidelityError, QueryBudgetExceeded, UnsupportedArchitecture
 from .oracle import Oracle
 from .regimes import make_regime
 from .results import Event, Extraction, ExtractionError, Kind, NeuronInfo, Status
@@ -93,7 +93,7 @@ def extract(oracle: Oracle, *, seed: int = 0, throw: bool = True,
             try:
                 status = _drive(run, cfg)
             except UnsupportedArchitecture as exc:     # the one-layer signs are singular
-                run.layers = _deepen(run, cfg, exc)
+                run.layers = _deepen(run, cfg, str(exc))
                 if run.layers is None:
                     raise
             if run.layers is not None:
@@ -152,21 +152,19 @@ def _drive(run: Run, cfg: ExtractConfig) -> Status:
                 clean = cfg.patience - 1          # the settled model is checked once more
             continue
         clean = 0
-        try:
-            grew = checks.extend(run, regime, cfg.measure, x0, v, cfg.jit_search)
-        except DeepVictim as exc:      # the boundaries bend: layer by layer (once)
+        grew = checks.extend(run, regime, cfg.measure, x0, v, cfg.jit_search)
+        if run.bent and not run.deep_tried:    # the boundaries bend: layer by layer (once)
             run.deep_tried = True
-            run.layers = _deepen(run, cfg, exc)
+            run.layers = _deepen(run, cfg, run.bent)
             if run.layers is not None:
                 return Status.OK       # extract builds the deep result from run.layers
-            grew = False               # one hidden layer after all: the loop goes on
-        if grew:
+        if grew:                       # (otherwise one hidden layer after all: go on)
             regime.units_added(run)
         run.report(stage="extend")
     return Status.UNVERIFIED
 
 
-def _deepen(run: Run, cfg: ExtractConfig, why: UnsupportedArchitecture):
+def _deepen(run: Run, cfg: ExtractConfig, why: str):
     """One hidden layer did not explain the victim (its boundaries bend, or its signs could
     not be resolved): try the layer-by-layer recovery of :mod:`fidelity.deep` (float64 answers
     only). None when the victim has one hidden layer after all (the one-layer verdict
