@@ -11,10 +11,11 @@ earlier unit is missing), a kink costs ``2 (h_m + 3)`` queries, not ``2 (d + 1)`
 
 * Signs of layer ``m``: ``beta_i`` is nonzero exactly where unit ``i`` is on, so the sign of
   ``z_i`` at any deeper kink with ``beta_i != 0`` is the unit's orientation (no enumeration).
-* Rows of layer ``m + 1``: at a kink of unit ``j``, ``z_j = a . h_m + c = 0`` and ``beta = a`` on the
-  units that are on, so ``sigma = beta / (-beta . h_m)`` equals ``a / c`` there, whatever the scale
-  of the jump. Kinks whose ``sigma`` agree on their common entries are one unit; their union fills
-  its row. A unit is kept when its boundary predicts every kink of it on every searched line.
+* Rows of layer ``m + 1``: at a kink of unit ``j``, ``z_j = a . h_m + c = 0`` and ``beta = a``
+  on the units that are on, so ``sigma = beta / (-beta . h_m)`` equals ``a / c`` there, whatever
+  the scale of the jump. Kinks whose ``sigma`` agree on their common entries are one unit;
+  their union fills its row (rows merged from the jumps themselves, see ``fidelity.peel``). A
+  unit is kept when its boundary predicts every kink of it on every searched line.
 * Output layer: when ``f`` is exactly linear in ``[relu(z_m), z_m, 1]`` (values at random inputs),
   layer ``m`` is the last; a unit whose ``z`` coefficient is minus its ``relu`` coefficient is
   flipped (``relu(-z) = relu(z) - z``), and the output weights are fitted again.
@@ -99,8 +100,9 @@ def extract_layers(run: Run, cfg: DeepConfig, mcfg: MeasureConfig,
 
 def _unexplained_kinks(run: Run, net: ReLUNetwork, state: State) -> float:
     """The share of kinks found (and located to the search's precision) on all searched lines
-    that the finished network does not predict (a unit with a wrong boundary leaves its true kinks unexplained, however well
-    the network agrees on a few random answers); noted when not nil."""
+    that the finished network does not predict (a unit with a wrong boundary leaves its true
+    kinks unexplained, however well the network agrees on a few random answers); noted when
+    not nil."""
     hidden = Layered(net.weights[:-1], net.biases[:-1])
     total = missed = 0
     for line in state.lines:
