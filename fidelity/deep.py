@@ -30,7 +30,7 @@ import numpy as np
 from . import recover
 from .context import Run
 from .deepstate import (MATCH, DeepConfig, LayerInfo, Line, Point, State, new_line,
-                        plane_hits)
+                        plane_hits, plane_kinks)
 from .errors import UnsupportedArchitecture
 from .layered import Layered
 from .measure import MeasureConfig, region_noise, search_line
@@ -181,14 +181,10 @@ def _kink_residuals(run: Run, rows: np.ndarray, lines: list):
     it crosses, and where that kink is: ``(residuals (n, L), kink index (n, L))``."""
     res = np.full((rows.shape[0], len(lines)), np.nan)
     at = np.full((rows.shape[0], len(lines)), -1)
-    tol = MATCH * run.t_max
     for li, line in enumerate(lines):
         if not line.t.size:
             continue
-        with np.errstate(divide="ignore", invalid="ignore"):
-            t = -(rows[:, :-1] @ line.x0 + rows[:, -1]) / (rows[:, :-1] @ line.v)
-        near = np.abs(line.t[None, :] - t[:, None]).argmin(1)
-        ok = np.abs(line.t[near] - t) <= tol
+        _, near, ok = plane_kinks(run, rows, line)
         x = line.x0 + line.t[near][:, None] * line.v
         miss = np.abs((rows[:, :-1] * x).sum(1) + rows[:, -1]) / np.linalg.norm(x, axis=1)
         res[ok, li] = miss[ok]

@@ -12,6 +12,7 @@ from . import search
 from .context import Run
 from .layered import Layered
 from .measure import MeasureConfig, search_line
+from .validation import at_least, positive
 
 MATCH = 1e-6          # a found kink within MATCH times the line's half length of a
                       # predicted one is that unit's
@@ -46,11 +47,8 @@ class DeepConfig:
     def __post_init__(self):
         for name, low in (("max_depth", 1), ("lines_per_layer", 1), ("layer_patience", 1),
                           ("output_points", 0), ("check_points", 1), ("max_kinks", 1)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"DeepConfig.{name} must be an int >= {low}, got {value!r}")
-        if not self.check_tol > 0:
-            raise ValueError(f"DeepConfig.check_tol must be positive, got {self.check_tol!r}")
+            at_least(self, low, name)
+        positive(self, "check_tol")
 
 
 @dataclass
@@ -117,20 +115,24 @@ class State:
     stray: dict = field(default_factory=dict)      # id(point) -> unexplained part of its jump
 
 
+def plane_kinks(run: Run, rows: np.ndarray, line: Line):
+    """Where each plane ``[w, b]`` crosses ``line``, the found kink nearest to it, and whether
+    that kink is the plane's (within ``MATCH * t_max``): ``(t, nearest index, matched)``."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = -(rows[:, :-1] @ line.x0 + rows[:, -1]) / (rows[:, :-1] @ line.v)
+    if not line.t.size:
+        return t, np.zeros(t.size, int), np.zeros(t.size, bool)
+    near = np.abs(line.t[None, :] - t[:, None]).argmin(1)
+    return t, near, np.abs(line.t[near] - t) <= MATCH * run.t_max
+
+
 def plane_hits(run: Run, rows: np.ndarray, lines: list, skip: np.ndarray):
     """Per row ``[w, b]``: lines where its plane's crossing is a found kink, and where not."""
     hits = np.zeros(rows.shape[0], int)
     misses = np.zeros(rows.shape[0], int)
-    tol = MATCH * run.t_max
     for li, line in enumerate(lines):
-        wv = rows[:, :-1] @ line.v
-        with np.errstate(divide="ignore", invalid="ignore"):
-            t = -(rows[:, :-1] @ line.x0 + rows[:, -1]) / wv
+        t, _, near = plane_kinks(run, rows, line)
         test = (np.abs(t) < IN_RANGE * line.half) & (skip != li)
-        if line.t.size:
-            near = np.abs(line.t[None, :] - t[:, None]).min(1) <= tol
-        else:
-            near = np.zeros(t.size, bool)
         hits += test & near
         misses += test & ~near
     return hits, misses

@@ -20,6 +20,7 @@ from . import jitsearch, recover, search
 from .context import Run
 from .recover import Jump, Regions
 from .results import Kind
+from .validation import at_least, positive
 
 
 @dataclass(frozen=True)
@@ -46,26 +47,12 @@ class MeasureConfig:
     remeasure_shrink: float = 16.0
 
     def __post_init__(self):
-        _positive(self, "slope_step", "noise_factor", "step_frac", "step_max",
-                  "remeasure_shrink")
-        _at_least(self, 1, "max_rounds")
-        _at_least(self, 0, "remeasure_rounds")
+        positive(self, "slope_step", "noise_factor", "step_frac", "step_max",
+                 "remeasure_shrink")
+        at_least(self, 1, "max_rounds")
+        at_least(self, 0, "remeasure_rounds")
         if self.step_frac > 1:
             raise ValueError("step_frac is a fraction of a region's half-width: at most 1")
-
-
-def _positive(cfg, *names):
-    for n in names:
-        if not getattr(cfg, n) > 0:
-            raise ValueError(f"{type(cfg).__name__}.{n} must be positive, got "
-                             f"{getattr(cfg, n)!r}")
-
-
-def _at_least(cfg, low, *names):
-    for n in names:
-        value = getattr(cfg, n)
-        if not isinstance(value, (int, np.integer)) or value < low:
-            raise ValueError(f"{type(cfg).__name__}.{n} must be an int >= {low}, got {value!r}")
 
 
 def search_line(run: Run, x0: np.ndarray, v: np.ndarray, *, max_rounds: int,
