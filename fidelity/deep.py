@@ -29,7 +29,7 @@ import numpy as np
 
 from . import recover
 from .context import Run
-from .deepstate import (MATCH, DeepConfig, LayerInfo, Line, Point, State, new_line,
+from .deepstate import (IN_RANGE, MATCH, DeepConfig, LayerInfo, Line, Point, State, new_line,
                         plane_hits, plane_kinks)
 from .errors import UnsupportedArchitecture
 from .layered import Layered
@@ -61,7 +61,7 @@ def extract_layers(run: Run, cfg: DeepConfig, mcfg: MeasureConfig,
     below, retries = [], 0         # the models one layer shallower, for a retry
     while True:
         layered = _polish(run, layered, state)
-        out = _output(run, cfg, layered)
+        out = _output(run, cfg, layered, state)
         if layered.depth == 1 and (out is not None or few_unexplained(run, layered, state)):
             return None                # nothing bends: one hidden layer, however it went
         if out is not None:
@@ -298,14 +298,42 @@ def _spread(run: Run, n: int) -> np.ndarray:
     return run.rng.normal(size=(n, run.d)) * radius[:, None]
 
 
-def _output(run: Run, cfg: DeepConfig, layered: Layered):
+def _both_sides(run: Run, layered: Layered, state: State, units: np.ndarray) -> np.ndarray:
+    """Inputs just beside a located kink of each of ``units`` (last layer), on both sides of
+    it: where random inputs keep a unit on one side, ``relu(z)`` and ``z`` cannot be told
+    apart and its orientation would be a guess. At most one kink per unit; units no searched
+    line crosses get none."""
+    want, out = set(int(u) for u in units), []
+    for line in state.lines:
+        if not want:
+            break
+        t, layer, unit = layered.kinks(line.x0, line.v, IN_RANGE * line.half)
+        if not t.size:
+            continue
+        edges = np.concatenate([[-line.half], t, [line.half]])
+        for k in np.flatnonzero(layer == layered.depth):
+            if int(unit[k]) not in want:
+                continue
+            gap = min(edges[k + 1] - edges[k], edges[k + 2] - edges[k + 1])
+            for f in (-0.5, -0.25, 0.25, 0.5):
+                out.append(line.x0 + (t[k] + f * gap) * line.v)
+            want.discard(int(unit[k]))
+    return np.array(out).reshape(-1, run.d)
+
+
+def _output(run: Run, cfg: DeepConfig, layered: Layered, state: State):
     """``(network, check error)`` when ``f`` is exactly an affine map of the last known layer's
     outputs; None when a deeper layer is left."""
     h = layered.widths[-1]
     n = 2 * (2 * h + 1) + cfg.output_points
     x = _spread(run, n)
-    y = run.query("output")(x)
     z = layered.preacts(x)[-1]
+    one_sided = (z > 0).all(0) | (z < 0).all(0)
+    if one_sided.any():
+        x = np.concatenate([x, _both_sides(run, layered, state, np.flatnonzero(one_sided))])
+        n = x.shape[0]
+        z = layered.preacts(x)[-1]
+    y = run.query("output")(x)
     phi = np.concatenate([np.maximum(z, 0), z, np.ones((n, 1))], 1)
     coef = np.linalg.lstsq(phi, y, rcond=None)[0]
     scale = max(np.abs(y).max(), 1e-300)
