@@ -79,6 +79,7 @@ class Run:
         self.bent: Optional[str] = None  # why a check line says the victim is deeper
         self.deep_tried = False          # the layer-by-layer recovery was tried (once at most)
         self.layers = None               # its result: (network, check error, layer infos)
+        self.deep_partial = None         # its layer infos when the budget ran out in it
 
     # ------------------------------------------------------------------ queries
     def query(self, stage: str) -> Callable[[np.ndarray], np.ndarray]:

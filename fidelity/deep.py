@@ -27,11 +27,11 @@ from typing import Optional
 
 import numpy as np
 
-from . import recover
+from . import pin, recover
 from .context import Run
 from .deepstate import (IN_RANGE, MATCH, DeepConfig, LayerInfo, Line, Point, State, new_line,
                         plane_hits, plane_kinks)
-from .errors import UnsupportedArchitecture
+from .errors import QueryBudgetExceeded, UnsupportedArchitecture
 from .layered import Layered
 from .measure import MeasureConfig, region_noise, search_line
 from .network import ReLUNetwork
@@ -53,6 +53,14 @@ def extract_layers(run: Run, cfg: DeepConfig, mcfg: MeasureConfig,
         UnsupportedArchitecture: a layer cannot be recovered (named in the message).
     """
     state = State(lines=[], points=[], infos=[])
+    try:
+        return _layers(run, cfg, mcfg, use_jit, state)
+    except QueryBudgetExceeded:
+        run.deep_partial = tuple(state.infos)      # what the partial result can report
+        raise
+
+
+def _layers(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, state: State):
     q0 = run.oracle.queries
     full = _first_line(run, mcfg, use_jit, state)
     layered = _layer_one(run, mcfg, use_jit, state, full)
@@ -65,8 +73,8 @@ def extract_layers(run: Run, cfg: DeepConfig, mcfg: MeasureConfig,
         if layered.depth == 1 and (out is not None or few_unexplained(run, layered, state)):
             return None                # nothing bends: one hidden layer, however it went
         if out is not None:
-            return out[0], max(out[1], _unexplained_kinks(run, out[0], state)), \
-                tuple(state.infos)
+            net, err = _pinned(run, cfg, layered, state, out)
+            return net, max(err, _unexplained_kinks(run, net, state)), tuple(state.infos)
         if layered.depth == cfg.max_depth:
             raise UnsupportedArchitecture(
                 f"no exact output layer after {cfg.max_depth} hidden layers (widths "
@@ -234,37 +242,58 @@ def _second_opinion(run: Run, mcfg: MeasureConfig, state: State, rows: np.ndarra
 # ---------------------------------------------------------------------------- polish
 PRIOR_ERR = 1e-6      # assumed relative error of a row measured from gradients
 KINK_ERR = 1e-12      # assumed relative error of ``row . features`` at a located kink
+PIN_ERR = 1e-14       # ... at a pinned one (four answers beside it, see fidelity.pin)
+
+
+def _equations(layered: Layered, state: State, l: int) -> list:
+    """Per unit of layer ``l``, the features ``[h_{l-1}(x), 1]`` at its located kinks (on the
+    searched lines, and the pinned ones): each an exact equation ``row . f = 0``."""
+    eqs = [[] for _ in range(layered.widths[l - 1])]
+    sub = Layered(layered.weights[:l], layered.biases[:l])
+    xs, units = [], []
+    for line in state.lines:
+        if not line.t.size:
+            continue
+        t, layer, unit = sub.kinks(line.x0, line.v, line.half)
+        sel = layer == l
+        t, unit = t[sel], unit[sel]
+        if not t.size:
+            continue
+        gap = np.abs(t[:, None] - line.t[None, :])
+        near = gap.argmin(1)
+        ok = gap[np.arange(t.size), near] <= MATCH * line.half
+        xs.append(line.x0 + line.t[near[ok]][:, None] * line.v)
+        units.append(unit[ok])
+    errs = [np.full(u.size, KINK_ERR) for u in units]
+    pins = [p for p in state.pins if p.layer == l and p.unit < len(eqs)]
+    if pins:
+        xs.append(np.array([p.x for p in pins]))
+        units.append(np.array([p.unit for p in pins]))
+        errs.append(np.full(len(pins), PIN_ERR))
+    if not xs:
+        return eqs
+    x = np.concatenate(xs)
+    feats = x if l == 1 else np.maximum(sub.preacts(x)[l - 2], 0.0)
+    feats = np.concatenate([feats, np.ones((feats.shape[0], 1))], 1)
+    for u, f, e in zip(np.concatenate(units), feats, np.concatenate(errs)):
+        eqs[u].append((f, e))
+    return eqs
 
 
 def _polish(run: Run, layered: Layered, state: State) -> Layered:
-    """Every layer's rows refitted, in order, to the kinks located on all searched lines (each
-    one exact equation ``row . [h_{l-1}(x), 1] = 0``), with the measured rows as a prior."""
+    """Every layer's rows refitted, in order, to the kinks located on all searched lines and
+    pinned (each one exact equation ``row . [h_{l-1}(x), 1] = 0``), with the measured rows as
+    a prior."""
     for l in range(1, layered.depth + 1):
         w, b = layered.weights[l - 1], layered.biases[l - 1]
         theta = np.concatenate([w, b[:, None]], 1)
-        eqs = [[] for _ in range(w.shape[0])]
-        sub = Layered(layered.weights[:l], layered.biases[:l])
-        for line in state.lines:
-            if not line.t.size:
-                continue
-            t, layer, unit = sub.kinks(line.x0, line.v, line.half)
-            sel = layer == l
-            t, unit = t[sel], unit[sel]
-            if not t.size:
-                continue
-            gap = np.abs(t[:, None] - line.t[None, :])
-            near = gap.argmin(1)
-            ok = gap[np.arange(t.size), near] <= MATCH * line.half
-            x = line.x0 + line.t[near[ok]][:, None] * line.v
-            feats = (x if l == 1 else np.maximum(sub.preacts(x)[l - 2], 0.0))
-            feats = np.concatenate([feats, np.ones((feats.shape[0], 1))], 1)
-            for u, f in zip(unit[ok], feats):
-                eqs[u].append(f)
+        eqs = _equations(layered, state, l)
         new = theta.copy()
         for u in range(theta.shape[0]):
             if not eqs[u]:
                 continue
-            new[u] = _refit_row(theta[u], np.array(eqs[u]))
+            new[u] = _refit_row(theta[u], np.array([f for f, _ in eqs[u]]),
+                                np.array([e for _, e in eqs[u]]))
         norm = np.linalg.norm(new[:, :-1], axis=1) if l == 1 else np.linalg.norm(new, axis=1)
         weights = list(layered.weights)
         biases = list(layered.biases)
@@ -273,16 +302,67 @@ def _polish(run: Run, layered: Layered, state: State) -> Layered:
     return layered
 
 
-def _refit_row(theta: np.ndarray, feats: np.ndarray) -> np.ndarray:
+ROBUST_ROUNDS = 3      # refits of a row with its worst-missed kinks trusted less
+MAX_PIN_FAN_IN = 256   # rows with more entries than this are left as measured (layer 1 of
+                       # a wide input: d + 1 gradient queries per region measured it in full)
+
+
+def _pinned(run: Run, cfg: DeepConfig, layered: Layered, state: State,
+            first: ReLUNetwork) -> tuple:
+    """``(network, check error)``: the finished network ``first`` again, after every unit whose
+    row its pinned kinks do not determine got more (``fidelity.pin``), the layers polished and
+    the output layer fitted again. The refitted network is kept when it passes the check; else
+    the better checked of the two."""
+    need = {}
+    for l in range(1, layered.depth + 1):
+        fan_in = run.d if l == 1 else layered.widths[l - 2]
+        if fan_in > MAX_PIN_FAN_IN:
+            continue
+        for u, eqs in enumerate(_equations(layered, state, l)):
+            eqs = [f for f, e in eqs if e <= PIN_ERR]     # pinned kinks only: the searched
+                                                           # lines' have outliers (1e-11)
+            if l == 1 or not eqs:               # layer 1: every input enters every kink
+                on = np.full(fan_in, len(eqs))
+            else:
+                on = (np.array(eqs)[:, :-1] > 0).sum(0)
+            short = (fan_in + 1 + pin.MARGIN - len(eqs), pin.PER_ENTRY - on)
+            if short[0] > 0 or (short[1] > 0).any():
+                need[l, u] = short
+    pins, x, y = pin.pin_kinks(run, layered, need) if need else ([], None, None)
+    again = None
+    if pins:
+        state.pins.extend(pins)
+        again = _output(run, cfg, _polish(run, layered, state), state, (x, y))
+    err = None if again is None else _check(run, cfg, again)
+    if pins:
+        run.note(Kind.POLISHED, f"{len(pins)} kinks of {len(need)} units pinned ({len(x)} "
+                 f"answers), layers polished again: check error "
+                 f"{'none' if err is None else f'{err:.1e}'}", pins=len(pins), answers=len(x))
+    if err is not None and err <= cfg.check_tol:
+        return again, err
+    first_err = _check(run, cfg, first)
+    if err is not None and err < first_err:
+        return again, err
+    return first, first_err
+
+
+def _refit_row(theta: np.ndarray, feats: np.ndarray, errs: np.ndarray) -> np.ndarray:
     """``theta`` corrected so that ``feats @ theta ~ 0`` (weighted by the kinks' precision),
     its length along itself kept, the rest held near the measured row."""
     size = np.linalg.norm(theta)
     prior = np.eye(theta.size) / (PRIOR_ERR * size)
-    value = feats / (KINK_ERR * size * np.linalg.norm(feats, axis=1, keepdims=True))
     gauge = theta[None] / (KINK_ERR * size * size)
-    a = np.concatenate([prior, value, gauge])
-    rhs = np.concatenate([np.zeros(theta.size), -value @ theta, [0.0]])
-    delta = np.linalg.lstsq(a, rhs, rcond=None)[0]
+    unit = feats / np.linalg.norm(feats, axis=1, keepdims=True)
+    errs = errs.copy()
+    for _ in range(1 + ROBUST_ROUNDS):
+        value = unit / (errs[:, None] * size)
+        a = np.concatenate([prior, value, gauge])
+        rhs = np.concatenate([np.zeros(theta.size), -value @ theta, [0.0]])
+        delta = np.linalg.lstsq(a, rhs, rcond=None)[0]
+        miss = np.abs(unit @ (theta + delta)) / size
+        if miss.size <= theta.size:
+            break
+        errs = np.maximum(errs, miss / 3.0)
     return theta + delta
 
 
@@ -321,19 +401,24 @@ def _both_sides(run: Run, layered: Layered, state: State, units: np.ndarray) -> 
     return np.array(out).reshape(-1, run.d)
 
 
-def _output(run: Run, cfg: DeepConfig, layered: Layered, state: State):
-    """``(network, check error)`` when ``f`` is exactly an affine map of the last known layer's
-    outputs; None when a deeper layer is left."""
+def _output(run: Run, cfg: DeepConfig, layered: Layered, state: State,
+            known: Optional[tuple] = None) -> Optional[ReLUNetwork]:
+    """The network, when ``f`` is exactly an affine map of the last known layer's outputs;
+    None when a deeper layer is left. ``known``: inputs already answered ``(x, y)``, fitted
+    with the fresh ones (none are asked when they are enough)."""
     h = layered.widths[-1]
     n = 2 * (2 * h + 1) + cfg.output_points
-    x = _spread(run, n)
-    z = layered.preacts(x)[-1]
+    xk, yk = known if known is not None else (np.zeros((0, run.d)), None)
+    x = _spread(run, 0 if len(xk) >= n else n)
+    z = layered.preacts(np.concatenate([x, xk]))[-1]
     one_sided = (z > 0).all(0) | (z < 0).all(0)
     if one_sided.any():
         x = np.concatenate([x, _both_sides(run, layered, state, np.flatnonzero(one_sided))])
-        n = x.shape[0]
-        z = layered.preacts(x)[-1]
-    y = run.query("output")(x)
+    y = run.query("output")(x) if len(x) else np.zeros((0, yk.shape[1]))
+    if len(xk):
+        x, y = np.concatenate([x, xk]), np.concatenate([y, yk])
+    n = x.shape[0]
+    z = layered.preacts(x)[-1]
     phi = np.concatenate([np.maximum(z, 0), z, np.ones((n, 1))], 1)
     coef = np.linalg.lstsq(phi, y, rcond=None)[0]
     scale = max(np.abs(y).max(), 1e-300)
@@ -350,9 +435,13 @@ def _output(run: Run, cfg: DeepConfig, layered: Layered, state: State):
     signed = layered.signed(np.where(flip, -1.0, 1.0))
     zs = signed.preacts(x)[-1]
     phi = np.concatenate([np.maximum(zs, 0), np.ones((n, 1))], 1)
-    coef = np.linalg.lstsq(phi, y, rcond=None)[0]
-    net = signed.network(coef[:h].T.copy(), coef[h].copy())
+    weight = 1.0 / np.linalg.norm(phi, axis=1, keepdims=True)   # rounding grows with |x|
+    coef = np.linalg.lstsq(phi * weight, y * weight, rcond=None)[0]
+    return signed.network(coef[:h].T.copy(), coef[h].copy())
+
+
+def _check(run: Run, cfg: DeepConfig, net: ReLUNetwork) -> float:
+    """The network's largest error relative to the largest answer, on fresh inputs."""
     xc = _spread(run, cfg.check_points)
     yc = run.query("checks")(xc)
-    err = float(np.abs(net(xc) - yc).max() / max(np.abs(yc).max(), 1e-300))
-    return net, err
+    return float(np.abs(net(xc) - yc).max() / max(np.abs(yc).max(), 1e-300))

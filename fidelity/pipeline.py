@@ -99,6 +99,8 @@ def extract(oracle: Oracle, *, seed: int = 0, throw: bool = True,
             if run.layers is not None:
                 return _deep_result(run, cfg, run.layers, t0, throw, precision)
         except QueryBudgetExceeded as exc:
+            if run.deep_partial is not None:
+                raise QueryBudgetExceeded(str(exc), result=_deep_partial(run, t0)) from None
             ev, model = run.evidence, run.model
             if ev.jumps and (model.network is None or model.stale(ev.version)):
                 try:  # fit what was measured before the budget ran out
@@ -200,6 +202,20 @@ def _deep_result(run: Run, cfg: ExtractConfig, layers, t0: float, throw: bool,
         raise ExtractionError(f"the deep network could not be verified (check error "
                               f"{check_error:.2e}); pass throw=False to get the result", result)
     return result
+
+
+def _deep_partial(run: Run, t0: float) -> Extraction:
+    """The budget ran out during the layer-by-layer recovery: no network (its output layer was
+    not fitted; the one-layer model is not the victim's shape), the layers found so far."""
+    infos = run.deep_partial
+    run.note(Kind.DEEP, f"the budget ran out during the layer-by-layer recovery, with "
+             f"{len(infos)} hidden layers found so far (widths {[i.width for i in infos]}, the "
+             "last possibly incomplete) and no output layer: no network is returned",
+             widths=[i.width for i in infos])
+    return Extraction(network=None, queries=run.oracle.queries, hidden_size=0,
+                      status=Status.PARTIAL, stage_queries=dict(run.stage), lines=run.lines,
+                      events=tuple(run.events), seconds=time.perf_counter() - t0,
+                      noise=run.nf, layers=infos)
 
 
 def _noise_floor(run: Run, cfg: ExtractConfig) -> noise.NoiseFloor:
