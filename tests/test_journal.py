@@ -118,3 +118,21 @@ def test_a_journal_from_another_seed_is_refused(tmp_path):
     F.extract(F.Oracle(victim), seed=0, journal=tmp_path / "q.journal")
     with pytest.raises(JournalError, match="new journal path"):
         F.extract(F.Oracle(victim), seed=1, journal=tmp_path / "q.journal")
+
+
+def test_deep_victim_stopped_in_the_layer_by_layer_path_resumes_from_the_journal(tmp_path):
+    victim = F.ReLUNetwork.random(0, [10, 10, 10, 1])
+    reference = F.extract(F.Oracle(victim), seed=0)
+    assert len(reference.layers) == 2
+    path = tmp_path / "deep.journal"
+    stopped = F.Oracle(victim, budget=4_000)
+    with pytest.raises(F.QueryBudgetExceeded) as info:
+        F.extract(stopped, seed=0, journal=path)
+    assert info.value.result.layers                      # the cut came in the deep path
+    resumed = F.Oracle(victim)
+    result = F.extract(resumed, seed=0, journal=path)
+    assert result.status == "ok" and result.queries == reference.queries
+    assert stopped.paid + resumed.paid == reference.queries          # nothing paid twice
+    for a, b in zip(result.network.weights + result.network.biases,
+                    reference.network.weights + reference.network.biases):
+        np.testing.assert_array_equal(a, b)
