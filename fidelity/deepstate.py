@@ -114,6 +114,7 @@ class State:
     stray_for: Optional[np.ndarray] = None           # layer-1 rows the strays are for
     stray: dict = field(default_factory=dict)      # id(point) -> unexplained part of its jump
     pins: list = field(default_factory=list)       # exact kinks placed by fidelity.pin
+    memo: dict = field(default_factory=dict)       # fidelity.peel's analysis, per model
 
 
 def plane_kinks(run: Run, rows: np.ndarray, line: Line):

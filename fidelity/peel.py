@@ -371,28 +371,56 @@ def _analyse(run: Run, layered: Layered, state: State) -> _Found:
     beta, z = beta[ok], z[ok]
     on = on[ok]
     used = [p for p, keep in zip(used, ok) if keep]
-    labels = _cluster(sigma, on, cond)
+    memo = _memo(state, layered, signs)
+    ids = [id(p) for p in used]
+    old = memo.get("ids", [])
+    if ids[:len(old)] == old:          # points only came: the old pairs need no new look
+        labels = _cluster(sigma, on, cond, memo.get("parent"))
+    else:
+        memo = _memo(state, None, signs)
+        labels = _cluster(sigma, on, cond)
+    memo["ids"], memo["parent"] = ids, labels
+    rows_memo = memo.setdefault("rows", {})
     alive = np.ones(h, bool)
     alive[list(dead)] = False
     complete, partial = [], []
-    for lab in np.unique(labels):
-        members = labels == lab
+    order = np.argsort(labels, kind="stable")
+    _, starts = np.unique(labels[order], return_index=True)
+    for members in np.split(order, starts[1:]):
         seen = on[members].sum(0)
-        row = _merged_row(beta[members], z[members], on[members], sigma[members],
-                          cond[members])
+        key = tuple(members.tolist())
+        if key not in rows_memo:
+            rows_memo[key] = _merged_row(beta[members], z[members], on[members],
+                                         sigma[members], cond[members])
+        row = rows_memo[key]
         gaps = np.flatnonzero((seen == 0) & alive)
         if gaps.size:
-            partial.append((row, gaps, [p for p, k in zip(used, members) if k]))
-        elif members.sum() > 1:
+            partial.append((row, gaps, [used[i] for i in members]))
+        elif members.size > 1:
             complete.append(row)
     rows = np.array(complete) if complete else np.zeros((0, h))
+    signed = layered.signed(signs)
     if rows.shape[0]:
-        rows = rows[_verified(run, layered.signed(signs), state, rows)]
+        rows = rows[_verified(run, signed, state, rows, memo=memo)]
     if partial:
-        keep = _verified(run, layered.signed(signs), state,
-                         np.array([r for r, _, _ in partial]), [g for _, g, _ in partial])
+        keep = _verified(run, signed, state, np.array([r for r, _, _ in partial]),
+                         [g for _, g, _ in partial], memo=memo)
         partial = [p for p, k in zip(partial, keep) if k]
     return _Found(signs, dead, rows, partial)
+
+
+def _memo(state: State, layered: Optional[Layered], signs: np.ndarray) -> dict:
+    """The analysis' memory (clusters, merged rows, verified lines) for this model and these
+    signs; emptied when either changes (each point's reading changes with them), or when
+    ``layered`` is None (the points changed otherwise)."""
+    if layered is None:
+        layered = state.memo.get("model")
+        state.memo.clear()
+    key = (id(layered), signs.tobytes())
+    if state.memo.get("key") != key or state.memo.get("model") is not layered:
+        state.memo.clear()
+        state.memo.update(key=key, model=layered)
+    return state.memo
 
 
 def _merged_row(beta: np.ndarray, z: np.ndarray, on: np.ndarray, sigma: np.ndarray,
@@ -447,10 +475,15 @@ def _reading(layered: Layered, p: Point):
     return beta, z
 
 
-def _cluster(sigma: np.ndarray, on: np.ndarray, cond: np.ndarray) -> np.ndarray:
-    """Union-find over pairs of signatures that agree on at least two common entries."""
+def _cluster(sigma: np.ndarray, on: np.ndarray, cond: np.ndarray,
+             known: Optional[np.ndarray] = None) -> np.ndarray:
+    """Union-find over pairs of signatures that agree on at least two common entries.
+    ``known``: the labels of the first points from an earlier call (their pairs are not
+    compared again)."""
     n = sigma.shape[0]
-    parent = np.arange(n)
+    n_old = 0 if known is None else known.size
+    parent = np.concatenate([np.asarray(known, int), np.arange(n_old, n)]) if n_old \
+        else np.arange(n)
 
     def root(i):
         while parent[i] != i:
@@ -460,28 +493,40 @@ def _cluster(sigma: np.ndarray, on: np.ndarray, cond: np.ndarray) -> np.ndarray:
 
     mag = np.abs(sigma)
     for p in range(n - 1):
-        common = on[p] & on[p + 1:]
-        diff = np.where(common, np.abs(sigma[p] - sigma[p + 1:]), 0).max(1)
+        lo = max(p + 1, n_old)
+        if lo >= n:
+            continue
+        common = on[p] & on[lo:]
+        diff = np.where(common, np.abs(sigma[p] - sigma[lo:]), 0).max(1)
         size = np.maximum(np.where(common, mag[p], 0).max(1),
-                          np.where(common, mag[p + 1:], 0).max(1))
-        tol = SAME_UNIT * np.maximum(cond[p], cond[p + 1:])
+                          np.where(common, mag[lo:], 0).max(1))
+        tol = SAME_UNIT * np.maximum(cond[p], cond[lo:])
         same = (common.sum(1) >= 2) & (diff <= tol * size)
-        for q in np.flatnonzero(same) + p + 1:
+        for q in np.flatnonzero(same) + lo:
             parent[root(q)] = root(p)
     return np.array([root(i) for i in range(n)])
 
 
 def _verified(run: Run, signed: Layered, state: State, rows: np.ndarray,
-              gaps: Optional[list] = None) -> np.ndarray:
+              gaps: Optional[list] = None, memo: Optional[dict] = None) -> np.ndarray:
     """Which candidate units' boundaries predict a found kink wherever they cross a line (a
-    unit with unknown entries ``gaps[j]`` only where those earlier units are off)."""
-    keep = np.ones(rows.shape[0], bool)
-    model = signed.appended(rows, np.ones(rows.shape[0]))
-    for line in state.lines:
-        tol = VERIFY * line.half
+    unit with unknown entries ``gaps[j]`` only where those earlier units are off). ``memo``
+    remembers, per row, the lines it passed (only later lines are looked at again)."""
+    cache = {} if memo is None else memo.setdefault("verified", {})
+    keys = [(r.tobytes(), None if gaps is None else tuple(np.asarray(gaps[j]).tolist()))
+            for j, r in enumerate(rows)]
+    start = np.array([cache.get(k, 0) for k in keys])      # lines passed; -1: failed
+    keep = start >= 0
+    for li in range(int(start[keep].min()) if keep.any() else len(state.lines),
+                    len(state.lines)):
+        todo = np.flatnonzero(keep & (start <= li))
+        if not todo.size:
+            continue
+        line = state.lines[li]
+        model = signed.appended(rows[todo], np.ones(todo.size))
         t, layer, unit = model.kinks(line.x0, line.v, IN_RANGE * line.half)
         sel = layer == signed.depth + 1
-        t, unit = t[sel], unit[sel]
+        t, unit = t[sel], todo[unit[sel]]
         if gaps is not None and t.size:
             z = signed.preacts(line.x0 + t[:, None] * line.v)[-1]
             exact = np.array([(z[n, gaps[u]] <= 0).all() for n, u in enumerate(unit)], bool)
@@ -489,8 +534,10 @@ def _verified(run: Run, signed: Layered, state: State, rows: np.ndarray,
         if not t.size:
             continue
         if line.t.size:
-            near = np.abs(t[:, None] - line.t[None, :]).min(1) <= tol
+            near = np.abs(t[:, None] - line.t[None, :]).min(1) <= VERIFY * line.half
         else:
             near = np.zeros(t.size, bool)
         keep[unit[~near]] = False
+    for k, ok in zip(keys, keep):
+        cache[k] = len(state.lines) if ok else -1
     return keep
