@@ -72,15 +72,20 @@ def _layers(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, state: Stat
         out = _output(run, cfg, layered, state)
         if layered.depth == 1 and (out is not None or few_unexplained(run, layered, state)):
             return None                # nothing bends: one hidden layer, however it went
+        few = layered.depth > 1 and few_unexplained(run, layered, state)
+        if out is None and few and below and retries >= MAX_RETRIES:
+            out = _output(run, cfg, layered, state, linear=True)   # the last resort: a unit
+                                                                   # that never switches
         if out is not None:
-            net, err = _pinned(run, cfg, layered, state, out)
+            net, err = _pinned(run, cfg, layered, state, out, linear=out.sizes[-2] != (
+                layered.widths[-1]))
             return net, max(err, _unexplained_kinks(run, net, state)), tuple(state.infos)
         if layered.depth == cfg.max_depth:
             raise UnsupportedArchitecture(
                 f"no exact output layer after {cfg.max_depth} hidden layers (widths "
                 f"{layered.widths}): deeper than max_depth, or a layer is incomplete")
         deeper = None
-        if not (below and retries < MAX_RETRIES and few_unexplained(run, layered, state)):
+        if not (below and retries < MAX_RETRIES and few):
             deeper = next_layer(run, cfg, mcfg, use_jit, layered, state, cfg.layer_patience)
         if deeper is not None:
             below.append(layered)
@@ -100,7 +105,7 @@ def _layers(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, state: Stat
         run.note(Kind.LAYER_INCOMPLETE, f"layer {layered.depth} did not explain the outputs "
                  f"and nothing fits a deeper layer: its search goes on with "
                  f"{RETRY_PATIENCE * retries}x the patience", layer=layered.depth)
-        layered = next_layer(run, cfg, mcfg, use_jit, below.pop(), state,
+        layered = next_layer(run, cfg, mcfg, use_jit, below[-1], state,
                              RETRY_PATIENCE * cfg.layer_patience * retries)
         if layered is None:
             raise UnsupportedArchitecture("a layer lost every unit when searched again")
@@ -308,7 +313,7 @@ MAX_PIN_FAN_IN = 256   # rows with more entries than this are left as measured (
 
 
 def _pinned(run: Run, cfg: DeepConfig, layered: Layered, state: State,
-            first: ReLUNetwork) -> tuple:
+            first: ReLUNetwork, linear: bool = False) -> tuple:
     """``(network, check error)``: the finished network ``first`` again, after every unit whose
     row its pinned kinks do not determine got more (``fidelity.pin``), the layers polished and
     the output layer fitted again. The refitted network is kept when it passes the check; else
@@ -332,7 +337,7 @@ def _pinned(run: Run, cfg: DeepConfig, layered: Layered, state: State,
     again = None
     if pins:
         state.pins.extend(pins)
-        again = _output(run, cfg, _polish(run, layered, state), state, (x, y))
+        again = _output(run, cfg, _polish(run, layered, state), state, (x, y), linear)
     err = None if again is None else _check(run, cfg, again)
     if pins:
         run.note(Kind.POLISHED, f"{len(pins)} kinks of {len(need)} units pinned ({len(x)} "
@@ -402,10 +407,11 @@ def _both_sides(run: Run, layered: Layered, state: State, units: np.ndarray) -> 
 
 
 def _output(run: Run, cfg: DeepConfig, layered: Layered, state: State,
-            known: Optional[tuple] = None) -> Optional[ReLUNetwork]:
-    """The network, when ``f`` is exactly an affine map of the last known layer's outputs;
-    None when a deeper layer is left. ``known``: inputs already answered ``(x, y)``, fitted
-    with the fresh ones (none are asked when they are enough)."""
+            known: Optional[tuple] = None, linear: bool = False) -> Optional[ReLUNetwork]:
+    """The network, when ``f`` is exactly an affine map of the last known layer's outputs
+    (``linear``: and of the layer before's); None when a deeper layer is left. ``known``:
+    inputs already answered ``(x, y)``, fitted with the fresh ones (none are asked when they
+    are enough)."""
     h = layered.widths[-1]
     n = 2 * (2 * h + 1) + cfg.output_points
     xk, yk = known if known is not None else (np.zeros((0, run.d)), None)
@@ -423,7 +429,24 @@ def _output(run: Run, cfg: DeepConfig, layered: Layered, state: State,
     coef = np.linalg.lstsq(phi, y, rcond=None)[0]
     scale = max(np.abs(y).max(), 1e-300)
     if np.abs(phi @ coef - y).max() > LAST_LAYER * scale:
-        return None
+        if not linear:
+            return None
+        # a unit of layer m that never switched (on wherever searched) adds a part linear in
+        # layer m - 1's outputs: fitted too, it is carried by pairs relu(t) - relu(-t)
+        hp = layered.widths[-2]
+        more = _spread(run, max(0, 2 * (2 * h + hp + 1) + cfg.output_points - n))
+        if len(more):
+            x, y = np.concatenate([x, more]), np.concatenate([y, run.query("output")(more)])
+            n = x.shape[0]
+        zz = layered.preacts(x)
+        z = zz[-1]                      # (z itself is linear in layer m - 1's outputs: a
+        phi = np.concatenate([np.maximum(z, 0), np.maximum(zz[-2], 0), np.ones((n, 1))], 1)
+        coef = np.linalg.lstsq(phi, y, rcond=None)[0]     # unit's orientation is absorbed)
+        scale = max(np.abs(y).max(), 1e-300)
+        if np.abs(phi @ coef - y).max() > LAST_LAYER * scale:
+            return None
+        linear = coef[h:h + hp].T                                           # (k, hp)
+        return _output_with_pairs(run, layered, x, y, linear)
     a, skip = coef[:h].T, coef[h:2 * h].T
     flip = np.linalg.norm(skip + a, axis=0) < np.linalg.norm(skip, axis=0)
     one_sided = (z > 0).all(0) | (z < 0).all(0)
@@ -432,12 +455,37 @@ def _output(run: Run, cfg: DeepConfig, layered: Layered, state: State,
         run.note(Kind.ONE_SIDED, f"layer {layered.depth}: units {units} kept one sign on every "
                  "output-fit input; their orientation is what agrees with the answers there",
                  layer=layered.depth, units=units)
-    signed = layered.signed(np.where(flip, -1.0, 1.0))
+    return _fitted(layered.signed(np.where(flip, -1.0, 1.0)), x, y)
+
+
+def _fitted(signed: Layered, x: np.ndarray, y: np.ndarray) -> ReLUNetwork:
+    """The network of ``signed`` hidden layers with its output layer fitted to ``(x, y)``."""
+    h = signed.widths[-1]
     zs = signed.preacts(x)[-1]
-    phi = np.concatenate([np.maximum(zs, 0), np.ones((n, 1))], 1)
+    phi = np.concatenate([np.maximum(zs, 0), np.ones((x.shape[0], 1))], 1)
     weight = 1.0 / np.linalg.norm(phi, axis=1, keepdims=True)   # rounding grows with |x|
     coef = np.linalg.lstsq(phi * weight, y * weight, rcond=None)[0]
     return signed.network(coef[:h].T.copy(), coef[h].copy())
+
+
+def _output_with_pairs(run: Run, layered: Layered, x: np.ndarray, y: np.ndarray,
+                       linear: np.ndarray) -> ReLUNetwork:
+    """The last layer as measured, plus a pair of units ``relu(v . h) - relu(-v . h) = v . h``
+    per direction ``v`` of the part of the outputs linear in the layer before's outputs ``h``
+    (exact everywhere; a unit that is always on is such a part, and so is ``z`` of a unit
+    whose orientation is then not identifiable)."""
+    _, sv, vt = np.linalg.svd(linear, full_matrices=False)
+    dirs = vt[sv > 1e-9 * max(sv.max(), 1e-300)]
+    m, h = layered.depth, layered.widths[-1]
+    units = list(range(h, h + 2 * dirs.shape[0]))
+    run.note(Kind.UNIDENTIFIED_UNITS, f"layer {m}: the outputs hold a part linear in layer "
+             f"{m - 1}'s outputs (rank {dirs.shape[0]}): a unit never switched where searched "
+             f"(always on), and the orientations of layer {m}'s units are not identifiable; "
+             f"units {units} (pairs relu(t) - relu(-t)) carry that part exactly",
+             layer=m, units=units)
+    w = np.concatenate([layered.weights[-1], dirs, -dirs])
+    b = np.concatenate([layered.biases[-1], np.zeros(2 * dirs.shape[0])])
+    return _fitted(Layered(layered.weights[:-1] + (w,), layered.biases[:-1] + (b,)), x, y)
 
 
 def _check(run: Run, cfg: DeepConfig, net: ReLUNetwork) -> float:

@@ -181,3 +181,21 @@ def test_a_tight_budget_pins_fewer_kinks_and_stays_exact():
     result = F.extract(oracle, seed=0)
     assert result.status == "ok" and oracle.queries <= 5_000
     _exact(victim, result, rel=1e-8, param=1e-8)
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_a_last_layer_unit_that_never_switches_is_carried_exactly(seed):
+    # a layer-2 unit with non-negative weights and a positive bias is on everywhere: its row
+    # is unidentifiable and its contribution is linear in layer 1's outputs; the network
+    # carries it with a pair relu(t) - relu(-t) and says so
+    victim = F.ReLUNetwork.random(seed, [10, 10, 10, 1])
+    w = [np.array(a) for a in victim.weights]
+    b = [np.array(a) for a in victim.biases]
+    w[1][3], b[1][3] = np.abs(w[1][3]), abs(b[1][3]) + 0.1
+    victim = F.ReLUNetwork(w, b)
+    result = F.extract(F.Oracle(victim), seed=0)
+    assert result.status == "ok" and result.network.sizes == (10, 10, 11, 1)
+    rep = F.evaluate(victim, result.network, num_samples=20_000)
+    assert rep.fidelity == 1.0 and rep.max_rel_error <= 1e-8
+    (event,) = result.events_of(F.Kind.UNIDENTIFIED_UNITS)[-1:]
+    assert event.data["layer"] == 2 and event.data["units"] == [9, 10]
