@@ -267,11 +267,12 @@ def boundary_points(victim: ReLUNetwork, data: np.ndarray, *, pairs: int = 500,
                     bisections: int = 6, seed: int = 0) -> np.ndarray:
     """Points next to the victim's decision boundaries, walked there from pairs of data points.
 
-    Draws ``pairs`` pairs of rows of ``data`` on which the victim predicts different classes and
+    Draws ``pairs`` pairs of rows of ``data`` on which the victim predicts different classes (a
+    random row, and a random row of another class) and
     bisects the segment between them on the victim's class (``bisections`` steps, one batched
     evaluation each): the two ends of the last bracket lie on either side of a boundary of the
     first point's class, ``2**-bisections`` of the segment apart. Returns both ends,
-    ``(2 * pairs, d)``; fewer when the data hold fewer pairs with different classes.
+    ``(2 * pairs, d)``; none when the victim gives all the data one class.
 
     Example:
         >>> net = ReLUNetwork.random(0, [4, 6, 3])
@@ -283,11 +284,11 @@ def boundary_points(victim: ReLUNetwork, data: np.ndarray, *, pairs: int = 500,
     victim = _float64(victim)
     cls = _classes(np.asarray(victim(x), np.float64))
     rng = np.random.default_rng(seed)
-    i, j = rng.integers(0, x.shape[0], (2, 8 * pairs))
-    keep = cls[i] != cls[j]
-    i, j = i[keep][:pairs], j[keep][:pairs]
-    if i.size == 0:
+    if np.unique(cls).size < 2 or pairs < 1:
         return np.zeros((0, x.shape[1]))
+    i = rng.integers(0, x.shape[0], int(pairs))
+    others = {c: np.flatnonzero(cls != c) for c in np.unique(cls)}
+    j = np.array([others[c][rng.integers(0, others[c].size)] for c in cls[i]])
     lo, hi = x[i], x[j]           # class(lo) == cls[i] != class(hi)
     for _ in range(int(bisections)):
         mid = 0.5 * (lo + hi)
