@@ -11,7 +11,7 @@ from fidelity import cli
 from fidelity.metrics import Measures, agreement, boundary_points, measure
 from fidelity.transfer import adversarial_transfer
 
-FAST = dict(steps=200)
+FAST = dict(steps=60, batch_size=32)
 
 
 def _equivalent(net: F.ReLUNetwork, seed: int) -> F.ReLUNetwork:
@@ -38,7 +38,7 @@ def _look_alike(net: F.ReLUNetwork, data: np.ndarray) -> F.ReLUNetwork:
                          [np.concatenate([net.biases[0], [b]]), net.biases[1]])
 
 
-@settings(max_examples=6, deadline=None)
+@settings(max_examples=4, deadline=None)
 @given(seed=st.integers(0, 10_000), d=st.integers(3, 12), h=st.integers(2, 10),
        k=st.sampled_from([1, 3]))
 def test_an_exact_copy_scores_one_everywhere_and_transfers_like_the_victim(seed, d, h, k):
@@ -151,8 +151,7 @@ def test_semi_spends_its_budget_and_is_deterministic_for_a_seed():
 
 
 @pytest.mark.parametrize("opts", [dict(semi_shift=0.25, semi_target="logits"),
-                                  dict(semi_shift=0.5, image_shape=(2, 8), semi_threshold=0.0),
-                                  dict(semi_weight=0.0)])
+                                  dict(semi_shift=0.5, image_shape=(2, 8), semi_threshold=0.0)])
 def test_semi_options_shifts_and_one_output(opts):
     victim, pool = _victim_and_images(k=1)
     res = F.learn(F.Oracle(victim), hidden=4, budget=60, pool=pool, strategy="semi", seed=0,
