@@ -170,8 +170,15 @@ def _extract(args) -> int:
 
 def _evaluate(args) -> int:
     from . import ReLUNetwork, evaluate
+    data = None
+    if args.data is not None:
+        import numpy as np
+        data = np.load(args.data)
+        if not isinstance(data, np.ndarray):        # an .npz: its first array
+            data = data[data.files[0]]
     rep = evaluate(ReLUNetwork.load(args.victim), ReLUNetwork.load(args.stolen),
-                   num_samples=args.samples, seed=args.seed)
+                   num_samples=args.samples, seed=args.seed, data=data, eps=args.eps,
+                   bounds=tuple(args.bounds) if args.bounds else None)
     print(json.dumps(rep.as_dict(), indent=2))
     return 0
 
@@ -253,6 +260,12 @@ def main(argv=None) -> int:
     p.add_argument("stolen")
     p.add_argument("--samples", type=int, default=100_000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data", default=None, help="natural inputs (.npy, or .npz: its first array): "
+                   "adds agreement off the data, at boundary points, and adversarial transfer")
+    p.add_argument("--eps", type=float, default=None,
+                   help="L-inf radius of the adversarial examples (default: 0.1 x data range)")
+    p.add_argument("--bounds", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                   help="box the adversarial examples stay in, e.g. 0 1 for images")
     p.set_defaults(fn=_evaluate)
 
     p = sub.add_parser("serve", help="serve a victim .npz as an HTTP JSON prediction API")

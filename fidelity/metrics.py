@@ -13,6 +13,7 @@ import mpmath
 import numpy as np
 
 from .network import ReLUNetwork
+from .transfer import Transfer, adversarial_transfer
 
 _MP_DPS = 80     # digits of the parameter error of mpmath networks (1e-45 must be visible)
 
@@ -43,9 +44,43 @@ class Report:
     extra: int
     negligible: int
     num_inputs: int
+    measures: Optional["Measures"] = None
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        if self.measures is not None:
+            out["measures"] = self.measures.as_dict()
+        return out
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """Agreement of two networks on one set of inputs: the share with the same class
+    (argmax; sign when ``k == 1``) and ``max |f - f_hat| / max |f|`` over the set."""
+
+    agreement: float
+    max_rel_error: float
+    num_inputs: int
+
+
+@dataclass(frozen=True)
+class Measures:
+    """The measures that tell a copy from a look-alike (issue 16), beside agreement on the data.
+
+    ``data``: the natural inputs given. ``gauss``: standard Gaussian inputs (off the data).
+    ``boundary``: points next to the victim's decision boundaries between data points (see
+    :func:`boundary_points`). ``transfer``: adversarial examples crafted on the copy that fool
+    the victim, against those crafted on the victim (see :func:`fidelity.transfer.adversarial_transfer`).
+    """
+
+    data: Agreement
+    gauss: Agreement
+    boundary: Agreement
+    transfer: Transfer
+
+    def as_dict(self) -> dict:
+        return dict(data=asdict(self.data), gauss=asdict(self.gauss),
+                    boundary=asdict(self.boundary), transfer=self.transfer.as_dict())
 
 
 def _normalise(net: ReLUNetwork):
@@ -166,8 +201,14 @@ def _float64(net: ReLUNetwork) -> ReLUNetwork:
 
 
 def evaluate(victim: ReLUNetwork, extracted: ReLUNetwork, *, inputs: Optional[np.ndarray] = None,
-             num_samples: int = 100_000, seed: int = 0) -> Report:
+             num_samples: int = 100_000, seed: int = 0, data: Optional[np.ndarray] = None,
+             eps: Optional[float] = None, bounds: Optional[tuple[float, float]] = None) -> Report:
     """Compares ``extracted`` with ``victim`` on ``inputs`` (default: standard Gaussian samples).
+
+    With natural inputs ``data`` (e.g. held-out images), ``measures`` also holds agreement and
+    max relative error on the data, on 20,000 Gaussian inputs and on points next to the victim's
+    decision boundaries, and adversarial transfer at L-inf radius ``eps`` (default: 0.1 times the
+    data's range, ``max - min``), see :func:`measure`.
 
     Example:
         >>> net = ReLUNetwork.random(0, [5, 4, 3])
@@ -194,7 +235,97 @@ def evaluate(victim: ReLUNetwork, extracted: ReLUNetwork, *, inputs: Optional[np
         pairs, missing, extra, negligible, err = match_units(victim, extracted)
         param_error = err if not missing and not extra else float("inf")
         matched, n_missing, n_extra = len(pairs), len(missing), len(extra)
+    measures = None
+    if data is not None:
+        data = np.asarray(data, np.float64)
+        if eps is None:
+            eps = 0.1 * float(data.max() - data.min()) or 0.1
+        measures = measure(victim, extracted, data, eps=eps, bounds=bounds, seed=seed)
     return Report(fidelity=float(agree.mean()), max_abs_error=abs_err,
                   max_rel_error=abs_err / scale if scale > 0 else abs_err,
                   param_error=param_error, matched=matched, missing=n_missing,
-                  extra=n_extra, negligible=negligible, num_inputs=int(inputs.shape[0]))
+                  extra=n_extra, negligible=negligible, num_inputs=int(inputs.shape[0]),
+                  measures=measures)
+
+
+def _classes(y: np.ndarray) -> np.ndarray:
+    return np.sign(y[:, 0]) if y.shape[1] == 1 else y.argmax(1)
+
+
+def agreement(victim: ReLUNetwork, extracted: ReLUNetwork, inputs: np.ndarray) -> Agreement:
+    """Class agreement and max relative output error of ``extracted`` on ``inputs`` (float64)."""
+    x = np.asarray(inputs, np.float64)
+    y = np.asarray(_float64(victim)(x), np.float64)
+    yh = np.asarray(_float64(extracted)(x), np.float64)
+    scale = float(np.abs(y).max())
+    err = float(np.abs(y - yh).max())
+    return Agreement(agreement=float(np.mean(_classes(y) == _classes(yh))),
+                     max_rel_error=err / scale if scale > 0 else err, num_inputs=int(x.shape[0]))
+
+
+def boundary_points(victim: ReLUNetwork, data: np.ndarray, *, pairs: int = 500,
+                    bisections: int = 6, seed: int = 0) -> np.ndarray:
+    """Points next to the victim's decision boundaries, walked there from pairs of data points.
+
+    Draws ``pairs`` pairs of rows of ``data`` on which the victim predicts different classes (a
+    random row, and a random row of another class) and
+    bisects the segment between them on the victim's class (``bisections`` steps, one batched
+    evaluation each): the two ends of the last bracket lie on either side of a boundary of the
+    first point's class, ``2**-bisections`` of the segment apart. Returns both ends,
+    ``(2 * pairs, d)``; none when the victim gives all the data one class.
+
+    Example:
+        >>> net = ReLUNetwork.random(0, [4, 6, 3])
+        >>> x = np.random.default_rng(1).normal(size=(40, 4))
+        >>> boundary_points(net, x, pairs=10).shape
+        (20, 4)
+    """
+    x = np.asarray(data, np.float64)
+    victim = _float64(victim)
+    cls = _classes(np.asarray(victim(x), np.float64))
+    rng = np.random.default_rng(seed)
+    if np.unique(cls).size < 2 or pairs < 1:
+        return np.zeros((0, x.shape[1]))
+    i = rng.integers(0, x.shape[0], int(pairs))
+    others = {c: np.flatnonzero(cls != c) for c in np.unique(cls)}
+    j = np.array([others[c][rng.integers(0, others[c].size)] for c in cls[i]])
+    lo, hi = x[i], x[j]           # class(lo) == cls[i] != class(hi)
+    for _ in range(int(bisections)):
+        mid = 0.5 * (lo + hi)
+        same = _classes(np.asarray(victim(mid), np.float64)) == cls[i]
+        lo = np.where(same[:, None], mid, lo)
+        hi = np.where(same[:, None], hi, mid)
+    return np.concatenate([lo, hi])
+
+
+def measure(victim: ReLUNetwork, extracted: ReLUNetwork, data: np.ndarray, *, eps: float,
+            gauss_samples: int = 20_000, boundary_pairs: int = 500, transfer_inputs: int = 500,
+            attack_steps: int = 10, bounds: Optional[tuple[float, float]] = None,
+            seed: int = 0) -> Measures:
+    """Agreement on ``data``, on Gaussian inputs and on boundary points, and adversarial transfer.
+
+    Args:
+        data: natural inputs (e.g. held-out images); the boundary points are walked between
+            pairs of them and the first ``transfer_inputs`` rows are attacked.
+        eps: L-inf radius of the adversarial examples, in input units.
+        bounds: box the adversarial examples stay in (e.g. ``(0, 1)`` for images).
+
+    Example:
+        >>> net = ReLUNetwork.random(0, [5, 8, 3])
+        >>> x = np.random.default_rng(0).normal(size=(60, 5))
+        >>> m = measure(net, net, x, eps=0.3, gauss_samples=100)
+        >>> m.gauss.agreement, m.boundary.agreement, m.transfer.gap
+        (1.0, 1.0, 0.0)
+    """
+    x = np.asarray(data, np.float64)
+    if x.ndim != 2 or x.shape[1] != victim.input_dim or x.shape[0] < 2:
+        raise ValueError(f"data must be (n >= 2, {victim.input_dim}) inputs, got {x.shape}")
+    gauss = np.random.default_rng(seed).normal(size=(int(gauss_samples), victim.input_dim))
+    edge = boundary_points(victim, x, pairs=boundary_pairs, seed=seed)
+    return Measures(
+        data=agreement(victim, extracted, x), gauss=agreement(victim, extracted, gauss),
+        boundary=(agreement(victim, extracted, edge) if edge.shape[0]
+                  else Agreement(float("nan"), float("nan"), 0)),
+        transfer=adversarial_transfer(_float64(victim), _float64(extracted),
+                                      x[:int(transfer_inputs)], eps=eps, steps=attack_steps,
+                                      bounds=bounds))
