@@ -85,6 +85,40 @@ def ill_conditioned(net: F.ReLUNetwork, pattern: str, seed: int = 0) -> F.ReLUNe
 PATTERNS = ("decades", "pair", "parallel", "offset", "tiny_inputs")
 
 
+def combined(seed: int, sizes, *, decades: float = 6.0, gap: float = 1e-7, offset: float = 1e3,
+             input_scale: float = 1e-3) -> F.ReLUNetwork:
+    """A float64 victim with every pattern of :func:`ill_conditioned` at once (issue 15).
+
+    From ``ReLUNetwork.random(seed, sizes)`` (one hidden layer, ``h >= 4``), with the seed's own
+    random choices: the output columns are scaled by ``10**-e`` with ``e`` spread evenly over
+    ``[0, decades]`` in a random order (output weights over six decades); a random unit ``b``
+    becomes the twin of a random unit ``a`` (its row ``[w, b]`` is ``a``'s plus ``gap`` times a
+    random unit vector); two other random units are parallel twins (the second is the first
+    scaled by ``1 + gap``, its bias moved by ``gap |w|``); ``offset`` is added to every output
+    bias; and the rows are divided by ``input_scale`` (extract with ``input_scale``).
+    """
+    net = F.ReLUNetwork.random(seed, sizes)
+    w1, b1 = net.weights[0].copy(), net.biases[0].copy()
+    w2, b2 = net.weights[1].copy(), net.biases[1].copy()
+    h = w1.shape[0]
+    if h < 4 or len(net.weights) != 2:
+        raise ValueError("combined victims need one hidden layer of at least 4 units")
+    rng = np.random.default_rng([seed, 15])     # not the victim's own stream
+    w2 = w2 * 10.0 ** (-decades * rng.permutation(h) / (h - 1))[None, :]
+    a, b, p, q = rng.choice(h, 4, replace=False)
+    u = rng.normal(size=w1.shape[1] + 1)
+    u *= gap / np.linalg.norm(u)
+    w1[b], b1[b] = w1[a] + u[:-1], b1[a] + u[-1]
+    w1[q], b1[q] = w1[p] * (1 + gap), b1[p] + gap * np.linalg.norm(w1[p])
+    return F.ReLUNetwork([w1 / input_scale, w2], [b1, b2 + offset])
+
+
+def output_range(net: F.ReLUNetwork, x: np.ndarray) -> float:
+    """The largest spread ``max f_i - min f_i`` of one output over the inputs ``x``."""
+    y = np.asarray(net(x), np.float64)
+    return float((y.max(0) - y.min(0)).max())
+
+
 # ---------------------------------------------------------------------------- metrics
 def loose_param_error(victim: F.ReLUNetwork, extracted: F.ReLUNetwork) -> dict:
     """Parameter error under greedy |cos| matching (no threshold).

@@ -56,10 +56,16 @@ class MeasureConfig:
 
 
 def search_line(run: Run, x0: np.ndarray, v: np.ndarray, *, max_rounds: int,
-                use_jit: Optional[bool]) -> search.LineKinks:
-    """The kinks of the victim on the line ``x0 + t v``, ``|t| <= t_max``."""
+                use_jit: Optional[bool], coarse: float = 1.0) -> search.LineKinks:
+    """The kinks of the victim on the line ``x0 + t v``, ``|t| <= t_max``.
+
+    ``coarse`` multiplies the slope step (and the resolution): a one-sided slope from a step
+    ``delta`` is trusted to ``noise / delta``, so kinks whose slope jump is below that are
+    taken for noise; a step ``coarse`` times longer sees jumps ``coarse`` times smaller.
+    """
     tol = run.tol
-    opts = dict(delta=tol.delta, min_delta=tol.min_delta, noise_factor=tol.rel / search.EPS,
+    opts = dict(delta=tol.delta * coarse, min_delta=tol.min_delta * coarse,
+                noise_factor=tol.rel / search.EPS,
                 noise_abs=tol.abs, max_rounds=max_rounds)
     fn = run.oracle.jax_function()
     if use_jit is None:

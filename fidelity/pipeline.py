@@ -142,7 +142,8 @@ def _drive(run: Run, cfg: ExtractConfig) -> Status:
     regime.start(run)
     clean = 0
     while run.lines < cfg.max_lines:
-        ok, x0, v = checks.check_line(run, cfg.check_points, regime.check_tol(run))
+        ok, x0, v = checks.check_line(run, cfg.check_points, regime.check_tol(run),
+                                         spread=regime.float64)
         if ok:
             clean += 1
             if clean >= cfg.patience:
