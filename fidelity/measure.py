@@ -10,6 +10,8 @@ smaller step.
 
 from __future__ import annotations
 
+import dataclasses
+
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -147,6 +149,35 @@ def measure_line(run: Run, cfg: MeasureConfig, x0: np.ndarray, v: np.ndarray,
 def region_noise(run: Run, regions: Regions) -> np.ndarray:
     """``(R,)`` what each region's gradient entries are trusted to."""
     return run.tol(np.abs(regions.f_probe).max((1, 2))) / regions.step_rms()
+
+
+def merge_kinks(fine: search.LineKinks, coarse: search.LineKinks,
+                close: float) -> search.LineKinks:
+    """The kinks of ``fine`` and those of ``coarse`` (the same line searched with a longer
+    slope step) farther than ``close`` from all of them; the pieces next to an added kink get
+    NaN slopes (unknown)."""
+    if not coarse.t.size:
+        return fine
+    if fine.t.size:
+        far = np.abs(coarse.t[:, None] - fine.t[None, :]).min(1) > close
+    else:
+        far = np.ones(coarse.t.size, bool)
+    if not far.any():
+        return fine
+    t = np.concatenate([fine.t, coarse.t[far]])
+    ok = np.concatenate([fine.verified, coarse.verified[far]])
+    added = np.concatenate([np.zeros(fine.t.size, bool), np.ones(int(far.sum()), bool)])
+    order = np.argsort(t)
+    t, ok, added = t[order], ok[order], added[order]
+    # piece j lies between kinks j-1 and j: keep the fine slope of a piece bounded by fine
+    # kinks only, in the fine piece that contains it
+    piece = np.searchsorted(fine.t, np.concatenate([[-np.inf], t]), side="right")
+    piece = np.minimum(piece, fine.slopes.shape[0] - 1)
+    slopes = fine.slopes[piece].copy()
+    near_added = np.concatenate([[False], added]) | np.concatenate([added, [False]])
+    slopes[near_added] = np.nan
+    return dataclasses.replace(fine, t=t, verified=ok, slopes=slopes,
+                               unresolved=fine.unresolved + coarse.unresolved)
 
 
 def _slope_mismatch(run: Run, regions: Regions, v: np.ndarray, slopes) -> np.ndarray:

@@ -135,6 +135,10 @@ def _drive(run: Run, cfg: ExtractConfig) -> Status:
     x0, v = run.new_line()
     kinks = measure.search_line(run, x0, v, max_rounds=cfg.measure.max_rounds,
                                 use_jit=cfg.jit_search)
+    if regime.float64:     # units too small for the fine slope step (see checks.COARSE)
+        coarse = measure.search_line(run, x0, v, max_rounds=cfg.measure.max_rounds,
+                                     use_jit=False, coarse=checks.COARSE)
+        kinks = measure.merge_kinks(kinks, coarse, checks.CLOSE * run.t_max)
     run.report(stage="search", kinks=int(kinks.t.size))
     measure.measure_line(run, cfg.measure, x0, v, kinks)
     fit.fit(run, cfg.fit)
