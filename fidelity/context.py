@@ -79,8 +79,8 @@ class Run:
         self.bent: Optional[str] = None  # why a check line says the victim is deeper
         self.deep_tried = False          # the layer-by-layer recovery was tried (once at most)
         self.layers = None               # its result: (network, check error, layer infos)
-        # every check line's points, answers and the absolute tolerance applied to it
-        self.check_log: list[tuple[np.ndarray, np.ndarray, float]] = []
+        # every check line's groups: ("far" | "near", points, answers, tolerance applied)
+        self.check_log: list[tuple[str, np.ndarray, np.ndarray, float]] = []
 
     # ------------------------------------------------------------------ queries
     def query(self, stage: str) -> Callable[[np.ndarray], np.ndarray]:

@@ -153,15 +153,14 @@ def region_noise(run: Run, regions: Regions) -> np.ndarray:
 
 def merge_kinks(fine: search.LineKinks, coarse: search.LineKinks,
                 close: float) -> search.LineKinks:
-    """The kinks of ``fine`` and those of ``coarse`` (the same line searched with a longer
-    slope step) farther than ``close`` from all of them; the pieces next to an added kink get
+    """The kinks of ``fine`` and the verified ones of ``coarse`` (the same line searched with
+    a longer slope step) farther than ``close`` from all of them; the pieces next to an added kink get
     NaN slopes (unknown)."""
     if not coarse.t.size:
         return fine
+    far = coarse.verified.copy()
     if fine.t.size:
-        far = np.abs(coarse.t[:, None] - fine.t[None, :]).min(1) > close
-    else:
-        far = np.ones(coarse.t.size, bool)
+        far &= np.abs(coarse.t[:, None] - fine.t[None, :]).min(1) > close
     if not far.any():
         return fine
     t = np.concatenate([fine.t, coarse.t[far]])
