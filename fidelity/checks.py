@@ -69,9 +69,12 @@ def check_line(run: Run, points: int, tol: float,
     # half the points near the line's origin (inputs of the victim's own scale, whose outputs
     # vary ~100x less than far out on the line): each half against its own range, the spread
     # of its answers on all check lines so far
+    # (the run's stream draws what it always drew, so that later lines and placements stay
+    # the same; the near offsets come from a stream of their own)
     near = points // 2
-    t = np.concatenate([run.t_max * run.rng.uniform(-1, 1, points - near),
-                        run.input_scale * run.rng.normal(size=near)])
+    far = run.t_max * run.rng.uniform(-1, 1, points)[:points - near]
+    own = np.random.default_rng([run.seed, 15, run.lines])
+    t = np.concatenate([far, run.input_scale * own.normal(size=near)])
     pts = x0 + t[:, None] * v
     y = run.query("checks")(pts)
     diff = np.abs(y - run.model.network(pts)).max(1)

@@ -193,7 +193,7 @@ def test_combined_victims(bench):
     for sizes, seed in COMBINED_SEEDS:
         victim = bench.combined(seed, sizes)
         try:
-            res, rep = _extract(victim, victim, input_scale=1e-3, budget=30_000)
+            res, rep = _extract(victim, victim, input_scale=1e-3, budget=15_000)
         except (F.UnsupportedArchitecture, F.QueryBudgetExceeded) as exc:
             short.append((sizes[-1], seed, type(exc).__name__))
             continue
