@@ -48,7 +48,9 @@ def run(name, victim, images, samples):
                queries_per_param=res.queries / victim.num_params, stage_queries=res.stage_queries,
                lines=res.lines, seconds=seconds, fidelity_gauss=rep.fidelity,
                max_rel_error=rep.max_rel_error, param_error=rep.param_error,
-               missing=rep.missing, extra=rep.extra, negligible=rep.negligible)
+               missing=rep.missing, extra=rep.extra, negligible=rep.negligible,
+               error_estimate=res.error_estimate, output_error=res.output_error,
+               output_error_points=res.output_error_points, resolution=res.resolution)
     if images is not None:
         ri = F.evaluate(victim, res.network, inputs=images)
         rec.update(fidelity_digits=ri.fidelity, max_rel_error_digits=ri.max_rel_error)
@@ -70,6 +72,7 @@ def main():
                   f"{rec['status']:10s} q/P={rec['queries_per_param']:.3f} "
                   f"fid={rec['fidelity_gauss']:.5f}/{rec.get('fidelity_digits', float('nan')):.5f} "
                   f"rel={rec['max_rel_error']:.1e} par={rec['param_error']:.1e} "
+                  f"est={rec['error_estimate']:.1e} out={rec['output_error']:.1e} "
                   f"t={rec['seconds']:.2f}s", flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(records, indent=1))

@@ -3,8 +3,10 @@
     python benchmarks/precision.py [--quick] [--out benchmarks/results/precision.json]
 
 Regimes: float64 answers; float32 arithmetic; float64 answers rounded to n decimals; mpmath
-refinement at 50 digits; and float64 victims made ill-conditioned on purpose (output weights
-over six decades, two nearly equal rows, a large output offset, tiny inputs). For each run it
+refinement at 50 digits; float64 victims made ill-conditioned on purpose (output weights
+over six decades, two nearly equal rows, a large output offset, tiny inputs); and victims with
+all of those at once from a randomized generator (:func:`combined`; ``--combined`` runs only
+those, ``benchmarks/results/precision_combined.json``). For each run it
 reports queries, queries per parameter, fidelity on Gaussian inputs (and on the digits images
 for 784-wide victims), the max relative error, the parameter error (with ``fidelity.evaluate``'s
 strict matching, and with a loose greedy |cos| matching that still pairs units recovered to a
@@ -83,6 +85,40 @@ def ill_conditioned(net: F.ReLUNetwork, pattern: str, seed: int = 0) -> F.ReLUNe
 
 
 PATTERNS = ("decades", "pair", "parallel", "offset", "tiny_inputs")
+
+
+def combined(seed: int, sizes, *, decades: float = 6.0, gap: float = 1e-7, offset: float = 1e3,
+             input_scale: float = 1e-3) -> F.ReLUNetwork:
+    """A float64 victim with every pattern of :func:`ill_conditioned` at once (issue 15).
+
+    From ``ReLUNetwork.random(seed, sizes)`` (one hidden layer, ``h >= 4``), with the seed's own
+    random choices: the output columns are scaled by ``10**-e`` with ``e`` spread evenly over
+    ``[0, decades]`` in a random order (output weights over six decades); a random unit ``b``
+    becomes the twin of a random unit ``a`` (its row ``[w, b]`` is ``a``'s plus ``gap`` times a
+    random unit vector); two other random units are parallel twins (the second is the first
+    scaled by ``1 + gap``, its bias moved by ``gap |w|``); ``offset`` is added to every output
+    bias; and the rows are divided by ``input_scale`` (extract with ``input_scale``).
+    """
+    net = F.ReLUNetwork.random(seed, sizes)
+    w1, b1 = net.weights[0].copy(), net.biases[0].copy()
+    w2, b2 = net.weights[1].copy(), net.biases[1].copy()
+    h = w1.shape[0]
+    if h < 4 or len(net.weights) != 2:
+        raise ValueError("combined victims need one hidden layer of at least 4 units")
+    rng = np.random.default_rng([seed, 15])     # not the victim's own stream
+    w2 = w2 * 10.0 ** (-decades * rng.permutation(h) / (h - 1))[None, :]
+    a, b, p, q = rng.choice(h, 4, replace=False)
+    u = rng.normal(size=w1.shape[1] + 1)
+    u *= gap / np.linalg.norm(u)
+    w1[b], b1[b] = w1[a] + u[:-1], b1[a] + u[-1]
+    w1[q], b1[q] = w1[p] * (1 + gap), b1[p] + gap * np.linalg.norm(w1[p])
+    return F.ReLUNetwork([w1 / input_scale, w2], [b1, b2 + offset])
+
+
+def output_range(net: F.ReLUNetwork, x: np.ndarray) -> float:
+    """The largest spread ``max f_i - min f_i`` of one output over the inputs ``x``."""
+    y = np.asarray(net(x), np.float64)
+    return float((y.max(0) - y.min(0)).max())
 
 
 # ---------------------------------------------------------------------------- metrics
@@ -168,6 +204,10 @@ def run_one(name: str, regime: str, truth: F.ReLUNetwork, answer: Callable, *, i
             net64 = res.network.astype(np.float64) if res.network.dtype == object else res.network
             loose = loose_param_error(truth, net64)
             scale = float(np.abs(truth(x[:2000])).max())
+            rec.update(error_over_range=rep.max_abs_error / max(output_range(truth, x), 1e-300),
+                       error_estimate=res.error_estimate, output_error=res.output_error,
+                       output_error_points=res.output_error_points,
+                       resolution=res.resolution)
             rec.update(status=res.status, hidden=res.hidden_size, queries=res.queries,
                        queries_per_param=res.queries / truth.num_params, seconds=seconds,
                        fidelity_gauss=rep.fidelity, max_rel_error=rep.max_rel_error,
@@ -219,6 +259,23 @@ def all_runs(quick: bool, samples: int, images):
         scale = 1e-3 if pattern == "tiny_inputs" else 1.0
         yield run_one(name, f"ill:{pattern}", victim, victim, images=None, samples=samples,
                       input_scale=scale)
+    yield from combined_runs(quick, samples)
+
+
+# the generator's victims: (sizes, seeds); small ones for every run, bigger ones in full runs
+COMBINED_SMALL = (([20, 8, 1], range(0, 10)), ([20, 8, 3], range(10, 20)))
+COMBINED_FULL = (([100, 20, 1], range(3)), ([784, 32, 1], range(1)), ([784, 32, 10], range(1)))
+
+
+def combined_runs(quick: bool, samples: int):
+    """Yields the records of the generator's victims (:func:`combined`), at input scale 1e-3."""
+    groups = COMBINED_SMALL + (() if quick else COMBINED_FULL)
+    for sizes, seeds in groups:
+        for seed in seeds:
+            victim = combined(seed, sizes)
+            rec = run_one("-".join(map(str, sizes)), f"combined s{seed}", victim, victim,
+                          samples=samples, input_scale=1e-3)
+            yield rec
 
 
 # ---------------------------------------------------------------------------- output
@@ -272,8 +329,23 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small victims only")
     ap.add_argument("--out", default="benchmarks/results/precision.json")
     ap.add_argument("--samples", type=int, default=None, help="Gaussian test inputs")
+    ap.add_argument("--combined", action="store_true",
+                    help="only the generator's combined ill-conditioned victims (issue 15)")
     args = ap.parse_args()
     samples = args.samples or (20_000 if args.quick else 100_000)
+    if args.combined:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        records = []
+        print(HEADER + f" {'err/range':>9} {'bound':>8} {'resol.':>8}", flush=True)
+        for rec in combined_runs(args.quick, samples):
+            records.append(rec)
+            print(row(rec) + "".join(
+                f" {rec[k]:>8.1e}" if isinstance(rec.get(k), float) else "        -"
+                for k in ("error_over_range", "output_error", "resolution")), flush=True)
+            out.write_text(json.dumps(records, indent=1, default=float))
+        print(f"wrote {out}")
+        return
     d = victims.digits(28)
     images = None if d is None else d[0]
     out = Path(args.out)

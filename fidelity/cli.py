@@ -97,6 +97,9 @@ def _demo(args) -> int:
     print(f"queries: {result.queries} ({result.queries / victim.num_params:.3f} per parameter)")
     print(f"answers' precision: {result.noise.bits:.0f} bits; estimated parameter error "
           f"(largest over units): {result.error_estimate:.1e}")
+    print(f"black-box output error: {result.output_error:.1e} of the range over "
+          f"{result.output_error_points} check answers; a unit moving the outputs by less than "
+          f"{result.resolution:.1e} of it could go unseen")
     print(f"time: {seconds:.2f} s (JIT compilation included)")
     report = evaluate(victim, result.network, num_samples=args.samples, seed=args.seed)
     print(f"Gaussian inputs ({args.samples}): fidelity {report.fidelity:.6f}, "
@@ -156,7 +159,10 @@ def _extract(args) -> int:
                    paid=oracle.paid, replayed=oracle.replayed, seconds=round(result.seconds, 3),
                    out=saved, journal=args.journal,
                    noise_bits=None if result.noise is None else round(result.noise.bits, 1),
-                   error_estimate=float(f"{result.error_estimate:.3g}"))
+                   error_estimate=float(f"{result.error_estimate:.3g}"),
+                   output_error=float(f"{result.output_error:.3g}"),
+                   output_error_points=result.output_error_points,
+                   resolution=float(f"{result.resolution:.3g}"))
     if error:
         summary["stopped"] = error
     print(json.dumps(summary) if args.json else

@@ -51,7 +51,7 @@ class ExtractConfig:
 
     line_length: Optional[float] = None
     input_scale: float = 1.0
-    max_lines: int = 12
+    max_lines: int = 24
     check_points: int = 16
     patience: int = 2
     check_tol: float = 1e-8

@@ -80,6 +80,8 @@ class Run:
         self.deep_tried = False          # the layer-by-layer recovery was tried (once at most)
         self.layers = None               # its result: (network, check error, layer infos)
         self.deep_partial = None         # its layer infos when the budget ran out in it
+        # every check line's groups: ("far" | "near", points, answers, tolerance applied)
+        self.check_log: list[tuple[str, np.ndarray, np.ndarray, float]] = []
 
     # ------------------------------------------------------------------ queries
     def query(self, stage: str) -> Callable[[np.ndarray], np.ndarray]:

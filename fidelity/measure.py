@@ -10,6 +10,8 @@ smaller step.
 
 from __future__ import annotations
 
+import dataclasses
+
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -56,10 +58,16 @@ class MeasureConfig:
 
 
 def search_line(run: Run, x0: np.ndarray, v: np.ndarray, *, max_rounds: int,
-                use_jit: Optional[bool]) -> search.LineKinks:
-    """The kinks of the victim on the line ``x0 + t v``, ``|t| <= t_max``."""
+                use_jit: Optional[bool], coarse: float = 1.0) -> search.LineKinks:
+    """The kinks of the victim on the line ``x0 + t v``, ``|t| <= t_max``.
+
+    ``coarse`` multiplies the slope step (and the resolution): a one-sided slope from a step
+    ``delta`` is trusted to ``noise / delta``, so kinks whose slope jump is below that are
+    taken for noise; a step ``coarse`` times longer sees jumps ``coarse`` times smaller.
+    """
     tol = run.tol
-    opts = dict(delta=tol.delta, min_delta=tol.min_delta, noise_factor=tol.rel / search.EPS,
+    opts = dict(delta=tol.delta * coarse, min_delta=tol.min_delta * coarse,
+                noise_factor=tol.rel / search.EPS,
                 noise_abs=tol.abs, max_rounds=max_rounds)
     fn = run.oracle.jax_function()
     if use_jit is None:
@@ -141,6 +149,34 @@ def measure_line(run: Run, cfg: MeasureConfig, x0: np.ndarray, v: np.ndarray,
 def region_noise(run: Run, regions: Regions) -> np.ndarray:
     """``(R,)`` what each region's gradient entries are trusted to."""
     return run.tol(np.abs(regions.f_probe).max((1, 2))) / regions.step_rms()
+
+
+def merge_kinks(fine: search.LineKinks, coarse: search.LineKinks,
+                close: float) -> search.LineKinks:
+    """The kinks of ``fine`` and the verified ones of ``coarse`` (the same line searched with
+    a longer slope step) farther than ``close`` from all of them; the pieces next to an added kink get
+    NaN slopes (unknown)."""
+    if not coarse.t.size:
+        return fine
+    far = coarse.verified.copy()
+    if fine.t.size:
+        far &= np.abs(coarse.t[:, None] - fine.t[None, :]).min(1) > close
+    if not far.any():
+        return fine
+    t = np.concatenate([fine.t, coarse.t[far]])
+    ok = np.concatenate([fine.verified, coarse.verified[far]])
+    added = np.concatenate([np.zeros(fine.t.size, bool), np.ones(int(far.sum()), bool)])
+    order = np.argsort(t)
+    t, ok, added = t[order], ok[order], added[order]
+    # piece j lies between kinks j-1 and j: keep the fine slope of a piece bounded by fine
+    # kinks only, in the fine piece that contains it
+    piece = np.searchsorted(fine.t, np.concatenate([[-np.inf], t]), side="right")
+    piece = np.minimum(piece, fine.slopes.shape[0] - 1)
+    slopes = fine.slopes[piece].copy()
+    near_added = np.concatenate([[False], added]) | np.concatenate([added, [False]])
+    slopes[near_added] = np.nan
+    return dataclasses.replace(fine, t=t, verified=ok, slopes=slopes,
+                               unresolved=fine.unresolved + coarse.unresolved)
 
 
 def _slope_mismatch(run: Run, regions: Regions, v: np.ndarray, slopes) -> np.ndarray:

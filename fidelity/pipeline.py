@@ -144,7 +144,8 @@ def _drive(run: Run, cfg: ExtractConfig) -> Status:
     regime.start(run)
     clean = 0
     while run.lines < cfg.max_lines:
-        ok, x0, v = checks.check_line(run, cfg.check_points, regime.check_tol(run))
+        ok, x0, v = checks.check_line(run, cfg.check_points, regime.check_tol(run),
+                                         spread=regime.float64)
         if ok:
             clean += 1
             if clean >= cfg.patience:
@@ -242,7 +243,8 @@ def _summarize(run: Run, status: Status, t0: float) -> Extraction:
     net = model.network
     infos = []
     if net is not None and model.signs is not None:
-        est = np.maximum(estimates.ls_error(run, with_bias=True), estimates.unit_error(run))
+        flag = np.maximum(estimates.ls_error(run, with_bias=True), estimates.unit_error(run))
+        est = estimates.reported_error(run)
         w, a2 = net.weights[0], net.weights[1]
         regressed = model.regression is not None
         if regressed:                 # the regression's own estimate, per network unit
@@ -258,13 +260,17 @@ def _summarize(run: Run, status: Status, t0: float) -> Extraction:
                 out_weight=float(np.abs(a2[:, i]).max() * np.linalg.norm(w[i])),
                 error_estimate=float(est[i] if regressed else est[src])
                 if src < est.size else float("nan"),
-                anchored=int(src) in model.anchors))
+                anchored=int(src) in model.anchors,
+                flag_estimate=float(flag[src]) if not regressed and src < flag.size
+                else float("nan")))
+    bound, points, resolution = checks.output_bound(run, net)
     return Extraction(
         network=net, queries=run.oracle.queries,
         hidden_size=0 if net is None else net.weights[0].shape[0], status=status,
         stage_queries=dict(run.stage), neurons=tuple(infos), lines=run.lines,
         check_error=run.check_error, events=tuple(run.events),
-        seconds=time.perf_counter() - t0, noise=run.nf)
+        seconds=time.perf_counter() - t0, noise=run.nf, output_error=bound,
+        output_error_points=points, resolution=resolution)
 
 
 def _at(values: np.ndarray, i: int) -> float:
@@ -278,7 +284,8 @@ def _escalate(result: Extraction, oracle: Oracle, precision: str, dps: int, seed
     units = None
     if precision == "auto":
         units = [i for i, n in enumerate(result.neurons)
-                 if n.error_estimate > cfg.polish.polish_tol]
+                 if (n.error_estimate if np.isnan(n.flag_estimate) else n.flag_estimate)
+                 > cfg.polish.polish_tol]
         if not units:
             return result
         if len(units) == len(result.neurons):

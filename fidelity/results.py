@@ -77,10 +77,13 @@ class NeuronInfo:
     fit_residual: float     # weighted residual of the regions it is active in
     out_weight: float       # max |A2[:, i]| * |w_i| (its size as seen at the outputs)
     error_estimate: float   # estimated error of its normalised row and output weights:
-                            # float64, the LS standard error or the crossing corrections' error
-                            # (conservative: measured errors are at most 2% of it); noisy
-                            # answers, the regression's calibrated estimate; mp, see mp.refine
+                            # float64, a multiple of the LS standard errors (see
+                            # fidelity.estimates.reported_error); noisy answers, the
+                            # regression's calibrated estimate; mp, see mp.refine
     anchored: bool          # its bias comes from a kink located near the origin
+    flag_estimate: float = float("nan")   # float64: the polish's conservative estimate
+                            # (1e3x-1e8x the actual error), which flags units for the polish
+                            # and for mp refinement; ``error_estimate`` is the calibrated one
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,13 @@ class Extraction:
     seconds: float = 0.0
     noise: Optional[NoiseFloor] = None  # the answers' measured noise floor
     layers: tuple = ()                  # deep victims: a :class:`fidelity.deep.LayerInfo` each
+    # black-box bound: max |f - f_hat| / range over every check line's answers (fresh random
+    # points, already counted), and how many answers that is
+    output_error: float = float("nan")
+    output_error_points: int = 0
+    # the check lines' resolution, relative to the same range: a unit moving the outputs by
+    # less than this at every checked point could be missing and still pass every check
+    resolution: float = float("nan")
 
     def __post_init__(self):
         object.__setattr__(self, "status", Status(self.status))

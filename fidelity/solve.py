@@ -40,7 +40,11 @@ def try_signs(rows: np.ndarray, coef: np.ndarray, affine_term: np.ndarray,
         return Signs(np.zeros(0, bool), np.zeros(0), np.zeros(0, bool), 1.0), ""
     lin = affine_term[:, :d]                                  # (k, d)
     cols = (coef[:, :, None] * rows[:, None, :d]).reshape(h, -1).T   # (k d, h)
-    sv = np.linalg.svd(cols, compute_uv=False)
+    # the condition of the equilibrated columns: output weights over six decades are no
+    # ill-conditioning of the signs (each rho_i is solved at its unit's own size); only
+    # nearly dependent directions are
+    norms = np.linalg.norm(cols, axis=0)
+    sv = np.linalg.svd(cols / np.where(norms > 0, norms, 1.0), compute_uv=False)
     cond = float(sv[0] / sv[-1]) if sv[-1] > 0 else np.inf
     if cols.shape[0] < h or cond > MAX_CONDITION:
         return None, (
