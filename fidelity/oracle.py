@@ -9,9 +9,11 @@ from typing import Any, Callable, Optional, Union
 import mpmath
 import numpy as np
 
+from . import probabilities
 from .errors import OracleError, QueryBudgetExceeded
 from .journal import DEFAULT_CHUNK_ROWS, Journal
 from .network import ReLUNetwork, forward
+from .probabilities import SaturatedProbabilities
 
 Victim = Union[ReLUNetwork, Callable[[np.ndarray], np.ndarray]]
 
@@ -67,6 +69,13 @@ class Oracle:
             :class:`ReLUNetwork` does). ``oracle(x)`` stays float64 either way.
         dps: decimal digits the victim is asked at by :meth:`query_mp` (inside
             ``mpmath.workdps(dps)``); ``None`` uses the caller's current mpmath precision.
+        answers: what the victim answers. ``"logits"``: scores, passed on as they are.
+            ``"softmax"``: class probabilities (rows in ``[0, 1]`` summing to 1, ``k >= 2``);
+            the engine is handed their centred logarithms ``log p_i - mean_j log p_j``, which
+            are the victim's logits minus their mean over classes (see
+            :mod:`fidelity.probabilities`). ``"auto"`` (default): decided by the first answer
+            (probabilities when every row is in ``[0, 1]`` and sums to 1); a
+            :class:`ReLUNetwork` victim answers logits.
 
     Attributes:
         queries: rows the engine used, whether paid or replayed from the journal; the budget
@@ -74,6 +83,11 @@ class Oracle:
         paid: rows the victim answered through this oracle (what it charges for).
         replayed: rows answered from the journal instead.
         label_only: the victim is known to answer class labels only (see :meth:`require_scores`).
+        answers: ``"logits"``, ``"softmax"``, or ``"auto"`` until the first answer decides.
+        detected: the answers were found to be probabilities by looking at them.
+        quantum: probabilities rounded to decimals: the rounding step (0 when not rounded).
+        saturated: rows answered with a probability too small for its logarithm to be the
+            logit (underflowed, or a few rounding steps); they are refused, never passed on.
 
     Example:
         >>> oracle = Oracle(ReLUNetwork.random(0, [3, 2, 1]), budget=10)
@@ -85,7 +99,12 @@ class Oracle:
                  output_dim: Optional[int] = None, budget: Optional[int] = None, *,
                  chunk_size: Optional[int] = None, journal=None,
                  progress: Optional[Callable[[dict], None]] = None,
-                 precision: str = "float64", dps: Optional[int] = None):
+                 precision: str = "float64", dps: Optional[int] = None,
+                 answers: str = "auto"):
+        if answers not in ("auto", "logits", "softmax"):
+            raise ValueError(f"answers must be 'auto', 'logits' or 'softmax', got {answers!r}")
+        if precision == "mp" and answers == "softmax":
+            raise ValueError("precision='mp' takes logits: softmax answers are float64 only")
         if precision not in ("float64", "mp"):
             raise ValueError(f"precision must be 'float64' or 'mp', got {precision!r}")
         if dps is not None and (precision != "mp" or int(dps) < 1):
@@ -115,6 +134,12 @@ class Oracle:
         self.paid = 0
         self.replayed = 0
         self.label_only = False
+        if answers == "auto" and (isinstance(victim, ReLUNetwork) or precision == "mp"):
+            answers = "logits"
+        self.answers = answers
+        self.detected = False
+        self.quantum = 0.0
+        self.saturated = 0
         self.journal: Optional[Journal] = None
         if journal is not None:
             self.attach_journal(journal)
@@ -158,7 +183,7 @@ class Oracle:
         must be paid with :meth:`charge`."""
         victim = self._victim
         if (isinstance(victim, ReLUNetwork) and self.journal is None and self.chunk_size is None
-                and victim.dtype in (np.float64, np.float32)):
+                and victim.dtype in (np.float64, np.float32) and self.answers == "logits"):
             return JaxFunction.of_network(victim)
         return None
 
@@ -182,6 +207,45 @@ class Oracle:
         return np.array_split(x, -(-n // self.chunk_size))
 
     def __call__(self, x) -> np.ndarray:
+        """The scores of ``(n, d)`` inputs, ``(n, k)``: the answers themselves, or for
+        probability answers their centred logarithms.
+
+        Raises:
+            SaturatedProbabilities: some answered rows hold a probability too small for its
+                logarithm to be the logit (the rows are paid and counted in ``saturated``).
+        """
+        y, bad = self.scores(x)
+        if bad.any():
+            n = int(bad.sum())
+            floor = ("below 1e-300 (underflow)" if not self.quantum else
+                     f"below {probabilities.ROUNDED_FLOOR} rounding steps of {self.quantum:g}")
+            raise SaturatedProbabilities(
+                f"{n} of {bad.size} answered rows hold a probability {floor}: their log is not "
+                "the logit, so they were not used; keep the queries where the logits spread "
+                "less (a smaller line_length or input_scale)", rows=n)
+        return y
+
+    def scores(self, x) -> tuple[np.ndarray, np.ndarray]:
+        """Like :meth:`__call__`, but saturated rows come back as NaN with a mask ``(n,)``
+        saying which, instead of raising."""
+        y = self._answer(x)
+        bad = np.zeros(y.shape[0], bool)
+        if self.answers == "auto" and y.shape[0]:
+            self.answers = "softmax" if probabilities.looks_like_probabilities(y) else "logits"
+            self.detected = self.answers == "softmax"
+            if self.detected:
+                self.quantum = probabilities.rounding_quantum(y)
+        if self.answers == "softmax" and y.shape[0]:
+            if not probabilities.looks_like_probabilities(y):
+                raise OracleError("the answers should be class probabilities (rows in [0, 1] "
+                                  "summing to 1, at least 2 classes) and these are not")
+            floor = probabilities.ROUNDED_FLOOR * self.quantum or probabilities.P_TINY
+            y, bad = probabilities.centred_logits(y, floor)
+            self.saturated += int(bad.sum())
+        return y, bad
+
+    def _answer(self, x) -> np.ndarray:
+        """The victim's answers to ``x``, counted, budgeted and journalled (as answered)."""
         x = np.asarray(x, dtype=np.float64)
         if x.ndim != 2 or x.shape[1] != self.input_dim:
             raise ValueError(f"queries must have shape (n, {self.input_dim}), got {x.shape}")
