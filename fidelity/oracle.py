@@ -218,7 +218,8 @@ class Oracle:
         if bad.any():
             n = int(bad.sum())
             floor = ("below 1e-300 (underflow)" if not self.quantum else
-                     f"below {probabilities.ROUNDED_FLOOR} rounding steps of {self.quantum:g}")
+                     f"below {probabilities.floor(self.quantum):.3g} (rounded to steps of "
+                     f"{self.quantum:g})")
             raise SaturatedProbabilities(
                 f"{n} of {bad.size} answered rows hold a probability {floor}: their log is not "
                 "the logit, so they were not used; keep the queries where the logits spread "
@@ -239,8 +240,7 @@ class Oracle:
             if not probabilities.looks_like_probabilities(y):
                 raise OracleError("the answers should be class probabilities (rows in [0, 1] "
                                   "summing to 1, at least 2 classes) and these are not")
-            floor = probabilities.ROUNDED_FLOOR * self.quantum or probabilities.P_TINY
-            y, bad = probabilities.centred_logits(y, floor)
+            y, bad = probabilities.centred_logits(y, probabilities.floor(self.quantum))
             self.saturated += int(bad.sum())
         return y, bad
 

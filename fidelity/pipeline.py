@@ -25,6 +25,7 @@ import numpy as np
 from . import checks, deep, estimates, fit, measure, mp, noise, probabilities
 from .config import ExtractConfig
 from .context import Run
+from .curvature import curvature
 from .errors import FidelityError, QueryBudgetExceeded, UnsupportedArchitecture
 from .oracle import Oracle
 from .probabilities import SaturatedProbabilities
@@ -98,7 +99,7 @@ def extract(oracle: Oracle, *, seed: int = 0, throw: bool = True,
             for restart in range(SATURATION_RESTARTS + 1):
                 if oracle.answers == "softmax":   # probabilities: keep the lines unsaturated
                     cfg = _probability_domain(run, cfg, restart)
-                    nf = _noise_floor(run, cfg)
+                    nf = probabilities.rounded_noise(_noise_floor(run, cfg), oracle.quantum)
                 try:
                     status = _drive(run, cfg, nf)
                     break
@@ -275,13 +276,24 @@ def _noise_floor(run: Run, cfg: ExtractConfig) -> noise.NoiseFloor:
     v = rng.normal(size=run.d)
     v /= np.linalg.norm(v)
 
-    def ask(x):
-        y, bad = run.oracle.scores(x)
-        run.stage["noise"] += x.shape[0]
+    seen = []
+
+    def ask(pts):
+        y, bad = run.oracle.scores(pts)
+        run.stage["noise"] += pts.shape[0]
+        seen.append((pts, y, bad))
         return np.where(bad[:, None], 0.0, y)
 
     nf = noise.measure(ask, x, x + run.t_max * v, v,
                        spacing=1e-2 * cfg.input_scale, rng=rng)
+    pts, y, bad = seen[0]
+    for seg in (slice(0, nf.queries // 2), slice(nf.queries // 2, nf.queries)):
+        why = None if bad[seg].any() else curvature(pts[seg] @ v, y[seg])
+        if why:      # a smooth activation: no kink to find
+            raise UnsupportedArchitecture(
+                f"the victim is not piecewise linear ({why}): a smooth activation (softplus, "
+                "GELU, ...) has no kinks, so no ReLU network equals it; direct recovery is "
+                "refused (fidelity.learn can fit a surrogate)")
     if not nf.float64:
         run.note(Kind.NOISY_ANSWERS,
                  f"answers are noisier than float64: sigma = {nf.absolute:.2g} + "

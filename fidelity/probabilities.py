@@ -24,7 +24,8 @@ What can go wrong is the logarithm:
 * a probability rounded to 1 (the others below 1e-16 of it) is exact to ``1e-16`` in its log:
   harmless. Probabilities rounded to ``N`` decimals are not: ``log p`` then carries an error of
   ``10^-N / (2 p)``, which grows without bound as ``p`` shrinks; rows with a probability below
-  :data:`ROUNDED_FLOOR` quanta are saturated in that sense.
+  ``10^(-N/2)`` are saturated in that sense (:func:`floor`): the logs kept are good to about
+  ``N/2`` decimals, and the lines stay where every class keeps that much probability.
 
 The helpers below that read a network's weights (:func:`centre`) are for metrics and tests,
 never the attack path.
@@ -32,13 +33,15 @@ never the attack path.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Optional
 
 import numpy as np
 
-from .errors import OracleError
+from .errors import OracleError, UnsupportedArchitecture
 from .network import ReLUNetwork
+from .noise import EPS, NoiseFloor
 
 # a probability below this is subnormal (or 0) in float64: its log has lost bits
 P_TINY = 1e-300
@@ -46,12 +49,15 @@ P_TINY = 1e-300
 SUM_TOL = 1e-2
 # sums within this of 1 are exact float64 (or float32) probabilities, not rounded ones
 EXACT_SUM = 1e-6
-# rounded probabilities: a probability of fewer than this many rounding quanta is saturated
-# (its log would carry an error above 1 / (2 ROUNDED_FLOOR) = 0.5%)
-ROUNDED_FLOOR = 100
+# rounded probabilities (steps of q): a probability below q ** ROUNDED_POWER is saturated, so
+# that the logs kept carry errors of at most q ** (1 - ROUNDED_POWER) / 2: half the digits
+ROUNDED_POWER = 0.5
 # the extraction's domain keeps the logits' spread (max - min over classes) below this: a
 # factor ~2.3 under the float64 limit (log P_TINY = -690), for directions the plan did not probe
 SAFE_SPREAD = 300.0
+# rounded probabilities leaving fewer bits than this in the kept logs are refused (rounded
+# logits at 16 bits, 4 decimals, are where the precision ladder stops recovering 784-32-10)
+MIN_BITS = 16.0
 
 
 class SaturatedProbabilities(OracleError):
@@ -87,6 +93,38 @@ def rounding_quantum(p: np.ndarray) -> float:
         if np.all(np.abs(scaled - np.round(scaled)) <= 1e-9 + 1e-15 * 10.0 ** n):
             return 10.0 ** -n
     return 0.0
+
+
+def floor(quantum: float) -> float:
+    """The smallest probability whose log is used: :data:`P_TINY` for unrounded answers,
+    ``quantum ** ROUNDED_POWER`` for answers rounded to steps of ``quantum``."""
+    return float(quantum ** ROUNDED_POWER) if quantum else P_TINY
+
+
+def rounded_noise(nf: NoiseFloor, quantum: float) -> NoiseFloor:
+    """The noise floor of centred logs of probabilities rounded to steps of ``quantum``: the
+    measured one, raised to the worst kept row's. The error of ``log p`` is ``quantum / p``
+    times a uniform variable of width 1, largest where ``p`` is smallest (``floor(quantum)``,
+    at the domain's edge), so a measure near the origin underestimates it; the engine's noise
+    model (``a + r |f|``) then takes the worst level everywhere.
+
+    Raises:
+        UnsupportedArchitecture: fewer than :data:`MIN_BITS` bits are left.
+    """
+    if not quantum:
+        return nf
+    worst = quantum / floor(quantum) / math.sqrt(12.0)
+    absolute = max(nf.absolute, worst)
+    ratio = max((absolute + nf.relative * f) / max(f, 1e-2 * nf.scale_far, 1e-300)
+                for f in (nf.scale_near, nf.scale_far))
+    bits = float(-np.log2(max(ratio, EPS)))
+    if bits < MIN_BITS:
+        raise UnsupportedArchitecture(
+            f"probabilities rounded to steps of {quantum:g} keep about {bits:.0f} bits in their "
+            f"logarithms where every class has probability {floor(quantum):.2g} or more, and "
+            f"less elsewhere; direct recovery needs {MIN_BITS:.0f}: ask for more decimals, or "
+            "use learning-based extraction (fidelity.learn)")
+    return dataclasses.replace(nf, absolute=absolute, bits=min(bits, nf.bits), float64=False)
 
 
 def centred_logits(p: np.ndarray, floor: float = P_TINY) -> tuple[np.ndarray, np.ndarray]:
