@@ -13,7 +13,6 @@ from . import probabilities
 from .errors import OracleError, QueryBudgetExceeded
 from .journal import DEFAULT_CHUNK_ROWS, Journal
 from .network import ReLUNetwork, forward
-from .probabilities import SaturatedProbabilities
 
 Victim = Union[ReLUNetwork, Callable[[np.ndarray], np.ndarray]]
 
@@ -69,13 +68,9 @@ class Oracle:
             :class:`ReLUNetwork` does). ``oracle(x)`` stays float64 either way.
         dps: decimal digits the victim is asked at by :meth:`query_mp` (inside
             ``mpmath.workdps(dps)``); ``None`` uses the caller's current mpmath precision.
-        answers: what the victim answers. ``"logits"``: scores, passed on as they are.
-            ``"softmax"``: class probabilities (rows in ``[0, 1]`` summing to 1, ``k >= 2``);
-            the engine is handed their centred logarithms ``log p_i - mean_j log p_j``, which
-            are the victim's logits minus their mean over classes (see
-            :mod:`fidelity.probabilities`). ``"auto"`` (default): decided by the first answer
-            (probabilities when every row is in ``[0, 1]`` and sums to 1); a
-            :class:`ReLUNetwork` victim answers logits.
+        answers: ``"logits"`` (scores, used as they are), ``"softmax"`` (class probabilities:
+            the engine gets their centred logs, the logits minus their mean; see
+            :mod:`fidelity.probabilities`) or ``"auto"`` (default: the first answer decides).
 
     Attributes:
         queries: rows the engine used, whether paid or replayed from the journal; the budget
@@ -83,11 +78,8 @@ class Oracle:
         paid: rows the victim answered through this oracle (what it charges for).
         replayed: rows answered from the journal instead.
         label_only: the victim is known to answer class labels only (see :meth:`require_scores`).
-        answers: ``"logits"``, ``"softmax"``, or ``"auto"`` until the first answer decides.
-        detected: the answers were found to be probabilities by looking at them.
-        quantum: probabilities rounded to decimals: the rounding step (0 when not rounded).
-        saturated: rows answered with a probability too small for its logarithm to be the
-            logit (underflowed, or a few rounding steps); they are refused, never passed on.
+        answers, detected: as above (``"auto"`` until decided); probabilities were detected.
+        quantum, saturated: rounding step of the probabilities (0: none); rows refused.
 
     Example:
         >>> oracle = Oracle(ReLUNetwork.random(0, [3, 2, 1]), budget=10)
@@ -101,10 +93,9 @@ class Oracle:
                  progress: Optional[Callable[[dict], None]] = None,
                  precision: str = "float64", dps: Optional[int] = None,
                  answers: str = "auto"):
-        if answers not in ("auto", "logits", "softmax"):
-            raise ValueError(f"answers must be 'auto', 'logits' or 'softmax', got {answers!r}")
-        if precision == "mp" and answers == "softmax":
-            raise ValueError("precision='mp' takes logits: softmax answers are float64 only")
+        if answers not in ("auto", "logits", "softmax") or (precision, answers) == ("mp",
+                                                                                   "softmax"):
+            raise ValueError(f"answers: 'auto', 'logits' or 'softmax' (mp: logits), {answers!r}")
         if precision not in ("float64", "mp"):
             raise ValueError(f"precision must be 'float64' or 'mp', got {precision!r}")
         if dps is not None and (precision != "mp" or int(dps) < 1):
@@ -137,9 +128,7 @@ class Oracle:
         if answers == "auto" and (isinstance(victim, ReLUNetwork) or precision == "mp"):
             answers = "logits"
         self.answers = answers
-        self.detected = False
-        self.quantum = 0.0
-        self.saturated = 0
+        self.detected, self.quantum, self.saturated = False, 0.0, 0
         self.journal: Optional[Journal] = None
         if journal is not None:
             self.attach_journal(journal)
@@ -207,41 +196,23 @@ class Oracle:
         return np.array_split(x, -(-n // self.chunk_size))
 
     def __call__(self, x) -> np.ndarray:
-        """The scores of ``(n, d)`` inputs, ``(n, k)``: the answers themselves, or for
-        probability answers their centred logarithms.
-
-        Raises:
-            SaturatedProbabilities: some answered rows hold a probability too small for its
-                logarithm to be the logit (the rows are paid and counted in ``saturated``).
-        """
+        """The scores of ``(n, d)`` inputs, ``(n, k)``: the answers, or for probabilities their
+        centred logs. Raises :class:`SaturatedProbabilities` for rows whose probabilities
+        are too small for that (they are paid, and counted in ``saturated``)."""
         y, bad = self.scores(x)
         if bad.any():
-            n = int(bad.sum())
-            floor = ("below 1e-300 (underflow)" if not self.quantum else
-                     f"below {probabilities.floor(self.quantum):.3g} (rounded to steps of "
-                     f"{self.quantum:g})")
-            raise SaturatedProbabilities(
-                f"{n} of {bad.size} answered rows hold a probability {floor}: their log is not "
-                "the logit, so they were not used; keep the queries where the logits spread "
-                "less (a smaller line_length or input_scale)", rows=n)
+            raise probabilities.saturated(int(bad.sum()), bad.size, self.quantum)
         return y
 
     def scores(self, x) -> tuple[np.ndarray, np.ndarray]:
-        """Like :meth:`__call__`, but saturated rows come back as NaN with a mask ``(n,)``
-        saying which, instead of raising."""
+        """Like :meth:`__call__`, but saturated rows come back as NaN, flagged in a mask."""
         y = self._answer(x)
-        bad = np.zeros(y.shape[0], bool)
-        if self.answers == "auto" and y.shape[0]:
-            self.answers = "softmax" if probabilities.looks_like_probabilities(y) else "logits"
-            self.detected = self.answers == "softmax"
-            if self.detected:
-                self.quantum = probabilities.rounding_quantum(y)
-        if self.answers == "softmax" and y.shape[0]:
-            if not probabilities.looks_like_probabilities(y):
-                raise OracleError("the answers should be class probabilities (rows in [0, 1] "
-                                  "summing to 1, at least 2 classes) and these are not")
-            y, bad = probabilities.centred_logits(y, probabilities.floor(self.quantum))
-            self.saturated += int(bad.sum())
+        if self.answers == "logits" or not y.shape[0]:
+            return y, np.zeros(y.shape[0], bool)
+        was = self.answers
+        self.answers, self.quantum, y, bad = probabilities.interpret(y, was, self.quantum)
+        self.detected = self.detected or (was == "auto" and self.answers == "softmax")
+        self.saturated += int(bad.sum())
         return y, bad
 
     def _answer(self, x) -> np.ndarray:

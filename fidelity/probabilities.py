@@ -139,6 +139,36 @@ def centred_logits(p: np.ndarray, floor: float = P_TINY) -> tuple[np.ndarray, np
     return z, bad
 
 
+def interpret(y: np.ndarray, answers: str, quantum: float):
+    """Reads answers ``y (n, k)`` that are probabilities (``answers="softmax"``) or may be
+    (``"auto"``: decided here, rounding step included). Returns ``(answers, quantum, scores,
+    saturated)``: the scores are the centred logs (NaN on saturated rows) or ``y`` itself.
+
+    Raises:
+        OracleError: ``answers="softmax"`` but the rows are not probabilities.
+    """
+    if answers == "auto":
+        answers = "softmax" if looks_like_probabilities(y) else "logits"
+        quantum = rounding_quantum(y) if answers == "softmax" else 0.0
+    if answers != "softmax":
+        return answers, quantum, y, np.zeros(y.shape[0], bool)
+    if not looks_like_probabilities(y):
+        raise OracleError("the answers should be class probabilities (rows in [0, 1] summing "
+                          "to 1, at least 2 classes) and these are not")
+    z, bad = centred_logits(y, floor(quantum))
+    return answers, quantum, z, bad
+
+
+def saturated(rows: int, total: int, quantum: float) -> SaturatedProbabilities:
+    """The error for ``rows`` of ``total`` answered rows that saturated."""
+    below = ("below 1e-300 (underflow)" if not quantum else
+             f"below {floor(quantum):.3g} (rounded to steps of {quantum:g})")
+    return SaturatedProbabilities(
+        f"{rows} of {total} answered rows hold a probability {below}: their log is not the "
+        "logit, so they were not used; keep the queries where the logits spread less (a "
+        "smaller line_length or input_scale)", rows=rows)
+
+
 def softmax(z: np.ndarray) -> np.ndarray:
     """Row-wise softmax, computed stably (the largest logit subtracted first)."""
     z = np.asarray(z, np.float64)
