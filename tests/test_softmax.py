@@ -148,3 +148,14 @@ def test_softmax_over_http_equals_in_process():
     assert all(np.array_equal(a, b) for a, b in zip(result.network.weights,
                                                      reference.network.weights))
     _check(net, result)
+
+
+def test_journal_keeps_the_probabilities_and_replays_them(tmp_path):
+    net = F.ReLUNetwork.random(9, [10, 5, 3])
+    path = tmp_path / "run.journal"
+    first = F.extract(F.Oracle(P.softmax_victim(net), input_dim=10), seed=0, journal=path)
+    again = F.Oracle(P.softmax_victim(net), input_dim=10)
+    second = F.extract(again, seed=0, journal=path)
+    assert again.paid == 0 and again.replayed == first.queries == second.queries
+    assert again.detected and np.array_equal(first.network.weights[0],
+                                             second.network.weights[0])
