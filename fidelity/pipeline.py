@@ -97,22 +97,22 @@ def extract(oracle: Oracle, *, seed: int = 0, throw: bool = True,
         try:
             nf = None if oracle.answers == "softmax" else _noise_floor(run, cfg)
             for restart in range(SATURATION_RESTARTS + 1):
-                if oracle.answers == "softmax":   # probabilities: keep the lines unsaturated
-                    cfg = _probability_domain(run, cfg, restart)
-                    nf = probabilities.rounded_noise(_noise_floor(run, cfg), oracle.quantum)
                 try:
-                    status = _drive(run, cfg, nf)
+                    if oracle.answers == "softmax":   # probabilities: lines kept unsaturated
+                        cfg = _probability_domain(run, cfg, restart)
+                        nf = probabilities.rounded_noise(_noise_floor(run, cfg), oracle.quantum)
+                    try:
+                        status = _drive(run, cfg, nf)
+                    except UnsupportedArchitecture as exc:   # the one-layer signs are singular
+                        run.layers = _deepen(run, cfg, str(exc))
+                        if run.layers is None:
+                            raise
                     break
                 except SaturatedProbabilities as exc:   # a row underflowed all the same
                     if restart == SATURATION_RESTARTS:
                         raise
                     run.note(Kind.PROBABILITIES, f"{exc}; restarting in a domain 4x smaller")
                     _restart(run)
-                except UnsupportedArchitecture as exc:     # the one-layer signs are singular
-                    run.layers = _deepen(run, cfg, str(exc))
-                    if run.layers is None:
-                        raise
-                    break
             if run.layers is not None:
                 return _deep_result(run, cfg, run.layers, t0, throw, precision)
         except QueryBudgetExceeded as exc:
@@ -278,8 +278,9 @@ def _noise_floor(run: Run, cfg: ExtractConfig) -> noise.NoiseFloor:
 
     seen = []
 
-    def ask(pts):
-        y, bad = run.oracle.scores(pts)
+    def ask(pts):     # known probabilities must not saturate; the first answers may
+        y, bad = (run.oracle(pts), np.zeros(len(pts), bool)) if run.oracle.answers == \
+            "softmax" else run.oracle.scores(pts)
         run.stage["noise"] += pts.shape[0]
         seen.append((pts, y, bad))
         return np.where(bad[:, None], 0.0, y)

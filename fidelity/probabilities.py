@@ -206,7 +206,7 @@ def plan_domain(query, d: int, input_scale: float, t_max: float, rng: np.random.
     are too far out, the origins are drawn closer to 0 too.
 
     Raises:
-        SaturatedProbabilities: the logits' spread is beyond :data:`SAFE_SPREAD` already within
+        OracleError: the logits' spread is beyond :data:`SAFE_SPREAD` already within
             ``input_scale / 100`` of the origin (no domain is left).
     """
     origin = input_scale * math.sqrt(d)
@@ -223,10 +223,10 @@ def plan_domain(query, d: int, input_scale: float, t_max: float, rng: np.random.
     if ok.all():
         return t_max, input_scale, info
     if not ok[0]:
-        raise SaturatedProbabilities(
+        raise OracleError(
             f"the victim's logits spread by {worst[0]:.3g} (more than {SAFE_SPREAD:g}) already "
             f"at radius {radii[0]:.3g}: its probabilities saturate everywhere the lines would "
-            "go; pass a smaller input_scale", rows=int(bad.sum()))
+            "go; pass a smaller input_scale")
     # the spread is piecewise linear in the radius: extrapolate to SAFE_SPREAD from the last
     # safe radius (never past the first unsafe one)
     i = int(np.argmin(ok)) - 1
