@@ -75,9 +75,14 @@ def main():
     ap.add_argument("--samples", type=int, default=100_000)
     ap.add_argument("--decimals", default="12,10,8,6")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "softmax.json"))
+    ap.add_argument("--only", default=None,
+                    help="rerun the victims whose name starts with this; keep the other rows")
     args = ap.parse_args()
     jax.config.update("jax_enable_x64", True)
     records = []
+    if args.only and Path(args.out).exists():
+        records = [r for r in json.loads(Path(args.out).read_text())
+                   if not r["victim"].startswith(args.only)]
 
     def report(rec):
         records.append(rec)
@@ -94,6 +99,8 @@ def main():
               f"{rec.get('seconds', 0):.1f}s {rec.get('error', '')}", flush=True)
 
     for name, victim, images in victim_list(args.quick):
+        if args.only and not name.startswith(args.only):
+            continue
         logits = F.extract(F.Oracle(victim), seed=0, throw=False)
         d = victim.input_dim
         res, sec, _ = extract_timed(F.Oracle(P.softmax_victim(victim), input_dim=d))
