@@ -281,7 +281,8 @@ def main(argv=None) -> int:
     p.add_argument("--api-key", action="append",
                    help="accepted key (repeat for several; default $FIDELITY_API_KEY or none)")
     p.add_argument("--quota", type=int, default=None, help="rows answered per key")
-    p.add_argument("--output", default="logits", help="logits | float32 | round:N | label")
+    p.add_argument("--output", default="logits", help="logits | float32 | round:N | label | softmax | softmax:N "
+                   "(probabilities, rounded to N decimals)")
     p.add_argument("--max-rows", type=int, default=4096, help="most rows per request")
     p.add_argument("--max-bytes", type=int, default=64 << 20, help="largest request body")
     p.add_argument("--rate", type=float, default=None, help="requests per second per key")

@@ -9,7 +9,8 @@ The protocol is the one :mod:`fidelity.server` speaks (and any service can imita
   ``quota_exhausted`` means no more rows will be answered for this key, any other 429 (e.g.
   ``rate_limited``, with ``Retry-After``) is transient.
 * ``GET /info`` (optional) declares ``input_dim``, ``output_dim`` and the ``output`` mode
-  (``logits``, ``float32``, ``round:N`` or ``label``).
+  (``logits``, ``float32``, ``round:N``, ``label``, or ``softmax`` / ``softmax:N``: class
+  probabilities, exact or rounded to N decimals).
 
 Only the standard library is used on the client side (``http.client``, one kept-alive
 connection per oracle).
@@ -119,8 +120,10 @@ class HTTPOracle(Oracle):
                               f"{self.info['input_dim']}")
         if output_dim is None and self.output_mode != "label":
             output_dim = self.info.get("output_dim")
+        declared = str(self.output_mode or "")
         super().__init__(self._send, int(input_dim), output_dim, budget, chunk_size=batch_size,
-                         journal=journal, progress=progress)
+                         journal=journal, progress=progress,
+                         answers="softmax" if declared.startswith("softmax") else "auto")
         self.label_only = self.output_mode == "label"
         if encoding == "auto":
             encoding = "b64" if "b64" in (self.info.get("encodings") or ()) else "json"
@@ -193,8 +196,8 @@ class HTTPOracle(Oracle):
         if not isinstance(info, dict):
             raise OracleError(f"GET {self._info_path}: expected a JSON object")
         mode = info.get("output")
-        if mode is not None and not (mode in ("logits", "float32", "label")
-                                     or str(mode).startswith("round:")):
+        if mode is not None and not (mode in ("logits", "float32", "label", "softmax")
+                                     or str(mode).startswith(("round:", "softmax:"))):
             raise OracleError(f"the server declares an unknown output mode {mode!r}")
         return info
 

@@ -157,8 +157,10 @@ def draw_regression_points(run: Run, cfg: NoisyConfig) -> None:
 
 def regress_model(run: Run, cfg: NoisyConfig) -> None:
     """Fits every parameter to the answers at random points (Gauss-Newton)."""
-    draw_regression_points(run, cfg)
     ev, net = run.evidence, run.model.network
+    if net is None or net.weights[0].shape[0] == 0:    # no unit found yet: nothing to fit
+        return
+    draw_regression_points(run, cfg)
     if ev.reg_y is None or ev.reg_x.shape[0] * net.output_dim < net.num_params:
         run.note(Kind.TOO_FEW_ANSWERS,
                  "too few answers left in the budget to regress the noisy model")

@@ -9,6 +9,7 @@ from typing import Any, Callable, Optional, Union
 import mpmath
 import numpy as np
 
+from . import probabilities
 from .errors import OracleError, QueryBudgetExceeded
 from .journal import DEFAULT_CHUNK_ROWS, Journal
 from .network import ReLUNetwork, forward
@@ -67,6 +68,9 @@ class Oracle:
             :class:`ReLUNetwork` does). ``oracle(x)`` stays float64 either way.
         dps: decimal digits the victim is asked at by :meth:`query_mp` (inside
             ``mpmath.workdps(dps)``); ``None`` uses the caller's current mpmath precision.
+        answers: ``"logits"`` (scores, used as they are), ``"softmax"`` (class probabilities:
+            the engine gets their centred logs, the logits minus their mean; see
+            :mod:`fidelity.probabilities`) or ``"auto"`` (default: the first answer decides).
 
     Attributes:
         queries: rows the engine used, whether paid or replayed from the journal; the budget
@@ -74,6 +78,8 @@ class Oracle:
         paid: rows the victim answered through this oracle (what it charges for).
         replayed: rows answered from the journal instead.
         label_only: the victim is known to answer class labels only (see :meth:`require_scores`).
+        answers, detected: as above (``"auto"`` until decided); probabilities were detected.
+        quantum, saturated: rounding step of the probabilities (0: none); rows refused.
 
     Example:
         >>> oracle = Oracle(ReLUNetwork.random(0, [3, 2, 1]), budget=10)
@@ -85,7 +91,11 @@ class Oracle:
                  output_dim: Optional[int] = None, budget: Optional[int] = None, *,
                  chunk_size: Optional[int] = None, journal=None,
                  progress: Optional[Callable[[dict], None]] = None,
-                 precision: str = "float64", dps: Optional[int] = None):
+                 precision: str = "float64", dps: Optional[int] = None,
+                 answers: str = "auto"):
+        if answers not in ("auto", "logits", "softmax") or (precision, answers) == ("mp",
+                                                                                   "softmax"):
+            raise ValueError(f"answers: 'auto', 'logits' or 'softmax' (mp: logits), {answers!r}")
         if precision not in ("float64", "mp"):
             raise ValueError(f"precision must be 'float64' or 'mp', got {precision!r}")
         if dps is not None and (precision != "mp" or int(dps) < 1):
@@ -115,6 +125,10 @@ class Oracle:
         self.paid = 0
         self.replayed = 0
         self.label_only = False
+        if answers == "auto" and (isinstance(victim, ReLUNetwork) or precision == "mp"):
+            answers = "logits"
+        self.answers = answers
+        self.detected, self.quantum, self.saturated = False, 0.0, 0
         self.journal: Optional[Journal] = None
         if journal is not None:
             self.attach_journal(journal)
@@ -158,7 +172,7 @@ class Oracle:
         must be paid with :meth:`charge`."""
         victim = self._victim
         if (isinstance(victim, ReLUNetwork) and self.journal is None and self.chunk_size is None
-                and victim.dtype in (np.float64, np.float32)):
+                and victim.dtype in (np.float64, np.float32) and self.answers == "logits"):
             return JaxFunction.of_network(victim)
         return None
 
@@ -182,6 +196,27 @@ class Oracle:
         return np.array_split(x, -(-n // self.chunk_size))
 
     def __call__(self, x) -> np.ndarray:
+        """The scores of ``(n, d)`` inputs, ``(n, k)``: the answers, or for probabilities their
+        centred logs. Raises :class:`SaturatedProbabilities` for rows whose probabilities
+        are too small for that (they are paid, and counted in ``saturated``)."""
+        y, bad = self.scores(x)
+        if bad.any():
+            raise probabilities.saturated(int(bad.sum()), bad.size, self.quantum)
+        return y
+
+    def scores(self, x) -> tuple[np.ndarray, np.ndarray]:
+        """Like :meth:`__call__`, but saturated rows come back as NaN, flagged in a mask."""
+        y = self._answer(x)
+        if self.answers == "logits" or not y.shape[0]:
+            return y, np.zeros(y.shape[0], bool)
+        was = self.answers
+        self.answers, self.quantum, y, bad = probabilities.interpret(y, was, self.quantum)
+        self.detected = self.detected or (was == "auto" and self.answers == "softmax")
+        self.saturated += int(bad.sum())
+        return y, bad
+
+    def _answer(self, x) -> np.ndarray:
+        """The victim's answers to ``x``, counted, budgeted and journalled (as answered)."""
         x = np.asarray(x, dtype=np.float64)
         if x.ndim != 2 or x.shape[1] != self.input_dim:
             raise ValueError(f"queries must have shape (n, {self.input_dim}), got {x.shape}")

@@ -22,15 +22,20 @@ from typing import Callable, Optional
 import jax
 import numpy as np
 
-from . import checks, deep, estimates, fit, measure, mp, noise
+from . import checks, deep, estimates, fit, measure, mp, noise, probabilities
 from .config import ExtractConfig
 from .context import Run
+from .curvature import curvature
 from .errors import FidelityError, QueryBudgetExceeded, UnsupportedArchitecture
 from .oracle import Oracle
+from .probabilities import SaturatedProbabilities
 from .regimes import make_regime
 from .results import Event, Extraction, ExtractionError, Kind, NeuronInfo, Status
 
 log = logging.getLogger("fidelity")
+
+# softmax answers that saturate inside the planned domain: restarts in a domain 4x smaller
+SATURATION_RESTARTS = 2
 
 
 def extract(oracle: Oracle, *, seed: int = 0, throw: bool = True,
@@ -90,12 +95,24 @@ def extract(oracle: Oracle, *, seed: int = 0, throw: bool = True,
     t0 = time.perf_counter()
     with jax.enable_x64(True):
         try:
-            try:
-                status = _drive(run, cfg)
-            except UnsupportedArchitecture as exc:     # the one-layer signs are singular
-                run.layers = _deepen(run, cfg, str(exc))
-                if run.layers is None:
-                    raise
+            nf = None if oracle.answers == "softmax" else _noise_floor(run, cfg)
+            for restart in range(SATURATION_RESTARTS + 1):
+                try:
+                    if oracle.answers == "softmax":   # probabilities: lines kept unsaturated
+                        cfg = _probability_domain(run, cfg, restart)
+                        nf = probabilities.rounded_noise(_noise_floor(run, cfg), oracle.quantum)
+                    try:
+                        status = _drive(run, cfg, nf)
+                    except UnsupportedArchitecture as exc:   # the one-layer signs are singular
+                        run.layers = _deepen(run, cfg, str(exc))
+                        if run.layers is None:
+                            raise
+                    break
+                except SaturatedProbabilities as exc:   # a row underflowed all the same
+                    if restart == SATURATION_RESTARTS:
+                        raise
+                    run.note(Kind.PROBABILITIES, f"{exc}; restarting in a domain 4x smaller")
+                    _restart(run)
             if run.layers is not None:
                 return _deep_result(run, cfg, run.layers, t0, throw, precision)
         except QueryBudgetExceeded as exc:
@@ -129,9 +146,8 @@ def extract(oracle: Oracle, *, seed: int = 0, throw: bool = True,
     return result
 
 
-def _drive(run: Run, cfg: ExtractConfig) -> Status:
+def _drive(run: Run, cfg: ExtractConfig, nf: noise.NoiseFloor) -> Status:
     """The stages in order; the status the checks end with."""
-    nf = _noise_floor(run, cfg)
     regime = make_regime(nf, cfg, run.t_max)
     run.nf, run.tol = nf, regime.tol
     x0, v = run.new_line()
@@ -219,16 +235,83 @@ def _deep_partial(run: Run, t0: float) -> Extraction:
                       noise=run.nf, layers=infos)
 
 
+def _restart(run: Run) -> None:
+    """Forgets what ``run`` measured (its queries, stage counts and events stay)."""
+    fresh = Run(run.oracle, seed=run.seed, t_max=run.t_max, input_scale=run.input_scale,
+                step_cap=run.step_cap, check_reserve=run.check_reserve,
+                crossing_rel_error=run.crossing_rel_error, progress=run.progress)
+    fresh.events, fresh.stage = run.events, run.stage
+    vars(run).update(vars(fresh))
+
+
+def _probability_domain(run: Run, cfg: ExtractConfig, restart: int = 0) -> ExtractConfig:
+    """Softmax answers: where the lines may go before probabilities underflow (see
+    :func:`fidelity.probabilities.plan_domain`); the config and run follow it. A restart after
+    a saturated row divides the planned domain by 4 (per restart) instead."""
+    oracle = run.oracle
+    # a noise floor measured before the answers were known to be probabilities is not theirs
+    run.events[:] = [e for e in run.events if e.kind != Kind.NOISY_ANSWERS]
+    if restart:
+        t_max, scale = cfg.t_max(run.d) / 4, cfg.input_scale
+        if t_max < 3 * scale * np.sqrt(run.d):
+            scale /= 4
+        run.t_max, run.input_scale = t_max, scale
+        run.step_cap = cfg.measure.step_max * scale
+        return dataclasses.replace(cfg, line_length=t_max, input_scale=scale)
+
+    def ask(x):
+        run.stage["noise"] += x.shape[0]
+        return oracle.scores(x)
+
+    rng = np.random.default_rng([run.seed, 2])
+    t_max, scale, info = probabilities.plan_domain(ask, run.d, cfg.input_scale, run.t_max, rng)
+    how = "detected: rows non-negative, summing to 1" if oracle.detected else "declared"
+    rounded = f", rounded to steps of {oracle.quantum:g}" if oracle.quantum else ""
+    moved = "" if (t_max, scale) == (run.t_max, cfg.input_scale) else (
+        f"; lines shortened to half-length {t_max:.3g} (origins at scale {scale:.3g}) to keep "
+        f"the logits' spread below {probabilities.SAFE_SPREAD:g}, where no probability "
+        "underflows")
+    run.note(Kind.PROBABILITIES,
+             f"answers are class probabilities ({how}{rounded}): extracted from their centred "
+             "logarithms, so the network's logits equal the victim's minus their mean over "
+             f"classes (same probabilities, same labels){moved}",
+             detected=oracle.detected, quantum=oracle.quantum, t_max=t_max, input_scale=scale,
+             **info)
+    run.t_max, run.input_scale = t_max, scale
+    run.step_cap = cfg.measure.step_max * scale
+    return dataclasses.replace(cfg, line_length=t_max, input_scale=scale)
+
+
 def _noise_floor(run: Run, cfg: ExtractConfig) -> noise.NoiseFloor:
-    """Measures the answers' noise floor (its own random stream: the lines stay the same)."""
+    """Measures the answers' noise floor (its own random stream: the lines stay the same). It
+    is the first query: when it shows softmax answers, it is measured again once their domain
+    is known (rows that saturated are zeros here, never used)."""
     if not cfg.detect_noise:
         return noise.NoiseFloor.exact()
     rng = np.random.default_rng([run.seed, 1])
     x = rng.normal(size=run.d) * cfg.input_scale
     v = rng.normal(size=run.d)
     v /= np.linalg.norm(v)
-    nf = noise.measure(run.query("noise"), x, x + run.t_max * v, v,
+
+    seen = []
+
+    def ask(pts):     # known probabilities must not saturate; the first answers may
+        y, bad = (run.oracle(pts), np.zeros(len(pts), bool)) if run.oracle.answers == \
+            "softmax" else run.oracle.scores(pts)
+        run.stage["noise"] += pts.shape[0]
+        seen.append((pts, y, bad))
+        return np.where(bad[:, None], 0.0, y)
+
+    nf = noise.measure(ask, x, x + run.t_max * v, v,
                        spacing=1e-2 * cfg.input_scale, rng=rng)
+    pts, y, bad = seen[0]
+    for seg in (slice(0, nf.queries // 2), slice(nf.queries // 2, nf.queries)):
+        why = None if bad[seg].any() else curvature(pts[seg] @ v, y[seg])
+        if why:      # a smooth activation: no kink to find
+            raise UnsupportedArchitecture(
+                f"the victim is not piecewise linear ({why}): a smooth activation (softplus, "
+                "GELU, ...) has no kinks, so no ReLU network equals it; direct recovery is "
+                "refused (fidelity.learn can fit a surrogate)")
     if not nf.float64:
         run.note(Kind.NOISY_ANSWERS,
                  f"answers are noisier than float64: sigma = {nf.absolute:.2g} + "

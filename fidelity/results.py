@@ -28,6 +28,7 @@ class Kind(str, enum.Enum):
     """What an :class:`Event` reports; code tests these instead of matching message text."""
 
     NOISY_ANSWERS = "noisy_answers"              # the answers are noisier than float64
+    PROBABILITIES = "probabilities"              # softmax answers: centred log-probabilities
     UNRESOLVED = "unresolved"                    # a line's search left intervals open
     POLISHED = "polished"                        # units measured again at their hyperplane
     PRECISION_LINE = "precision_line"            # imprecise units measured on a line

@@ -10,8 +10,9 @@ Endpoints:
   may instead come as ``{"inputs_b64": BASE64, "dtype": "<f8", "shape": [n, d]}`` (the raw
   little-endian float64 bytes: exact, and ~30x cheaper to encode than JSON numbers). The answer is
   shaped by the output mode: ``logits`` (float64, exact), ``float32`` (rounded to float32),
-  ``round:N`` (rounded to N decimals) or ``label`` (the argmax class, or ``f > 0`` for one output,
-  as JSON integers).
+  ``round:N`` (rounded to N decimals), ``label`` (the argmax class, or ``f > 0`` for one output,
+  as JSON integers), ``softmax`` (class probabilities, as most deployed classifiers answer) or
+  ``softmax:N`` (probabilities rounded to N decimals).
 * ``GET /info``: ``input_dim``, ``output_dim``, ``output`` mode, ``encodings``, limits (no key
   needed).
 * ``GET /usage``: the caller's key's ``rows``, ``requests``, ``quota`` and ``remaining``.
@@ -59,18 +60,19 @@ _INLINE_BYTES = 16 << 10    # smaller requests are parsed and answered on the ev
 
 
 def parse_output_mode(mode: str) -> str:
-    """Checks an output mode (``logits``, ``float32``, ``round:N`` or ``label``); returns it."""
-    if mode in ("logits", "float32", "label"):
+    """Checks an output mode (``logits``, ``float32``, ``round:N``, ``label``, ``softmax`` or
+    ``softmax:N``); returns it."""
+    if mode in ("logits", "float32", "label", "softmax"):
         return mode
-    if mode.startswith("round:"):
+    if mode.startswith(("round:", "softmax:")):
         try:
             digits = int(mode.split(":", 1)[1])
         except ValueError:
             digits = -1
         if 0 <= digits <= 17:
             return mode
-    raise ValueError(f"output mode must be logits, float32, round:N (0 <= N <= 17) or label; "
-                     f"got {mode!r}")
+    raise ValueError(f"output mode must be logits, float32, round:N, label, softmax or "
+                     f"softmax:N (0 <= N <= 17); got {mode!r}")
 
 
 def shape_outputs(y: np.ndarray, mode: str) -> list:
@@ -83,6 +85,10 @@ def shape_outputs(y: np.ndarray, mode: str) -> list:
     if mode == "label":
         labels = (y[:, 0] > 0) if y.shape[1] == 1 else y.argmax(1)
         return labels.astype(int).tolist()
+    if mode.startswith("softmax"):
+        e = np.exp(y - y.max(1, keepdims=True))
+        p = e / e.sum(1, keepdims=True)
+        return (p if mode == "softmax" else np.round(p, int(mode.split(":", 1)[1]))).tolist()
     return np.round(y, int(mode.split(":", 1)[1])).tolist()
 
 
@@ -238,7 +244,7 @@ def create_app(victim, *, api_keys: Sequence[str] = (), quota: Optional[int] = N
             ``output_dim`` and a batched ``__call__``).
         api_keys: accepted keys; none means an open service.
         quota: rows answered per key before 429 ``quota_exhausted``.
-        output: ``logits``, ``float32``, ``round:N`` or ``label``.
+        output: ``logits``, ``float32``, ``round:N``, ``label``, ``softmax`` or ``softmax:N``.
         max_rows: most rows in one request (413 ``too_many_rows`` above).
         max_bytes: largest request body (413 ``too_many_bytes`` above).
         rate: requests per second per key (429 ``rate_limited`` above), ``burst`` at once.
