@@ -386,7 +386,7 @@ def _analyse(run: Run, layered: Layered, state: State) -> _Found:
     complete, partial = [], []
     order = np.argsort(labels, kind="stable")
     _, starts = np.unique(labels[order], return_index=True)
-    for members in np.split(order, starts[1:]):
+    for members in (np.split(order, starts[1:]) if order.size else []):
         seen = on[members].sum(0)
         key = tuple(members.tolist())
         if key not in rows_memo:
@@ -431,9 +431,10 @@ def _merged_row(beta: np.ndarray, z: np.ndarray, on: np.ndarray, sigma: np.ndarr
     loses the digits that cancel in ``c`` when the unit's bias is small.) Kinks whose
     signature strays from the entrywise median by more than ``agree`` times their
     cancellation (a probe that crossed a boundary) are left out."""
-    masked = np.where(on, sigma, np.nan)
-    seen = on.sum(0) > 0
-    median = np.where(seen, np.nanmedian(np.where(seen, masked, 0.0), 0), 0.0)
+    masked = np.where(on & np.isfinite(sigma), sigma, np.nan)
+    seen = (~np.isnan(masked)).any(0)
+    median = np.zeros(sigma.shape[1])
+    median[seen] = np.nanmedian(masked[:, seen], 0)
     dev = np.nanmax(np.abs(masked - median), 1)
     good = dev <= agree * cond * np.abs(median).max()
     if not good.any():
