@@ -16,9 +16,13 @@ earlier unit is missing), a kink costs ``2 (h_m + 3)`` queries, not ``2 (d + 1)`
   the scale of the jump. Kinks whose ``sigma`` agree on their common entries are one unit;
   their union fills its row (rows merged from the jumps themselves, see ``fidelity.peel``). A
   unit is kept when its boundary predicts every kink of it on every searched line.
-* Output layer: when ``f`` is exactly linear in ``[relu(z_m), z_m, 1]`` (values at random inputs),
-  layer ``m`` is the last; a unit whose ``z`` coefficient is minus its ``relu`` coefficient is
-  flipped (``relu(-z) = relu(z) - z``), and the output weights are fitted again.
+* Output layer: when ``f`` is exactly linear in ``[relu(z_m), z_m, 1]`` (values at random inputs,
+  and beside a kink of each unit those keep on one side), layer ``m`` is the last; a unit whose
+  ``z`` coefficient is minus its ``relu`` coefficient is flipped (``relu(-z) = relu(z) - z``),
+  and the output weights are fitted again. A unit that never switches adds a part linear in
+  ``h_{m-1}``: as a last resort it is fitted too and carried by pairs ``relu(t) - relu(-t)``.
+* Precision: every unit then gets kinks pinned where the model predicts them
+  (:mod:`fidelity.pin`) until they alone determine its row, and the layers are polished again.
 """
 
 from __future__ import annotations
