@@ -139,7 +139,8 @@ def table(records) -> str:
     lines = ["| victim | status | widths | queries | q/param | vs Carlini | fidelity | "
              "max rel err | param err | time (s) |", "|" + "---|" * 10]
     for r in records:
-        fewer = f"{r['fewer_queries']:.0f}x fewer" if "fewer_queries" in r else ""
+        fewer = (f"{r['fewer_queries']:.1f}x fewer" if "fewer_queries" in r
+                 and r["status"] == "ok" else "")       # only a finished, verified run counts
         lines.append(
             f"| {r['victim']} | {r['status']} | {r.get('widths', '')} | {r.get('queries', '')} |"
             f" {r.get('queries_per_param', float('nan')):.1f} | {fewer} |"
