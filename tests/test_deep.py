@@ -199,3 +199,12 @@ def test_a_last_layer_unit_that_never_switches_is_carried_exactly(seed):
     assert rep.fidelity == 1.0 and rep.max_rel_error <= 1e-8
     (event,) = result.events_of(F.Kind.UNIDENTIFIED_UNITS)[-1:]
     assert event.data["layer"] == 2 and event.data["units"] == [9, 10]
+
+
+def test_deep_victim_answering_probabilities_is_exact_up_to_centring():
+    from fidelity import probabilities
+    net = F.ReLUNetwork.random(1, [10, 10, 10, 3])
+    oracle = F.Oracle(probabilities.softmax_victim(net), input_dim=10)
+    result = F.extract(oracle, seed=0)
+    assert result.status == "ok" and [i.width for i in result.layers] == [10, 10]
+    _exact(probabilities.centre(net), result, rel=1e-10, param=1e-10)
