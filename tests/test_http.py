@@ -303,3 +303,15 @@ def test_an_unreachable_server_is_an_oracle_error_after_bounded_back_off():
     with pytest.raises(F.OracleError, match="gave up after 4 attempts"):
         HTTPOracle(url, retries=3, backoff=0.5, max_backoff=1.0, sleep=waits.append)
     assert waits == [0.5, 1.0, 1.0]
+
+
+def test_a_deep_victim_served_over_http_is_extracted_as_in_process():
+    victim = F.ReLUNetwork.random(0, [10, 10, 10, 1])
+    reference = F.extract(F.Oracle(victim, chunk_size=128), seed=0)
+    app = create_app(victim)
+    with BackgroundServer(app) as srv, \
+            HTTPOracle(srv.url + "/predict", batch_size=128) as oracle:
+        result = F.extract(oracle, seed=0)
+    assert result.status == "ok" and [i.width for i in result.layers] == [10, 10]
+    assert _same(result.network, reference.network)
+    assert app.state.ledger.usage()["rows"] == reference.queries
