@@ -155,7 +155,7 @@ def test_pinned_kinks_lie_on_the_victims_boundaries(seed, k, budget):
     pins, x, y = pin.pin_kinks(run, model, need)
     assert oracle.queries == len(x) == len(y) and (not budget or oracle.queries <= 120)
     assert {(p.layer, p.unit) for p in pins} <= set(need)
-    assert budget or sum(p.layer == 1 for p in pins) >= 10
+    assert sum(p.layer == 1 for p in pins) <= 12 and sum(p.layer == 2 for p in pins) <= 6
     for p in pins:
         z = model.preacts(p.x[None])[p.layer - 1][0, p.unit]
         grad = np.linalg.norm(model.jacobian(p.x, p.layer)[p.unit])
@@ -208,3 +208,18 @@ def test_deep_victim_answering_probabilities_is_exact_up_to_centring():
     result = F.extract(oracle, seed=0)
     assert result.status == "ok" and [i.width for i in result.layers] == [10, 10]
     _exact(probabilities.centre(net), result, rel=1e-10, param=1e-10)
+
+
+def test_pins_come_as_asked_where_lines_cross_a_visible_unit():
+    from fidelity import pin
+    from fidelity.context import Run
+    from fidelity.layered import Layered
+    victim = F.ReLUNetwork.random(0, [8, 6, 5, 2])
+    model = Layered(tuple(np.asarray(a) for a in victim.weights[:-1]),
+                    tuple(np.asarray(a) for a in victim.biases[:-1]))
+    run = Run(F.Oracle(victim), seed=0, t_max=30.0, input_scale=1.0, step_cap=1e-3,
+              check_reserve=0, crossing_rel_error=1e-9)
+    pins, x, _ = pin.pin_kinks(run, model, {(1, 0): (12, np.zeros(8, int)),
+                                            (2, 3): (3, np.full(6, 1))})
+    assert sum(p.layer == 1 for p in pins) >= 10 and sum(p.layer == 2 for p in pins) >= 3
+    assert len(x) <= 4 * 15                        # two answers per piece, two pieces a kink
