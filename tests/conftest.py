@@ -5,6 +5,13 @@ import sys
 
 import jax
 import pytest
+from hypothesis import settings
+
+# The suite is deterministic (CI must not turn red on a draw): hypothesis replays the same
+# examples every run. FIDELITY_HYPOTHESIS=explore draws new ones.
+settings.register_profile("fixed", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("FIDELITY_HYPOTHESIS", "fixed"))
 
 
 @pytest.fixture(autouse=True)
