@@ -76,20 +76,19 @@ def _layers(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, state: Stat
         out = _output(run, cfg, layered, state)
         if layered.depth == 1 and (out is not None or few_unexplained(run, layered, state)):
             return None                # nothing bends: one hidden layer, however it went
-        few = layered.depth > 1 and few_unexplained(run, layered, state)
-        if out is None and few and below and retries >= MAX_RETRIES:
-            out = _output(run, cfg, layered, state, linear=True)   # the last resort: a unit
-                                                                   # that never switches
+        last_resort = (out is None and below and retries >= MAX_RETRIES
+                       and few_unexplained(run, layered, state))
+        if last_resort:                 # a unit that never switches: the linear part fitted
+            out = _output(run, cfg, layered, state, linear=True)
         if out is not None:
-            net, err = _pinned(run, cfg, layered, state, out, linear=out.sizes[-2] != (
-                layered.widths[-1]))
+            net, err = _pinned(run, cfg, layered, state, out, linear=bool(last_resort))
             return net, max(err, _unexplained_kinks(run, net, state)), tuple(state.infos)
         if layered.depth == cfg.max_depth:
             raise UnsupportedArchitecture(
                 f"no exact output layer after {cfg.max_depth} hidden layers (widths "
                 f"{layered.widths}): deeper than max_depth, or a layer is incomplete")
         deeper = None
-        if not (below and retries < MAX_RETRIES and few):
+        if not (below and retries < MAX_RETRIES and few_unexplained(run, layered, state)):
             deeper = next_layer(run, cfg, mcfg, use_jit, layered, state, cfg.layer_patience)
         if deeper is not None:
             below.append(layered)
@@ -254,13 +253,14 @@ KINK_ERR = 1e-12      # assumed relative error of ``row . features`` at a locate
 PIN_ERR = 1e-14       # ... at a pinned one (four answers beside it, see fidelity.pin)
 
 
-def _equations(layered: Layered, state: State, l: int) -> list:
+def _equations(layered: Layered, state: State, l: int, lines: bool = True) -> list:
     """Per unit of layer ``l``, the features ``[h_{l-1}(x), 1]`` at its located kinks (on the
-    searched lines, and the pinned ones): each an exact equation ``row . f = 0``."""
+    searched lines unless not ``lines``, and the pinned ones), each with its assumed error:
+    each an exact equation ``row . f = 0``."""
     eqs = [[] for _ in range(layered.widths[l - 1])]
     sub = Layered(layered.weights[:l], layered.biases[:l])
     xs, units = [], []
-    for line in state.lines:
+    for line in state.lines if lines else ():
         if not line.t.size:
             continue
         t, layer, unit = sub.kinks(line.x0, line.v, line.half)
@@ -327,9 +327,9 @@ def _pinned(run: Run, cfg: DeepConfig, layered: Layered, state: State,
         fan_in = run.d if l == 1 else layered.widths[l - 2]
         if fan_in > MAX_PIN_FAN_IN:
             continue
-        for u, eqs in enumerate(_equations(layered, state, l)):
-            eqs = [f for f, e in eqs if e <= PIN_ERR]     # pinned kinks only: the searched
-                                                           # lines' have outliers (1e-11)
+        # pinned kinks only: the searched lines' have outliers (1e-11)
+        for u, eqs in enumerate(_equations(layered, state, l, lines=False)):
+            eqs = [f for f, _ in eqs]
             if l == 1 or not eqs:               # layer 1: every input enters every kink
                 on = np.full(fan_in, len(eqs))
             else:
