@@ -221,10 +221,7 @@ def evaluate(victim: ReLUNetwork, extracted: ReLUNetwork, *, inputs: Optional[np
     # the functional measures are float64 ones: networks with mpf weights answer in float64
     y = np.asarray(_float64(victim)(inputs), np.float64)
     yh = np.asarray(_float64(extracted)(inputs), np.float64)
-    if y.shape[1] == 1:
-        agree = np.sign(y[:, 0]) == np.sign(yh[:, 0])
-    else:
-        agree = y.argmax(1) == yh.argmax(1)
+    agree = _classes(y) == _classes(yh)
     abs_err = float(np.abs(y - yh).max())
     scale = float(np.abs(y).max())
     if len(victim.weights) > 2 or len(extracted.weights) > 2:

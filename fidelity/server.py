@@ -53,6 +53,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from .probabilities import softmax
+
 log = logging.getLogger("fidelity.server")
 
 ANONYMOUS = "anonymous"
@@ -86,8 +88,7 @@ def shape_outputs(y: np.ndarray, mode: str) -> list:
         labels = (y[:, 0] > 0) if y.shape[1] == 1 else y.argmax(1)
         return labels.astype(int).tolist()
     if mode.startswith("softmax"):
-        e = np.exp(y - y.max(1, keepdims=True))
-        p = e / e.sum(1, keepdims=True)
+        p = softmax(y)
         return (p if mode == "softmax" else np.round(p, int(mode.split(":", 1)[1]))).tolist()
     return np.round(y, int(mode.split(":", 1)[1])).tolist()
 
