@@ -136,22 +136,29 @@ def extend(run: Run, regime: Extender, cfg: MeasureConfig, x0: np.ndarray, v: np
         if run.bent:
             return False                    # the driver goes on layer by layer
     new = unexplained(res.t, res.verified, pred, tol, close=CLOSE * run.t_max)
-    if not new and getattr(regime, "float64", False):
+    added = 0
+    if new:
+        added = measure_line(run, cfg, x0, v, res, np.array(new),
+                             keep=lambda jumps: regime.keep_new(run, jumps))
+    if not added and getattr(regime, "float64", False):
         # a unit whose slope jump is below the search's slope noise (output weights ~1e-6 of
         # the largest, answers 1e3 times their spread) stays invisible to the fine step; a
         # coarse one sees it. Only its verified kinks away from every fine one are added (its
         # secant slopes place the others less precisely: taken as new, a random 784-32-1
-        # measured 30 known units again)
+        # measured 30 known units again). Also searched when the fine step's "new" kinks were
+        # known units again (a model still missing the small unit places them roughly)
+        seen = res
         coarse = search_line(run, x0, v, max_rounds=cfg.max_rounds, use_jit=False,
                              coarse=COARSE)
         res = merge_kinks(res, coarse, CLOSE * COARSE * run.t_max)
         pred, tol = regime.predicted_kinks(run, x0, v, res.t)
-        new = unexplained(res.t, res.verified, pred, tol, close=CLOSE * run.t_max)
-    if not new:
-        return regime.nothing_new(run)
-    added = measure_line(run, cfg, x0, v, res, np.array(new),
-                         keep=lambda jumps: regime.keep_new(run, jumps))
-    if not added:       # the "new" kinks were known units again (rows still rough there)
+        again = set(seen.t[new]) if new else set()
+        new = [i for i in unexplained(res.t, res.verified, pred, tol, close=CLOSE * run.t_max)
+               if res.t[i] not in again]
+        if new:
+            added = measure_line(run, cfg, x0, v, res, np.array(new),
+                                 keep=lambda jumps: regime.keep_new(run, jumps))
+    if not added:       # nothing new, or the "new" kinks were known units again
         return regime.nothing_new(run)
     return True
 

@@ -337,7 +337,12 @@ def _pinned(run: Run, cfg: DeepConfig, layered: Layered, state: State,
             short = (fan_in + 1 + pin.MARGIN - len(eqs), pin.PER_ENTRY - on)
             if short[0] > 0 or (short[1] > 0).any():
                 need[l, u] = short
-    pins, x, y = pin.pin_kinks(run, layered, need) if need else ([], None, None)
+    # kept back for the refit: the output fit's fresh inputs (when the pins' are fewer), its
+    # inputs beside one-sided units, and the two checks
+    h, hp = layered.widths[-1], (layered.widths[-2] if layered.depth > 1 else run.d)
+    reserve = (2 * (2 * h + 1) + cfg.output_points + 4 * h + 2 * cfg.check_points
+               + (2 * (2 * h + hp + 1) + cfg.output_points if linear else 0))
+    pins, x, y = pin.pin_kinks(run, layered, need, reserve) if need else ([], None, None)
     again = None
     if pins:
         state.pins.extend(pins)

@@ -21,6 +21,7 @@ class Evidence:
 
     Attributes:
         regions: measured linear regions, in the order they were measured.
+        kept: per entry of ``regions``, which of its regions the fits use.
         jumps: one per unit of the current unsigned model, in unit order.
         version: bumped by every change of ``jumps``.
         twins_done, twins_merged: pairs of jump ids already re-measured / merged as twins.
@@ -30,6 +31,7 @@ class Evidence:
 
     def __init__(self, d: int):
         self.regions: list[Regions] = []
+        self.kept: list[np.ndarray] = []     # per entry of ``regions``: used by the fits
         self.jumps: list[Jump] = []
         self.ids: list[int] = []
         self._next_id = 0
@@ -43,13 +45,17 @@ class Evidence:
         self._concat: Optional[tuple[int, Regions]] = None
 
     # ------------------------------------------------------------------ regions
-    def add_regions(self, regions: Regions) -> None:
+    def add_regions(self, regions: Regions, keep: Optional[np.ndarray] = None) -> None:
+        """Adds measured regions; those outside ``keep`` (a mask) stay in ``regions`` (a line
+        measured in full still tiles it) but are left out of :meth:`all_regions`."""
         self.regions.append(regions)
+        self.kept.append(np.ones(regions.size, bool) if keep is None else np.asarray(keep))
 
     def all_regions(self) -> Regions:
-        """Every region measured so far, as one :class:`Regions`."""
+        """Every region measured so far and kept, as one :class:`Regions`."""
         if self._concat is None or self._concat[0] != len(self.regions):
-            self._concat = (len(self.regions), Regions.concat(self.regions))
+            self._concat = (len(self.regions), Regions.concat(
+                [r.select(k) for r, k in zip(self.regions, self.kept)]))
         return self._concat[1]
 
     # ------------------------------------------------------------------ jumps

@@ -37,7 +37,8 @@ class Pin:
     x: np.ndarray
 
 
-def pin_kinks(run: Run, layered: Layered, need: dict) -> tuple[list, np.ndarray, np.ndarray]:
+def pin_kinks(run: Run, layered: Layered, need: dict,
+              reserve: int = 0) -> tuple[list, np.ndarray, np.ndarray]:
     """Kinks of the units in ``need`` on random lines, where the model predicts them;
     ``(pins, inputs asked, answers)``. ``need[(layer, unit)] = (kinks, per_entry)``: how many more
     kinks the unit wants, and per entry of its row (an earlier unit) how many more where that
@@ -46,7 +47,8 @@ def pin_kinks(run: Run, layered: Layered, need: dict) -> tuple[list, np.ndarray,
     Each linear piece of a line beside a chosen kink is asked twice (at a third and two thirds
     of it), so neighbouring kinks share their pieces. Fewer kinks come back where lines rarely
     cross a unit (``DRAWS`` bounds the lines), a kink is invisible in the outputs, or the budget
-    is short (the lines that fit are asked, the rest dropped)."""
+    is short (the lines that fit are asked, the rest dropped: ``reserve`` rows are kept back
+    for what follows the pins, besides the run's check reserve)."""
     want = {k: (int(n), np.array(e, int)) for k, (n, e) in need.items()
             if n > 0 or (np.asarray(e) > 0).any()}
     plans = []                       # (x0, v, piece edges, chosen kinks [(index, key)])
@@ -93,8 +95,8 @@ def pin_kinks(run: Run, layered: Layered, need: dict) -> tuple[list, np.ndarray,
                 else:                                # a long one: near this kink only
                     near = (edges[k + 1] + sign * step, edges[k + 1] + sign * 2.0 * step)
                     pairs[r, k + 1] = tuple(sorted(near))
-        if run.remaining is not None and spent + 2 * len(pairs) > (run.remaining
-                                                                   - run.check_reserve):
+        if run.remaining is not None and spent + 2 * len(pairs) > (
+                run.remaining - run.check_reserve - reserve):
             break
         keys = list(pairs)
         ts = np.array([pairs[key] for key in keys]).reshape(-1)

@@ -74,6 +74,10 @@ class Regions:
             fields[f] = arr
         return Regions(**fields)
 
+    def select(self, keep: np.ndarray) -> "Regions":
+        """The regions ``keep`` (a mask or indices)."""
+        return Regions(*(getattr(self, f)[keep] for f in Regions.__dataclass_fields__))
+
     @staticmethod
     def concat(parts: list["Regions"]) -> "Regions":
         return Regions(*(np.concatenate([getattr(p, f) for p in parts])

@@ -23,6 +23,11 @@ from .results import Kind, Status
 KINK_MATCH = 1e-7
 # a new jump whose row matches a known one to this (max abs, up to sign) is that unit again
 KNOWN_ROW = 1e-4
+# ... and one that matches to this may still be that unit, measured roughly once: see
+# :func:`_remeasured`
+SAME_UNIT = 1e-2
+# a row passes through a kink when it places it within this (times t_max) on its line
+SAME_KINK = 1e-7
 
 
 class Regime(Protocol):
@@ -100,10 +105,52 @@ class Float64Regime:
 
     def keep_new(self, run: Run, jumps: list) -> list:
         # a known unit whose row is still rough can kink just outside the tolerance: its jump
-        # repeats a known row (and would make the fit rank-deficient); drop it
-        known = run.evidence.jump_rows()
-        return [j for j in jumps if not known.size
-                or np.abs(np.abs(known) - np.abs(j.row)).max(1).min() > KNOWN_ROW]
+        # repeats a known row (and would make the fit rank-deficient); drop it. A row a few
+        # 1e-3 off may still be a known unit's: then the row that passes through both kinks
+        # is kept (a region that held a kink too small for the search gives a rough jump)
+        kept = []
+        for j in jumps:
+            known = run.evidence.jump_rows()
+            if known.size:
+                diff = np.abs(np.abs(known) - np.abs(j.row)).max(1)
+                i = int(np.argmin(diff))
+                if diff[i] <= KNOWN_ROW:
+                    continue
+                same = _same_unit(run, run.evidence.jumps[i], j) if diff[i] <= SAME_UNIT \
+                    else None
+                if same == "new":
+                    old = run.evidence.jumps[i]
+                    run.evidence.replace_jump(i, j)
+                    run.note(Kind.REMEASURED,
+                             f"unit {i} (line {old.line}) was measured again on line {j.line}: "
+                             f"its first row was off by {diff[i]:.1e} (a kink too small to find "
+                             "lay beside it) and is replaced", unit=i, row_change=float(diff[i]))
+                if same is not None:
+                    continue
+            kept.append(j)
+        return kept
+
+
+def _same_unit(run: Run, old, new) -> Optional[str]:
+    """Whether jump ``new`` is the unit of jump ``old`` measured again, and which of the two
+    rows to keep: ``"new"`` when only its row passes through both kinks, ``"old"`` when
+    ``old``'s row passes through ``new``'s kink (a line crosses a hyperplane once: distinct
+    units kink apart), None for another unit."""
+    def miss(row, jump) -> float:
+        if not 0 <= jump.line < len(run.drawn):
+            return np.inf             # a line this run did not draw
+        x0, v = run.drawn[jump.line]
+        slope = abs(float(row[:-1] @ v))
+        z = float(row[:-1] @ (x0 + jump.t * v) + row[-1])
+        return abs(z) / slope if slope > 0 else np.inf
+
+    tol = SAME_KINK * run.t_max
+    old_there, new_there = miss(old.row, new), miss(new.row, old)
+    if new_there <= tol and miss(new.row, new) <= tol and old_there > 10 * tol:
+        return "new"
+    if old_there <= tol:
+        return "old"
+    return None
 
 
 def make_regime(nf: NoiseFloor, cfg: ExtractConfig,
