@@ -44,6 +44,7 @@ class Kind(str, enum.Enum):
     PARALLEL_MERGED = "parallel_merged"          # parallel rows kept as one unit
     REMEASURED = "remeasured"                    # a rough row replaced by a unit's new jump
     JUMP_DROPPED = "jump_dropped"                # a jump whose row missed its own kink
+    CHECKS_DISAGREE = "checks_disagree"          # earlier check answers disagree at the end
     VOID_DROPPED = "void_dropped"                # units with nil output weights dropped
     NOISY_RESIDUAL = "noisy_residual"            # noisy model left above the noise floor
     UNIT_MAY_BE_MISSING = "unit_may_be_missing"  # summary of NO_NEW_KINK events
