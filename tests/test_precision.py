@@ -207,6 +207,18 @@ def test_combined_victims(bench):
     assert not short, short
 
 
+@pytest.mark.parametrize("sizes, seed", [([100, 20, 1], 0), ([100, 20, 1], 1),
+                                         ([100, 20, 1], 2), ([784, 32, 1], 0)])
+def test_wide_combined_victims_with_one_output(bench, sizes, seed):
+    # the 100-20-1 (refused before) and a 784-wide one (refused: a far-out kink gave a
+    # row 8e-2 off and its regions sent the crossing corrections diverging)
+    victim = bench.combined(seed, sizes)
+    res, rep = _extract(victim, victim, input_scale=1e-3, budget=200_000)
+    x = np.random.default_rng(7).normal(size=(10_000, sizes[0])) * 1e-3
+    assert res.status == "ok" and rep.fidelity == 1.0
+    assert rep.max_abs_error / bench.output_range(victim, x) <= 1e-9
+
+
 def test_an_ok_is_never_contradicted_by_the_check_answers(bench):
     # 100-20-1 generator victims: seeds 3 and 6 ended 'ok' at 3e-8 and 5e-8 of the range (the
     # last check lines agreed, earlier ones did not). Whatever the status, an 'ok' network
