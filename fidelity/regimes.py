@@ -15,6 +15,7 @@ import numpy as np
 from . import fit, polish, search, twins
 from .config import ExtractConfig
 from .context import Run, Tolerances
+from .measure import own_miss
 from .noise import NoiseFloor
 from .noisy import NoisyRegime
 from .results import Kind, Status
@@ -24,7 +25,7 @@ KINK_MATCH = 1e-7
 # a new jump whose row matches a known one to this (max abs, up to sign) is that unit again
 KNOWN_ROW = 1e-4
 # ... and one that matches to this may still be that unit, measured roughly once: see
-# :func:`_remeasured`
+# :func:`_same_unit`
 SAME_UNIT = 1e-2
 # a row passes through a kink when it places it within this (times t_max) on its line
 SAME_KINK = 1e-7
@@ -139,10 +140,7 @@ def _same_unit(run: Run, old, new) -> Optional[str]:
     def miss(row, jump) -> float:
         if not 0 <= jump.line < len(run.drawn):
             return np.inf             # a line this run did not draw
-        x0, v = run.drawn[jump.line]
-        slope = abs(float(row[:-1] @ v))
-        z = float(row[:-1] @ (x0 + jump.t * v) + row[-1])
-        return abs(z) / slope if slope > 0 else np.inf
+        return own_miss(row, *run.drawn[jump.line], jump.t)
 
     tol = SAME_KINK * run.t_max
     old_there, new_there = miss(old.row, new), miss(new.row, old)
