@@ -153,7 +153,8 @@ def measure_line(run: Run, cfg: MeasureConfig, x0: np.ndarray, v: np.ndarray,
                                       np.array(ts), np.array(nz))
     used, close = None, None
     if complete and run.nf.float64:
-        jumps, complete, used, close = _closer(run, cfg, x0, v, kinks_t, jumps, regions)
+        jumps, complete, used, close = _closer(run, cfg, x0, v, kinks_t, jumps, regions,
+                                               aff, noise)
     run.evidence.add_regions(regions, used)
     if close is not None:
         run.evidence.add_regions(close)
@@ -175,7 +176,7 @@ def own_miss(row: np.ndarray, x0: np.ndarray, v: np.ndarray, t: float) -> float:
 
 
 def _closer(run: Run, cfg: MeasureConfig, x0: np.ndarray, v: np.ndarray, kinks_t: np.ndarray,
-            jumps: list[Jump], regions: Regions
+            jumps: list[Jump], regions: Regions, aff: np.ndarray, noise: np.ndarray
             ) -> tuple[list[Jump], bool, np.ndarray, Optional[Regions]]:
     """Jumps whose row misses its own kink, measured again closer to it.
 
@@ -189,10 +190,10 @@ def _closer(run: Run, cfg: MeasureConfig, x0: np.ndarray, v: np.ndarray, kinks_t
     beside it lies across the small kink: the fit would give it the wrong units, so it is
     left out of the fits (with the rounds' regions but the best). A jump whose best row still
     misses by more than ``DROP_MISS t_max`` is dropped, and the regions beside its kink are
-    left out too. Returns the jumps, whether the budget held, which of ``regions`` the fits
-    keep, and the close regions (or None)."""
+    left out too. ``aff`` and ``noise`` are the regions' affine maps and noise levels, as
+    measured. Returns the jumps, whether the budget held, which of ``regions`` the fits keep,
+    and the close regions (or None)."""
     out, keep, extra = [], np.ones(regions.size, bool), []
-    aff, noise = regions.affine(), region_noise(run, regions)
     for n, j in enumerate(jumps):
         best, miss, close = j, own_miss(j.row, x0, v, j.t), None
         k = int(np.searchsorted(kinks_t, j.t))
