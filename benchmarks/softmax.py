@@ -35,6 +35,10 @@ def victim_list(quick: bool):
         yield "digits 784-64-10", victims.train_classifier(x28, y28, [64], seed=0,
                                                            steps=1500), x28
         yield "random 784-128-10 s0", F.ReLUNetwork.random(0, [784, 128, 10]), x28
+        # other training seeds: s2's logits spread fast (lines cut to half-length 115)
+        for h, s in ((64, 2), (128, 1)):
+            yield (f"digits 784-{h}-10 s{s}",
+                   victims.train_classifier(x28, y28, [h], seed=s, steps=1500), x28)
 
 
 def measure(name, victim, images, result, logit_queries, seconds, samples, how):
