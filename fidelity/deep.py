@@ -33,8 +33,8 @@ import numpy as np
 
 from . import pin, recover
 from .context import Run
-from .deepstate import (IN_RANGE, MATCH, DeepConfig, LayerInfo, Line, Point, State, new_line,
-                        plane_hits, plane_kinks)
+from .deepstate import (IN_RANGE, MATCH, PAIR, DeepConfig, LayerInfo, Line, Point, State,
+                        new_line, plane_hits, plane_kinks)
 from .errors import QueryBudgetExceeded, UnsupportedArchitecture
 from .layered import Layered
 from .measure import MeasureConfig, region_noise, search_line
@@ -130,12 +130,31 @@ def _unexplained_kinks(run: Run, net: ReLUNetwork, state: State) -> float:
         if not t.size:
             missed += found.size
             continue
-        missed += int((np.abs(found[:, None] - t[None, :]).min(1) > MATCH * line.half).sum())
+        missed += int((~_explained(found, t, line.half)).sum())
     if missed:
         run.note(Kind.LAYER_INCOMPLETE, f"{missed} of the {total} kinks found on the searched "
                  "lines are not where the recovered network kinks: it is not exact",
                  kinks=missed)
     return missed / max(total, 1)
+
+
+def _explained(found: np.ndarray, t: np.ndarray, half: float) -> np.ndarray:
+    """Which ``found`` kinks the predicted kinks ``t`` (sorted) explain: one within ``MATCH``
+    times the half length, or a pair of predicted kinks closer than ``PAIR`` times it, whose
+    spacing the found kink lies within. The search locates two kinks that close as one, where
+    the lines through its outer answers meet: exact 80-40-20-1 networks (parameter error
+    3e-11) had a found kink 2.5e-5 from the nearest of a true pair 8.3e-5 apart, and were
+    left unverified for it."""
+    idx = np.clip(np.searchsorted(t, found), 1, t.size - 1) if t.size > 1 else None
+    near = np.abs(found[:, None] - t[None, :]).min(1)
+    ok = near <= MATCH * half
+    if idx is None:
+        return ok
+    k = np.where(np.abs(t[idx] - found) < np.abs(t[idx - 1] - found), idx, idx - 1)
+    left = np.where(k > 0, t[k] - t[np.maximum(k - 1, 0)], np.inf)
+    right = np.where(k < t.size - 1, t[np.minimum(k + 1, t.size - 1)] - t[k], np.inf)
+    gap = np.minimum(left, right)
+    return ok | ((gap <= PAIR * half) & (near <= gap))
 
 
 # ---------------------------------------------------------------------------- layer 1

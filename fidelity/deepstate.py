@@ -16,6 +16,8 @@ from .validation import at_least, positive
 
 MATCH = 1e-6          # a found kink within MATCH times the line's half length of a
                       # predicted one is that unit's
+PAIR = 1e-3           # two predicted kinks closer than PAIR times the half length are a
+                      # pair the search may locate as one kink anywhere near them
 IN_RANGE = 0.999      # predictions beyond this fraction of t_max are not tested
 STRAY = 1e-6          # a jump along what layer m cannot see, relative: an earlier unit's kink
 
