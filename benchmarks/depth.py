@@ -108,7 +108,14 @@ def main():
     ap.add_argument("--only", default=None, help="run the victims whose name contains this")
     ap.add_argument("--out", default="benchmarks/results/depth.json")
     ap.add_argument("--plot", default=None, help="only redraw the table and plot of this JSON")
+    ap.add_argument("--seeds", type=int, default=0,
+                    help="instead: Carlini et al.'s four architectures over seeds 0..N-1 "
+                         "(results/depth_seeds.json): how often each is exact, at what cost")
     args = ap.parse_args()
+    if args.seeds:
+        jax.config.update("jax_enable_x64", True)
+        seeds_sweep(args.seeds, min(args.samples, 20_000), args.timeout)
+        return
     if args.plot:
         records = json.loads(Path(args.plot).read_text())
         print(table(records))
@@ -133,6 +140,37 @@ def main():
     Path(args.out).write_text(json.dumps(records, indent=1, default=float))
     print(table(records))
     plot(records, Path(args.out).with_suffix(".png"))
+
+
+def seeds_sweep(n: int, samples: int, timeout: float,
+                out: str = "benchmarks/results/depth_seeds.json") -> None:
+    """Each of Carlini et al.'s architectures over ``n`` seeds: one row per run, then per
+    architecture how many ended ``ok`` (exact: fidelity 1.0), and their queries."""
+    records = []
+    for arch in CARLINI:
+        sizes = [int(s) for s in arch.split("-")]
+        for s in range(n):
+            rec = run(f"random {arch} s{s}", F.ReLUNetwork.random(s, sizes), None, samples,
+                      timeout)
+            records.append(rec)
+            print(f"{rec['victim']:26s} {rec['status']:10s} q={rec.get('queries')} "
+                  f"fewer={rec.get('fewer_queries', float('nan')):.1f} "
+                  f"par={rec.get('param_error', float('nan')):.1e} "
+                  f"{rec.get('reason', '')[:90]}", flush=True)
+            Path(out).write_text(json.dumps(records, indent=1, default=float))
+    print("| architecture | seeds | ok (exact) | unverified | refused | queries of ok runs "
+          "(min / median / max) | fewer than Carlini et al. (min / median) |")
+    print("|---|---|---|---|---|---|---|")
+    for arch in CARLINI:
+        rows = [r for r in records if r["arch"] == arch]
+        ok = [r for r in rows if r["status"] == "ok" and r.get("fidelity_gauss") == 1.0]
+        q = sorted(r["queries"] for r in ok)
+        few = sorted(r["fewer_queries"] for r in ok)
+        count = {k: sum(r["status"] == k for r in rows) for k in ("unverified", "refused")}
+        print(f"| {arch} | {len(rows)} | {len(ok)} | {count['unverified']} | "
+              f"{count['refused']} | "
+              + (f"{q[0]:,} / {q[len(q) // 2]:,} / {q[-1]:,} | {few[0]:.1f}x / "
+                 f"{few[len(few) // 2]:.1f}x |" if ok else "- | - |"))
 
 
 def table(records) -> str:

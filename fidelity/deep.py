@@ -42,6 +42,7 @@ from .network import ReLUNetwork
 from .peel import few_unexplained, next_layer
 from .results import Kind
 
+PAIR_REACH = 4.0      # see _explained
 LAST_LAYER = 1e-4     # output fit residual (relative) below which layer m is the last
 MAX_RETRIES = 2       # a layer searched again when nothing fits the layer after it
 RETRY_PATIENCE = 3    # ... with this many times the random lines of patience
@@ -140,11 +141,12 @@ def _unexplained_kinks(run: Run, net: ReLUNetwork, state: State) -> float:
 
 def _explained(found: np.ndarray, t: np.ndarray, half: float) -> np.ndarray:
     """Which ``found`` kinks the predicted kinks ``t`` (sorted) explain: one within ``MATCH``
-    times the half length, or a pair of predicted kinks closer than ``PAIR`` times it, whose
-    spacing the found kink lies within. The search locates two kinks that close as one, where
-    the lines through its outer answers meet: exact 80-40-20-1 networks (parameter error
-    3e-11) had a found kink 2.5e-5 from the nearest of a true pair 8.3e-5 apart, and were
-    left unverified for it."""
+    times the half length, or a pair of predicted kinks closer than ``PAIR`` times it, within
+    ``PAIR_REACH`` times their spacing. The search locates two kinks that close as one, where
+    the lines through its outer answers meet: between the two when their slope changes have
+    the same sign, outside them otherwise. Exact 80-40-20-1 networks (parameter error 3e-11)
+    had a found kink 2.5e-5 from the nearest of a true pair 8.3e-5 apart, and were left
+    unverified for it; an exact 40-20-10-10-1, one 1.4e-5 outside a pair 8.5e-6 apart."""
     idx = np.clip(np.searchsorted(t, found), 1, t.size - 1) if t.size > 1 else None
     near = np.abs(found[:, None] - t[None, :]).min(1)
     ok = near <= MATCH * half
@@ -154,7 +156,7 @@ def _explained(found: np.ndarray, t: np.ndarray, half: float) -> np.ndarray:
     left = np.where(k > 0, t[k] - t[np.maximum(k - 1, 0)], np.inf)
     right = np.where(k < t.size - 1, t[np.minimum(k + 1, t.size - 1)] - t[k], np.inf)
     gap = np.minimum(left, right)
-    return ok | ((gap <= PAIR * half) & (near <= gap))
+    return ok | ((gap <= PAIR * half) & (near <= PAIR_REACH * gap))
 
 
 # ---------------------------------------------------------------------------- layer 1

@@ -117,6 +117,7 @@ class State:
     stray: dict = field(default_factory=dict)      # id(point) -> unexplained part of its jump
     pins: list = field(default_factory=list)       # exact kinks placed by fidelity.pin
     memo: dict = field(default_factory=dict)       # fidelity.peel's analysis, per model
+    windows: set = field(default_factory=set)      # (unit, point) of fidelity.peel's windows
 
 
 def plane_kinks(run: Run, rows: np.ndarray, line: Line):

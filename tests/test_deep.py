@@ -243,3 +243,15 @@ def test_exact_deep_networks_with_close_kink_pairs_are_verified(seed):
     result = F.extract(F.Oracle(victim), seed=0, throw=False)
     assert result.status == "ok", result.notes
     _exact(victim, result, rel=1e-10, param=1e-9)
+
+
+@pytest.mark.parametrize("sizes,seed", [([10, 10, 10, 1], 5), ([40, 20, 10, 10, 1], 2)])
+def test_a_unit_whose_row_has_an_entry_rarely_seen_at_its_kinks_is_completed(sizes, seed):
+    # 10-10-10-1 s5: a layer-2 unit on for 97% of inputs has an earlier unit on at 3% of its
+    # kinks; the straight step along its boundary toward that unit's side left the boundary,
+    # and the same window was searched three times (refused at layer 3). Walking the boundary
+    # piece by piece (or finding the spot from random lines, without queries) completes it
+    victim = F.ReLUNetwork.random(seed, sizes)
+    result = F.extract(F.Oracle(victim), seed=0, throw=False)
+    assert result.status == "ok", result.notes
+    _exact(victim, result, rel=1e-10, param=1e-9)
