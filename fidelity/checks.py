@@ -131,15 +131,10 @@ def extend(run: Run, regime: Extender, cfg: MeasureConfig, x0: np.ndarray, v: np
     evidence changed (units added, or measured again by the regime)."""
     res = search_line(run, x0, v, max_rounds=cfg.max_rounds, use_jit=use_jit)
     pred, tol = regime.predicted_kinks(run, x0, v, res.t)
-    float64 = getattr(regime, "float64", False)
-    own = _jump_kinks(run, x0, v, np.size(pred)) if float64 else None
-    if float64 and not run.deep_tried:
-        seen = _visible(run, x0, v, pred.size)
-        run.bent = _bent(run, res.t, pred[seen], tol, own[seen])
+    if getattr(regime, "float64", False) and not run.deep_tried:
+        run.bent = _bent(run, res.t, pred[_visible(run, x0, v, pred.size)], tol)
         if run.bent:
             return False                    # the driver goes on layer by layer
-    if float64:
-        pred = _either(res.t, pred, own, tol)
     new = unexplained(res.t, res.verified, pred, tol, close=CLOSE * run.t_max)
     added = 0
     if new:
@@ -157,7 +152,6 @@ def extend(run: Run, regime: Extender, cfg: MeasureConfig, x0: np.ndarray, v: np
                              coarse=COARSE)
         res = merge_kinks(res, coarse, CLOSE * COARSE * run.t_max)
         pred, tol = regime.predicted_kinks(run, x0, v, res.t)
-        pred = _either(res.t, pred, _jump_kinks(run, x0, v, np.size(pred)), tol)
         again = set(seen.t[new]) if new else set()
         new = [i for i in unexplained(res.t, res.verified, pred, tol, close=CLOSE * run.t_max)
                if res.t[i] not in again]
@@ -184,49 +178,11 @@ def _visible(run: Run, x0: np.ndarray, v: np.ndarray, h: int) -> np.ndarray:
     return jump > VISIBLE * 8 * noise / run.tol.delta
 
 
-def _jump_kinks(run: Run, x0: np.ndarray, v: np.ndarray, h: int) -> np.ndarray:
-    """``(h,)`` where the hyperplane of each unit's own jump (the row measured at its kink,
-    not the fit's) crosses the line; NaN where the model's units are not the jumps'."""
-    jumps = run.evidence.jumps
-    if len(jumps) != h or run.model.size != h:
-        return np.full(h, np.nan)
-    rows = run.evidence.jump_rows()
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return -(rows[:, :-1] @ x0 + rows[:, -1]) / (rows[:, :-1] @ v)
-
-
-def _either(found: np.ndarray, pred: np.ndarray, own: np.ndarray, tol) -> np.ndarray:
-    """Per unit, the model's predicted kink where a found kink matches it (within the largest
-    ``tol``), else the one of its own jump row (see :func:`_jump_kinks`) where that is known.
-    While units are missing, the fit bends the known rows: the kinks they misplace would
-    count as new, and their regions be measured for nothing but a known row (38k queries on
-    one check line of that 784-64-10)."""
-    pred = np.asarray(pred, np.float64)
-    own = np.asarray(own, np.float64)
-    if not pred.size or not found.size or own.shape != pred.shape:
-        return pred
-    width = float(np.max(tol)) if np.size(tol) else 0.0
-    hit = np.abs(pred[:, None] - np.asarray(found)[None, :]).min(1) <= width
-    return np.where(hit | ~np.isfinite(own), pred, own)
-
-
-def _bent(run: Run, found: np.ndarray, pred: np.ndarray, tol,
-          own: Optional[np.ndarray] = None) -> Optional[str]:
+def _bent(run: Run, found: np.ndarray, pred: np.ndarray, tol) -> Optional[str]:
     """Why the victim looks deeper than one hidden layer, when many of the model's hyperplanes
     cross the line where the victim has no kink (their boundaries bend; a one-layer victim's
-    every hyperplane kinks where predicted); None otherwise.
-
-    ``own`` (per unit, as ``pred``): where the unit's own jump row puts its kink; it is used
-    instead of the fit's ``pred`` wherever it is known. While units are missing from the
-    model, the fit bends the known rows to explain their gradients (a trained 784-64-10 on
-    lines of half-length 115, two units without a kink on the first two lines: the fit put
-    49 kinks of the third line 0.3 off, while every jump row was exact to 1e-6; random
-    30-24-3 on lines of half-length 8: 9 of 12 seeds went layer by layer), but a deeper
-    unit's jump row is one piece of a bent boundary, and misses as well."""
+    every hyperplane kinks where predicted); None otherwise."""
     pred = np.asarray(pred, np.float64)
-    if own is not None:
-        own = np.asarray(own, np.float64)
-        pred = np.where(np.isfinite(own), own, pred)
     pred = pred[np.isfinite(pred) & (np.abs(pred) < BENT_RANGE * run.t_max)]
     if not pred.size:
         return None

@@ -159,23 +159,21 @@ def _fill(run: Run, mcfg: MeasureConfig, layered: Layered, found: _Found, state:
                     continue
                 dist = -zi / rate * np.linalg.norm(delta)
                 if best is None or dist < best[0]:
-                    best = (dist, i, p.x + 1.5 * (-zi / rate) * delta)
-                    best_p = (p.x,)
+                    best = (dist, i, p.x + 1.5 * (-zi / rate) * delta, p.x)
         tried.setdefault(key, set()).update(todo if best is None else [best[1]])
         if best is None:
             failed.add(key)
             continue
-        dist, i, q = best
+        dist, i, q, start = best
         gj = model.jacobian(q, m + 1)[0]
-        seen = state.windows
         spot = (i, tuple(np.round(q, 9)))
-        if spot in seen:
+        if spot in state.windows:
             # that window was searched already and found nothing that agrees: the straight
             # step left the boundary where earlier units switch. Walk the boundary instead (or
             # find where unit i is barely on from random lines), and cross it at a constant
             # z_i, where the unknown entry only shifts it (random 10-10-10-1 s5: the same
             # window thrice, the true z_j >= 0.49 along it)
-            walked = _walk(model, signed, best_p[0], i, m)
+            walked = _walk(model, signed, start, i, m)
             if walked is None:
                 walked = _sampled(run, model, signed, i, m)
                 if walked is not None:       # from there, to where unit i is barely on
@@ -187,7 +185,7 @@ def _fill(run: Run, mcfg: MeasureConfig, layered: Layered, found: _Found, state:
                 perp = gj - (gj @ gi) / max(gi @ gi, 1e-300) * gi
                 if np.linalg.norm(perp) > 1e-3 * np.linalg.norm(gj):
                     gj = perp
-        seen.add(spot)
+        state.windows.add(spot)
         zj = model.preacts(q[None])[-1][0, 0]
         nrm = np.linalg.norm(gj)
         if nrm == 0:
