@@ -253,6 +253,8 @@ def _sampled(run: Run, model: Layered, signed: Layered, i: int, m: int):
     boundary, the place may lie elsewhere: 3% of the kinks of a 10-10-10-1 unit, active on 97%
     of the inputs. Returns ``(point, its distance to unit i's boundary)``, or None."""
     rng = np.random.default_rng([run.seed, 14, i, m])
+    # a layer-1 unit's gradient is its row everywhere; a deeper one's depends on the point
+    flat = float(np.linalg.norm(signed.weights[0][i])) if m == 1 else None
     best = None
     for _ in range(SAMPLE_LINES):
         x0 = rng.normal(size=run.d) * run.input_scale
@@ -264,9 +266,8 @@ def _sampled(run: Run, model: Layered, signed: Layered, i: int, m: int):
             continue
         pts = x0 + t[:, None] * v
         zi = signed.preacts(pts)[-1][:, i]
-        gi = np.linalg.norm(signed.weights[0][i]) if m == 1 else None
         for x, z in zip(pts[zi > 0], zi[zi > 0]):
-            size = gi if gi is not None else np.linalg.norm(signed.jacobian(x, m)[i])
+            size = flat if flat is not None else np.linalg.norm(signed.jacobian(x, m)[i])
             dist = z / max(size, 1e-300)
             if best is None or dist < best[1]:
                 best = (x, dist)
