@@ -317,7 +317,9 @@ def run_fidelity(spec: VictimSpec, *, timeout: Optional[float], samples: int, se
                hidden=res.hidden_size, queries=res.queries,
                queries_per_param=res.queries / victim.num_params,
                stage_queries=res.stage_queries, lines=res.lines, engine_status=res.status,
-               notes=list(res.notes))
+               notes=list(res.notes), error_estimate=res.error_estimate,
+               output_error=res.output_error, output_error_points=res.output_error_points,
+               resolution=res.resolution)
     if repeat and res2.queries != res.queries:
         rec["notes"].append(f"warm run spent {res2.queries} queries, cold run {res.queries}")
     if res.network is None:

@@ -112,7 +112,9 @@ def _layers(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, state: Stat
         layered = next_layer(run, cfg, mcfg, use_jit, below[-1], state,
                              RETRY_PATIENCE * cfg.layer_patience * retries)
         if layered is None:
-            raise UnsupportedArchitecture("a layer lost every unit when searched again")
+            raise UnsupportedArchitecture(
+                f"layer {below[-1].depth + 1}: no unit left when its kinks were searched again "
+                f"(after layer {below[-1].depth + 2} found nothing that fits)")
 
 
 def _unexplained_kinks(run: Run, net: ReLUNetwork, state: State) -> float:

@@ -330,7 +330,11 @@ def _repair_layer_one(run: Run, mcfg: MeasureConfig, layered: Layered, state: St
         return layered, 1
     row = jumps[0].row[None]
     hits, misses = plane_hits(run, row, state.lines, np.array([at.line]))
-    if misses[0] or not hits[0]:
+    # a layer-1 kink shows only where some deeper path is on: its plane may cross a line
+    # where nothing kinks (40-20-10-10-1 s8: two missed layer-1 units were measured six
+    # times, each plane a true row that predicted 2 to 8 lines and missed line 1, where
+    # both are invisible). A deeper unit's local plane predicts few of the lines it crosses.
+    if not hits[0] or misses[0] > (0 if hits[0] < 2 else hits[0]):
         return layered, 1
     run.note(Kind.LAYER_ONE_ADDED, f"layer 1: a unit line 0 did not cross was found at a "
              f"kink of line {at.line} (its jump left {worst:.1e} unexplained) and added",

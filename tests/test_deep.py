@@ -255,3 +255,29 @@ def test_a_unit_whose_row_has_an_entry_rarely_seen_at_its_kinks_is_completed(siz
     result = F.extract(F.Oracle(victim), seed=0, throw=False)
     assert result.status == "ok", result.notes
     _exact(victim, result, rel=1e-10, param=1e-9)
+
+
+def test_a_missed_layer_one_unit_invisible_on_one_line_is_added(monkeypatch):
+    # 40-20-10-10-1 s8: line 0 missed two layer-1 units; measured again at their kinks, each
+    # gave a true row whose plane predicted kinks on 2 to 8 lines but missed line 1, where no
+    # deeper path was on (a layer-1 kink shows only where one is). They were thrown away and
+    # the victim refused with the one-layer engine's message, naming no layer
+    from fidelity import peel
+    widths = []
+    real = peel.next_layer
+
+    def spy(*args):
+        deeper = real(*args)
+        widths.append(None if deeper is None else deeper.widths[0])
+        return deeper
+
+    monkeypatch.setattr("fidelity.deep.next_layer", spy)
+    victim = F.ReLUNetwork.random(8, [40, 20, 10, 10, 1])
+    try:
+        result = F.extract(F.Oracle(victim), seed=0, throw=False)
+    except F.UnsupportedArchitecture as exc:      # a refusal names the layer that stops it
+        assert str(exc).startswith("layer "), str(exc)
+    else:
+        if result.status == "ok":
+            _exact(victim, result)
+    assert widths and widths[0] == 20          # layer 2 is searched with all of layer 1
