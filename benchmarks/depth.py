@@ -18,6 +18,7 @@ import json
 import time
 import traceback
 from pathlib import Path
+from typing import Optional
 
 import jax
 import numpy as np
@@ -116,7 +117,7 @@ def main():
     args = ap.parse_args()
     if args.seeds:
         jax.config.update("jax_enable_x64", True)
-        seeds_sweep(args.seeds, min(args.samples, 20_000), args.timeout)
+        seeds_sweep(args.seeds, min(args.samples, 20_000), args.timeout, args.only)
         return
     if args.plot:
         records = json.loads(Path(args.plot).read_text())
@@ -141,18 +142,31 @@ def main():
         print(json.dumps({k: v for k, v in rec.items() if k not in ("notes", "trace",
                                                                    "stage_queries")}),
               flush=True)
+    if args.only and Path(args.out).exists():     # the other rows of the file are kept
+        records = merged(json.loads(Path(args.out).read_text()), records)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(records, indent=1, default=float))
     print(table(records))
     plot(records, Path(args.out).with_suffix(".png"))
 
 
-def seeds_sweep(n: int, samples: int, timeout: float,
+def merged(old: list, new: list) -> list:
+    """``old`` rows with those of the same victim replaced by ``new``'s (new ones appended)."""
+    fresh = {r["victim"]: r for r in new}
+    out = [fresh.pop(r["victim"], r) for r in old]
+    return out + [r for r in new if r["victim"] in fresh]
+
+
+def seeds_sweep(n: int, samples: int, timeout: float, only: Optional[str] = None,
                 out: str = "benchmarks/results/depth_seeds.json") -> None:
     """Each of Carlini et al.'s architectures over ``n`` seeds: one row per run, then per
-    architecture how many ended ``ok`` (exact: fidelity 1.0), and their queries."""
+    architecture how many ended ``ok`` (exact: fidelity 1.0), and their queries. ``only``:
+    the architectures whose name contains it, their rows replaced in ``out``."""
+    kept = json.loads(Path(out).read_text()) if only and Path(out).exists() else []
     records = []
     for arch in CARLINI:
+        if only and only not in arch:
+            continue
         sizes = [int(s) for s in arch.split("-")]
         for s in range(n):
             rec = run(f"random {arch} s{s}", F.ReLUNetwork.random(s, sizes), None, samples,
@@ -162,8 +176,8 @@ def seeds_sweep(n: int, samples: int, timeout: float,
                   f"fewer={rec.get('fewer_queries', float('nan')):.1f} "
                   f"par={rec.get('param_error', float('nan')):.1e} "
                   f"{rec.get('reason', '')[:90]}", flush=True)
-            Path(out).write_text(json.dumps(records, indent=1, default=float))
-    print(seeds_table(records))
+            Path(out).write_text(json.dumps(merged(kept, records), indent=1, default=float))
+    print(seeds_table(merged(kept, records)))
 
 
 def seeds_table(records) -> str:

@@ -8,7 +8,7 @@ from typing import Optional
 
 import numpy as np
 
-from . import recover, search
+from . import expansive, recover, search
 from .context import Run
 from .deepstate import (IN_RANGE, STRAY, DeepConfig, LayerInfo, Line, Point, State, new_line,
                         plane_hits, predicted, read_jump, window)
@@ -51,10 +51,8 @@ def next_layer(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, layered:
     layer is closed after ``patience`` random lines that bring no new unit."""
     m = layered.depth
     h = layered.widths[-1]
-    if h > run.d and m == 1:
-        raise UnsupportedArchitecture(
-            f"layer 1 has {h} units for {run.d} inputs: an expansive first layer hides the "
-            "next layer's rows (not supported yet)")
+    if h > run.d and m == 1:        # a deeper kink's jump does not determine its row
+        return expansive.second_layer(run, cfg, mcfg, use_jit, layered, state, patience)
     q0, lines0, pts0 = run.oracle.queries, len(state.lines), len(state.points)
     quiet, found, tried, failed, misses = 0, 0, {}, set(), {}
     windows = WINDOWS_PER_UNIT * h     # bound on targeted windows for this layer

@@ -1,0 +1,359 @@
+"""An expansive first layer (more units than inputs): the second layer's rows from each unit's
+boundary, followed across the first layer's planes.
+
+With ``h_1 > d`` a deeper kink's jump ``sum_{i on} a_i w_i`` does not determine ``a`` (``h_1``
+unknowns, ``d`` equations), and which units are on depends on orientations not known yet. With
+the first layer as measured (``z_i = w_i . x + b_i``, each up to sign), a second-layer unit is
+
+    z_j = sum_i a_i relu(z_i) + C . x + c
+
+(a unit oriented the other way adds ``a_i z_i``, linear in ``x``: ``C`` collects those). Inside a
+region of layer 1 its boundary is a hyperplane with normal ``sum_{i: z_i > 0} a_i w_i + C``, and
+where it crosses plane ``i`` the normal changes by exactly ``a_i w_i`` (into the side
+``z_i > 0``). So from one kink: the normal there (its jump, measured in full), then a walk along
+the boundary; at a plane whose entry is unknown, one short line just beyond it locates the
+boundary again, and ``a_i``, the only unknown, follows. A plane whose entry is known is crossed
+without a query. With every entry known, ``C`` and ``c`` follow.
+
+Orientations, in polynomial time: a unit oriented the other way puts ``-a_i w_i`` into ``C``, so
+``C_j = -sum_i s_i a_ji w_i`` for every unit ``j`` with the same ``s`` in ``{0, 1}^h``: ``d``
+linear equations per unit, solved by least squares and rounded (checked by the residual).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import recover
+from .context import Run
+from .deepstate import IN_RANGE, DeepConfig, LayerInfo, State, new_line, predicted, window
+from .errors import UnsupportedArchitecture
+from .layered import Layered
+from .measure import MeasureConfig
+from .results import Kind
+
+CROSSINGS = 6         # bound on planes crossed while following one boundary, per unit of layer 1
+BEYOND = 0.05         # the short line sits this fraction of the way to the next plane beyond
+REACH = 4.0           # ... and reaches this many times that distance either side
+MAX_STARTS = 4        # bound on kinks followed, per unit of layer 1
+QUERIES_PER_UNIT = 3000  # bound on the queries of layer 2, per unit of layer 1
+VERIFY = 1e-4         # a followed unit's predicted kink this close (times the half length)
+MISSES = 20           # ... to a found one, at all but one in this many crossings of lines
+SIGN_RESIDUAL = 1e-3  # relative residual of the orientation fit that is accepted
+STALL = 1             # known planes crossed in a row (per unit of layer 1) before the
+                      # walk aims elsewhere
+CANDIDATES = 3        # kinks beyond a plane whose normals are measured, at most
+FIT = 1e-5            # relative residual of a crossing's new normal that is accepted
+FLAT = 1e-6           # a followed boundary whose entries are all below this (relative to its
+                      # linear part) never bends: a layer-1 unit
+MAX_ADDED = 4         # bound on layer-1 units added that way
+
+
+def second_layer(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, layered: Layered,
+                 state: State, patience: int) -> Layered:
+    """Layer 1 signed and layer 2 (pending signs) of a victim whose first layer has more units
+    than inputs.
+
+    Raises:
+        UnsupportedArchitecture: no boundary could be followed, or the orientations of layer 1
+            are not determined.
+    """
+    w, b = layered.weights[0], layered.biases[0]
+    q0, lines0 = run.oracle.queries, len(state.lines)
+    units, starts, quiet, random_lines, added = [], 0, 0, 0, 0
+    looked = set()
+    while starts < MAX_STARTS * (w.shape[0] + added * w.shape[0]):
+        if run.oracle.queries - q0 > QUERIES_PER_UNIT * w.shape[0] * (1 + added):
+            run.note(Kind.LAYER_INCOMPLETE, f"layer 2: {run.oracle.queries - q0} queries spent "
+                     f"following {len(units)} units; the layer is closed with them", layer=2)
+            break
+        todo = _unexplained(run, Layered((w,), (b,)), units, state, looked)
+        if not todo:
+            if quiet >= patience or random_lines >= cfg.lines_per_layer:
+                break
+            new_line(run, mcfg, use_jit, state)
+            random_lines += 1
+            quiet += 1
+            continue
+        li, k = todo[0]
+        looked.add((li, k))
+        starts += 1
+        start = _normal_at(run, mcfg, state, li, k)
+        if start is None:
+            continue
+        unit = _follow(run, mcfg, state, w, b, *start)
+        if unit is None or not _verified(run, w, b, unit, state):
+            continue
+        if np.abs(unit[0]).max() <= FLAT * np.linalg.norm(unit[1]):
+            # a boundary that bends nowhere: a layer-1 unit that line 0 missed (random
+            # 10-20-20-1 s4, s5: 19 of 20). Layer 2 is followed again with it
+            if added >= MAX_ADDED:
+                raise UnsupportedArchitecture(
+                    f"layer 1: more than {MAX_ADDED} units missed by the first line")
+            size = np.linalg.norm(unit[1])
+            w, b = np.concatenate([w, unit[1][None] / size]), np.append(b, unit[2] / size)
+            units, looked, added = [], set(), added + 1
+            run.note(Kind.LAYER_ONE_ADDED, f"layer 1: a unit line 0 did not see was found "
+                     f"following a boundary that never bends, and added (now {w.shape[0]})",
+                     line=li)
+            continue
+        if not any(_same(unit, other) for other in units):
+            units.append(unit)
+            quiet = 0
+    h = w.shape[0]
+    if not units:
+        raise UnsupportedArchitecture(
+            f"layer 2: no unit's boundary could be followed across layer 1's {w.shape[0]} "
+            f"planes (an expansive layer 1: {w.shape[0]} units for {run.d} inputs)")
+    a = np.array([u[0] for u in units])
+    big_c = np.array([u[1] for u in units])
+    c = np.array([u[2] for u in units])
+    flip, agree = _orientations(w, a, big_c)
+    if not agree.all():
+        run.note(Kind.LAYER_INCOMPLETE, f"layer 2: {int((~agree).sum())} followed units "
+                 "disagree with the orientations of layer 1 the others agree on; left out",
+                 layer=2, units=int((~agree).sum()))
+        units = [u for u, k in zip(units, agree) if k]
+        a, big_c, c = a[agree], big_c[agree], c[agree]
+    sign = 1.0 - 2.0 * flip
+    rows = a
+    bias = c + a @ (flip * b)
+    norm = np.sqrt((rows ** 2).sum(1) + bias ** 2)
+    run.note(Kind.DEEP,
+             f"layer 1 is expansive ({h} units for {run.d} inputs): layer 2's {len(units)} "
+             f"units followed along their boundaries, layer 1's orientations solved from them",
+             layer=2, units=len(units))
+    state.infos.append(LayerInfo(2, len(units), len(state.lines) - lines0, starts,
+                                 run.oracle.queries - q0, ()))
+    return Layered((w * sign[:, None], rows / norm[:, None]), (b * sign, bias / norm))
+
+
+def _same(one, other, tol: float = 1e-6) -> bool:
+    """Whether two followed units are one (their ``(a, C, c)`` equal up to scale and sign)."""
+    p, q = (np.concatenate([u[0], u[1], [u[2]]]) for u in (one, other))
+    p, q = p / np.linalg.norm(p), q / np.linalg.norm(q)
+    return min(np.abs(p - q).max(), np.abs(p + q).max()) <= tol
+
+
+def _unexplained(run: Run, layered: Layered, units: list, state: State, looked: set) -> list:
+    """``(line, kink)`` of the found kinks that neither layer 1 nor the followed units explain."""
+    w, b = layered.weights[0], layered.biases[0]
+    out = []
+    for li, line in enumerate(state.lines):
+        if not line.t.size:
+            continue
+        known = predicted(run, layered, line, None)
+        for u in units:
+            t = _crossings(w, b, u, line.x0, line.v, line.half)
+            if t.size:
+                known |= np.abs(line.t[:, None] - t[None, :]).min(1) <= VERIFY * line.half
+        out.extend((li, k) for k in np.flatnonzero(~known) if (li, k) not in looked)
+    return out
+
+
+def _normal_at(run: Run, mcfg: MeasureConfig, state: State, li: int, k: int):
+    """The kink ``k`` of line ``li`` and its boundary's normal there (the jump, measured in
+    full on both sides): ``(point, normal)``, or None."""
+    line = state.lines[li]
+    bounds = np.concatenate([[-line.half], line.t, [line.half]])
+    lo, hi = bounds[k:k + 2], bounds[k + 1:k + 3]
+    step = np.minimum(mcfg.step_frac * 0.5 * (hi - lo), run.step_cap)
+    if not run.room(2 * (run.d + 1)):
+        raise run.out_of_budget("while measuring a kink of an expansive layer's successor")
+    regions, _ = recover.measure_regions(run.query("gradients"), line.x0, line.v, li,
+                                         lo, hi, 0.5 * (lo + hi), step, remaining=None)
+    aff = regions.affine()
+    jumps = recover.jumps_to_rows(aff[:1], aff[1:], line.v, li, line.t[k:k + 1], np.zeros(1))
+    if not jumps or jumps[0].rank_ratio > 1e-4:
+        return None
+    return line.x0 + line.t[k] * line.v, jumps[0].row[:-1].copy()
+
+
+def _follow(run: Run, mcfg: MeasureConfig, state: State, w: np.ndarray, b: np.ndarray,
+            x: np.ndarray, g: np.ndarray):
+    """``(a, C, c)`` of the unit whose boundary passes through ``x`` with normal ``g``, in the
+    scale of ``g``; None when the walk stalls or a crossing is not found."""
+    h = w.shape[0]
+    a = np.zeros(h)
+    known = np.zeros(h, bool)
+    y, g = x.copy(), g.copy()
+    on = w @ y + b > 0
+    last, free, stalled = -1, 0, np.zeros(h, bool)
+    for _ in range(CROSSINGS * h):
+        if known.all():
+            break
+        if free > STALL * h:           # crossing known planes in circles: another target
+            stalled[aim] = True
+            free = 0
+        move = _direction(w, b, y, g, on, known | stalled, last)
+        if move is None:
+            return None
+        u, k, t, beyond, aim = move
+        y_k = y + t * u
+        into = w[k] @ u > 0
+        s = 1.0 if into else -1.0
+        on = on.copy()
+        on[k] = into
+        if known[k]:
+            g = g + s * a[k] * w[k]
+            y, last, free = y_k, k, free + 1
+            continue
+        found = _beyond(run, mcfg, state, w, b, y_k, u, g, on, beyond)
+        fit = None
+        for p, li, j in found[:CANDIDATES]:
+            # the new normal, measured: mu n = g + s a_k w_k (mu and a_k unknown); taking it
+            # as measured keeps the walk's error from growing with every plane crossed. A
+            # kink of another unit (beside the boundary followed) does not fit
+            start = _normal_at(run, mcfg, state, li, j)
+            if start is None:
+                continue
+            n = start[1]
+            coef, *_ = np.linalg.lstsq(np.stack([n, -s * w[k]], 1), g, rcond=None)
+            if np.linalg.norm(coef[0] * n - s * coef[1] * w[k] - g) <= FIT * np.linalg.norm(g):
+                fit = (p, n, coef)
+                break
+        if fit is None:
+            return None
+        p, n, (mu, a[k]) = fit
+        known[k] = True
+        g = mu * n
+        y, last, free, stalled = p, -1, 0, np.zeros(h, bool)
+    if not known.all():
+        return None
+    big_c = g - (a * on) @ w
+    c = -(a @ np.maximum(w @ y + b, 0.0) + big_c @ y)
+    return a, big_c, c
+
+
+def _direction(w, b, y, g, on, known, last):
+    """A step along the boundary (normal ``g``) from ``y`` toward the nearest plane whose entry
+    is unknown: ``(unit direction, first plane crossed, distance, distance to the plane after
+    it, the plane aimed at)``, or None. Standing on plane ``last`` (just crossed), a step that would cross it back
+    follows the ridge where the boundary meets it instead. The sides are ``on``'s, not the
+    signs of ``z`` (which round either way on a plane)."""
+    z = w @ y + b
+    best = None
+    for i in np.flatnonzero(~known):
+        u = _toward(w, g, w[i], 1.0 if not on[i] else -1.0, None)
+        if u is not None and last >= 0 and (w[last] @ u > 0) != on[last]:
+            u = _toward(w, g, w[i], 1.0 if not on[i] else -1.0, w[last])
+        if u is None:
+            continue
+        rates = w @ u
+        tiny = 1e-12 * np.abs(rates).max()
+        ahead = np.where(on, rates < -tiny, rates > tiny)
+        if last >= 0:
+            ahead[last] = False
+        if not ahead[i]:
+            continue
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = np.where(ahead, np.maximum(-z / rates, 0.0), np.inf)
+        order = np.argsort(t)
+        k, dist = int(order[0]), float(t[order[0]])
+        after = float(t[order[1]] - dist) if np.isfinite(t[order[1]]) else dist
+        score = float(t[i])
+        if best is None or score < best[0]:
+            best = (score, u, k, dist, max(after, 0.0), int(i))
+    return None if best is None else best[1:]
+
+
+def _toward(w, g, target, sign, ridge):
+    """The unit direction nearest to ``sign * target`` that keeps to the boundary (normal
+    ``g``) and, when given, to the plane of normal ``ridge``; None when there is none."""
+    basis = np.array([g] if ridge is None else [g, ridge])
+    q, _ = np.linalg.qr(basis.T)
+    delta = target - q @ (q.T @ target)
+    size = np.linalg.norm(delta)
+    if size <= 1e-9 * np.linalg.norm(target):
+        return None
+    return sign * delta / size
+
+
+def _beyond(run: Run, mcfg: MeasureConfig, state: State, w, b, y_k, u, g, on, after):
+    """The boundary just beyond plane ``k`` (crossed at ``y_k`` along ``u``): a short line
+    across it, a little way beyond; the found kinks in the region ``on``, nearest its centre
+    first: ``[(point, line, kink)]``."""
+    scale = max(np.linalg.norm(y_k), run.input_scale)
+    eps = max(BEYOND * after, 1e-6 * scale)
+    centre = y_k + eps * u
+    zc = w @ centre + b          # off any plane it sits on (a ridge walk runs along one)
+    flat = np.abs(zc) < 0.1 * eps * np.linalg.norm(w, axis=1)
+    centre = centre + 0.5 * eps * (np.where(on, 1.0, -1.0)[flat] @ w[flat]) if flat.any() \
+        else centre
+    n = g / np.linalg.norm(g)
+    half = REACH * eps
+    line = window(run, mcfg, state, centre, n, half)
+    pts = centre + line.t[:, None] * n
+    ok = np.flatnonzero((((pts @ w.T + b) > 0) == on).all(1))
+    ok = ok[np.argsort(np.abs(line.t[ok]))]
+    return [(pts[j], len(state.lines) - 1, int(j)) for j in ok]
+
+
+def _values(w, b, unit, x):
+    a, big_c, c = unit
+    return np.maximum(x @ w.T + b, 0.0) @ a + x @ big_c + c
+
+
+def _crossings(w, b, unit, x0, v, half) -> np.ndarray:
+    """Where the unit's boundary crosses ``x0 + t v``, ``|t| < IN_RANGE * half``."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t1 = -(w @ x0 + b) / (w @ v)
+    t1 = t1[np.isfinite(t1) & (np.abs(t1) < half)]
+    knots = np.sort(np.concatenate([[-IN_RANGE * half, IN_RANGE * half],
+                                    t1[np.abs(t1) < IN_RANGE * half]]))
+    z = _values(w, b, unit, x0 + knots[:, None] * v)
+    za, zb = z[:-1], z[1:]
+    cross = za * zb < 0
+    frac = za[cross] / (za[cross] - zb[cross])
+    return knots[:-1][cross] + frac * (knots[1:][cross] - knots[:-1][cross])
+
+
+def _verified(run: Run, w, b, unit, state: State) -> bool:
+    """Whether the unit's boundary predicts a found kink where it crosses the searched lines:
+    at two or more, missing at most one in ``MISSES`` (a kink of it the search merged with a
+    close one: a short line with a layer-1 kink 3e-5 beside it)."""
+    hits = misses = 0
+    for line in state.lines:
+        t = _crossings(w, b, unit, line.x0, line.v, line.half)
+        if not t.size:
+            continue
+        if not line.t.size:
+            misses += t.size
+            continue
+        near = np.abs(t[:, None] - line.t[None, :]).min(1) <= VERIFY * line.half
+        hits += int(near.sum())
+        misses += int((~near).sum())
+    return hits >= 2 and misses * MISSES <= hits
+
+
+def _orientations(w: np.ndarray, a: np.ndarray, big_c: np.ndarray):
+    """Which layer-1 units are oriented against their measured rows (0/1 each), from
+    ``C_j = -sum_i s_i a_ji w_i`` over the units ``j``, and which units agree with them (a
+    unit that disagrees most is left out, one at a time, while at least half remain).
+
+    Raises:
+        UnsupportedArchitecture: the orientations are not determined, or no orientation
+            agrees with most units.
+    """
+    h, d = w.shape
+    keep = np.ones(a.shape[0], bool)
+    while True:
+        lhs = np.concatenate([(w * a_j[:, None]).T for a_j in a[keep]])      # (J d, h)
+        rhs = -big_c[keep].reshape(-1)
+        rank = np.linalg.matrix_rank(lhs)
+        if rank < h:
+            raise UnsupportedArchitecture(
+                f"layer 1: the orientations of its {h} units are not determined by the "
+                f"{int(keep.sum())} units of layer 2 found (rank {rank})")
+        s = np.linalg.lstsq(lhs, rhs, rcond=None)[0]
+        flip = (s > 0.5).astype(float)
+        miss = (lhs @ flip - rhs).reshape(-1, d)
+        size = np.linalg.norm(big_c[keep], axis=1) + np.linalg.norm(a[keep], axis=1)
+        worst = np.linalg.norm(miss, axis=1) / size
+        if worst.max() <= SIGN_RESIDUAL:
+            return flip, keep
+        if 2 * (keep.sum() - 1) < a.shape[0]:
+            raise UnsupportedArchitecture(
+                f"layer 1: no orientation of its {h} units agrees with layer 2's boundaries "
+                f"(relative residual {worst.max():.1e})")
+        keep[np.flatnonzero(keep)[int(np.argmax(worst))]] = False
