@@ -62,7 +62,7 @@ def second_layer(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, layere
     q0, lines0 = run.oracle.queries, len(state.lines)
     units, starts, quiet, random_lines, added = [], 0, 0, 0, 0
     looked = set()
-    while starts < MAX_STARTS * (w.shape[0] + added * w.shape[0]):
+    while starts < MAX_STARTS * w.shape[0] * (1 + added):
         if run.oracle.queries - q0 > QUERIES_PER_UNIT * w.shape[0] * (1 + added):
             run.note(Kind.LAYER_INCOMPLETE, f"layer 2: {run.oracle.queries - q0} queries spent "
                      f"following {len(units)} units; the layer is closed with them", layer=2)
@@ -86,7 +86,7 @@ def second_layer(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, layere
             continue
         if np.abs(unit[0]).max() <= FLAT * np.linalg.norm(unit[1]):
             # a boundary that bends nowhere: a layer-1 unit that line 0 missed (random
-            # 10-20-20-1 s4, s5: 19 of 20). Layer 2 is followed again with it
+            # 10-20-20-1 s5: 19 of 20). Layer 2 is followed again with it
             if added >= MAX_ADDED:
                 raise UnsupportedArchitecture(
                     f"layer 1: more than {MAX_ADDED} units missed by the first line")
@@ -123,6 +123,8 @@ def second_layer(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, layere
              f"layer 1 is expansive ({h} units for {run.d} inputs): layer 2's {len(units)} "
              f"units followed along their boundaries, layer 1's orientations solved from them",
              layer=2, units=len(units))
+    first = state.infos[-1]
+    state.infos[-1] = LayerInfo(1, h, first.lines, first.kinks, first.queries, ())
     state.infos.append(LayerInfo(2, len(units), len(state.lines) - lines0, starts,
                                  run.oracle.queries - q0, ()))
     return Layered((w * sign[:, None], rows / norm[:, None]), (b * sign, bias / norm))
