@@ -180,7 +180,7 @@ def _follow(run: Run, mcfg: MeasureConfig, state: State, w: np.ndarray, b: np.nd
     known = np.zeros(h, bool)
     y, g = x.copy(), g.copy()
     on = w @ y + b > 0
-    last, free, stalled = -1, 0, np.zeros(h, bool)
+    last, free, stalled, aim = -1, 0, np.zeros(h, bool), 0
     for _ in range(CROSSINGS * h):
         if known.all():
             break

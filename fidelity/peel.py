@@ -12,7 +12,6 @@ from . import expansive, recover, search
 from .context import Run
 from .deepstate import (IN_RANGE, STRAY, DeepConfig, LayerInfo, Line, Point, State, new_line,
                         plane_hits, predicted, read_jump, window)
-from .errors import UnsupportedArchitecture
 from .layered import Layered
 from .measure import MeasureConfig
 from .results import Kind
