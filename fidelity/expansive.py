@@ -230,9 +230,9 @@ def _follow(run: Run, mcfg: MeasureConfig, state: State, w: np.ndarray, b: np.nd
 def _direction(w, b, y, g, on, known, last):
     """A step along the boundary (normal ``g``) from ``y`` toward the nearest plane whose entry
     is unknown: ``(unit direction, first plane crossed, distance, distance to the plane after
-    it, the plane aimed at)``, or None. Standing on plane ``last`` (just crossed), a step that would cross it back
-    follows the ridge where the boundary meets it instead. The sides are ``on``'s, not the
-    signs of ``z`` (which round either way on a plane)."""
+    it, the plane aimed at)``, or None. Standing on plane ``last`` (just crossed), a step
+    that would cross it back follows the ridge where the boundary meets it instead. The sides
+    are ``on``'s, not the signs of ``z`` (which round either way on a plane)."""
     z = w @ y + b
     best = None
     for i in np.flatnonzero(~known):
