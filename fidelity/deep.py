@@ -34,7 +34,7 @@ import numpy as np
 from . import pin, recover
 from .context import Run
 from .deepstate import (IN_RANGE, MATCH, PAIR, DeepConfig, LayerInfo, Line, Point, State,
-                        new_line, plane_hits, plane_kinks)
+                        kink_jump, new_line, plane_hits, plane_kinks)
 from .errors import QueryBudgetExceeded, UnsupportedArchitecture
 from .layered import Layered
 from .measure import MeasureConfig, region_noise, search_line
@@ -243,21 +243,10 @@ def _second_opinion(run: Run, mcfg: MeasureConfig, state: State, rows: np.ndarra
     redo = np.flatnonzero(worst > max(doubt, 30.0 * typical))
     for i in redo:
         li = 1 + int(np.nanargmax(others[i]))
-        line, k = state.lines[li], int(at[i, li])
-        bounds = np.concatenate([[-line.half], line.t, [line.half]])
-        lo, hi = bounds[k:k + 2], bounds[k + 1:k + 3]
-        mid = 0.5 * (lo + hi)
-        step = np.minimum(mcfg.step_frac * 0.5 * (hi - lo), run.step_cap)
-        if not run.room(2 * (run.d + 1)):
-            raise run.out_of_budget("while measuring layer 1 again")
-        regions, _ = recover.measure_regions(run.query("gradients"), line.x0, line.v, li,
-                                             lo, hi, mid, step, remaining=None)
-        aff = regions.affine()
-        jumps = recover.jumps_to_rows(aff[:1], aff[1:], line.v, li, line.t[k:k + 1],
-                                      np.zeros(1))
-        if not jumps:
+        jump = kink_jump(run, mcfg, state, li, int(at[i, li]), "while measuring layer 1 again")
+        if jump is None:
             continue
-        new = jumps[0].row
+        new = jump.row
         if new[:-1] @ rows[i, :-1] < 0:
             new = -new
         old_res = _kink_residuals(run, rows[i:i + 1], state.lines)[0]

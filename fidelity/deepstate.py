@@ -8,7 +8,7 @@ from typing import Optional
 
 import numpy as np
 
-from . import search
+from . import recover, search
 from .context import Run
 from .layered import Layered
 from .measure import MeasureConfig, search_line
@@ -149,6 +149,27 @@ def new_line(run: Run, mcfg: MeasureConfig, use_jit, state: State) -> Line:
     line = Line(x0, v, res.t, res.slopes, run.t_max, res.verified)
     state.lines.append(line)
     return line
+
+
+def kink_jump(run: Run, mcfg: MeasureConfig, state: State, li: int, k: int, doing: str):
+    """The jump across kink ``k`` of searched line ``li``, the regions on both sides measured in
+    full (``2 (d + 1)`` queries): a :class:`fidelity.recover.Jump` (its row is the kink's local
+    plane), or None when nothing jumps there.
+
+    Raises:
+        QueryBudgetExceeded: the budget does not cover it (``doing`` says what was under way).
+    """
+    line = state.lines[li]
+    bounds = np.concatenate([[-line.half], line.t, [line.half]])
+    lo, hi = bounds[k:k + 2], bounds[k + 1:k + 3]
+    step = np.minimum(mcfg.step_frac * 0.5 * (hi - lo), run.step_cap)
+    if not run.room(2 * (run.d + 1)):
+        raise run.out_of_budget(doing)
+    regions, _ = recover.measure_regions(run.query("gradients"), line.x0, line.v, li,
+                                         lo, hi, 0.5 * (lo + hi), step, remaining=None)
+    aff = regions.affine()
+    jumps = recover.jumps_to_rows(aff[:1], aff[1:], line.v, li, line.t[k:k + 1], np.zeros(1))
+    return jumps[0] if jumps else None
 
 
 # ---------------------------------------------------------------------------- polish

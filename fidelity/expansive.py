@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import recover
 from .context import Run
-from .deepstate import IN_RANGE, DeepConfig, LayerInfo, State, new_line, predicted, window
+from .deepstate import (IN_RANGE, DeepConfig, LayerInfo, State, kink_jump, new_line, predicted,
+                        window)
 from .errors import UnsupportedArchitecture
 from .layered import Layered
 from .measure import MeasureConfig
@@ -156,19 +156,12 @@ def _unexplained(run: Run, layered: Layered, units: list, state: State, looked: 
 def _normal_at(run: Run, mcfg: MeasureConfig, state: State, li: int, k: int):
     """The kink ``k`` of line ``li`` and its boundary's normal there (the jump, measured in
     full on both sides): ``(point, normal)``, or None."""
-    line = state.lines[li]
-    bounds = np.concatenate([[-line.half], line.t, [line.half]])
-    lo, hi = bounds[k:k + 2], bounds[k + 1:k + 3]
-    step = np.minimum(mcfg.step_frac * 0.5 * (hi - lo), run.step_cap)
-    if not run.room(2 * (run.d + 1)):
-        raise run.out_of_budget("while measuring a kink of an expansive layer's successor")
-    regions, _ = recover.measure_regions(run.query("gradients"), line.x0, line.v, li,
-                                         lo, hi, 0.5 * (lo + hi), step, remaining=None)
-    aff = regions.affine()
-    jumps = recover.jumps_to_rows(aff[:1], aff[1:], line.v, li, line.t[k:k + 1], np.zeros(1))
-    if not jumps or jumps[0].rank_ratio > 1e-4:
+    jump = kink_jump(run, mcfg, state, li, k,
+                     "while measuring a kink of an expansive layer's successor")
+    if jump is None or jump.rank_ratio > 1e-4:
         return None
-    return line.x0 + line.t[k] * line.v, jumps[0].row[:-1].copy()
+    line = state.lines[li]
+    return line.x0 + line.t[k] * line.v, jump.row[:-1].copy()
 
 
 def _follow(run: Run, mcfg: MeasureConfig, state: State, w: np.ndarray, b: np.ndarray,

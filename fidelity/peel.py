@@ -8,10 +8,10 @@ from typing import Optional
 
 import numpy as np
 
-from . import expansive, recover, search
+from . import expansive, search
 from .context import Run
-from .deepstate import (IN_RANGE, STRAY, DeepConfig, LayerInfo, Line, Point, State, new_line,
-                        plane_hits, predicted, read_jump, window)
+from .deepstate import (IN_RANGE, STRAY, DeepConfig, LayerInfo, Line, Point, State, kink_jump,
+                        new_line, plane_hits, predicted, read_jump, window)
 from .layered import Layered
 from .measure import MeasureConfig
 from .results import Kind
@@ -311,21 +311,11 @@ def _repair_layer_one(run: Run, mcfg: MeasureConfig, layered: Layered, state: St
     if at is None:
         return layered, 0
     tried.add((at.line, at.t))
-    line = state.lines[at.line]
-    k = int(np.argmin(np.abs(line.t - at.t)))
-    bounds = np.concatenate([[-line.half], line.t, [line.half]])
-    lo, hi = bounds[k:k + 2], bounds[k + 1:k + 3]
-    step = np.minimum(mcfg.step_frac * 0.5 * (hi - lo), run.step_cap)
-    if not run.room(2 * (run.d + 1)):
-        raise run.out_of_budget("while measuring a missed layer-1 unit")
-    regions, _ = recover.measure_regions(run.query("gradients"), line.x0, line.v, at.line,
-                                         lo, hi, 0.5 * (lo + hi), step, remaining=None)
-    aff = regions.affine()
-    jumps = recover.jumps_to_rows(aff[:1], aff[1:], line.v, at.line, line.t[k:k + 1],
-                                  np.zeros(1))
-    if not jumps:
+    k = int(np.argmin(np.abs(state.lines[at.line].t - at.t)))
+    jump = kink_jump(run, mcfg, state, at.line, k, "while measuring a missed layer-1 unit")
+    if jump is None:
         return layered, 1
-    row = jumps[0].row[None]
+    row = jump.row[None]
     hits, misses = plane_hits(run, row, state.lines, np.array([at.line]))
     # a layer-1 kink shows only where some deeper path is on: its plane may cross a line
     # where nothing kinks (40-20-10-10-1 s8: two missed layer-1 units were measured six
