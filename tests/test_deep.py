@@ -327,3 +327,30 @@ def test_random_expansive_victims_exact_or_refused_naming_a_layer(seed, d, data)
     if result.status == "ok":
         rep = F.evaluate(victim, result.network, num_samples=20_000)
         assert rep.fidelity == 1.0 and rep.max_rel_error <= 1e-7
+
+
+def test_the_output_fit_gets_inputs_where_a_rarely_active_unit_stands_out():
+    # a last-layer unit that the output fit's inputs never switch on (trained digits
+    # 784-64-32-10: one on for 0.2% of random inputs, its output column 4.5e-6 off) gets
+    # inputs, picked by the model alone, where it carries most of the layer; sides that
+    # already stand out among the fit's inputs get none
+    from types import SimpleNamespace
+
+    from fidelity.deep import STAND_OUT, _standing_out
+    rng = np.random.default_rng(0)
+    d, h = 6, 4
+    layered = Layered((rng.normal(size=(h, d)),), (np.zeros(h),))
+    run = SimpleNamespace(seed=0, d=d, input_scale=1.0)
+    x = rng.normal(size=(4000, d))
+    z = layered.preacts(x)[-1]
+    fit = z[z[:, 0] < 0][:200]                  # unit 0 never on among the fit's inputs
+    picked = layered.preacts(_standing_out(run, layered, 0, fit))[-1]
+    assert 1 <= picked.shape[0] <= STAND_OUT
+    assert (picked[:, 0] > 0).all()
+    share = picked[:, 0] / np.linalg.norm(picked, axis=1)
+    assert share.min() > 0.9
+    # every side standing out already: nothing is asked
+    assert _standing_out(run, layered, 0, z).shape[0] == 0
+    # nothing fitted yet: every unit on each side
+    every = layered.preacts(_standing_out(run, layered, 0, np.zeros((0, h))))[-1]
+    assert ((every > 0).any(0) & (every < 0).any(0)).all()
