@@ -33,8 +33,8 @@ import numpy as np
 
 from . import pin, recover
 from .context import Run
-from .deepstate import (IN_RANGE, MATCH, PAIR, DeepConfig, LayerInfo, Line, Point, State,
-                        kink_jump, new_line, plane_hits, plane_kinks)
+from .deepstate import (IN_RANGE, LAST_LAYER, MATCH, PAIR, DeepConfig, LayerInfo, Line, Point,
+                        State, kink_jump, new_line, plane_hits, plane_kinks)
 from .errors import QueryBudgetExceeded, UnsupportedArchitecture
 from .layered import Layered
 from .measure import MeasureConfig, region_noise, search_line
@@ -43,7 +43,6 @@ from .peel import few_unexplained, next_layer
 from .results import Kind
 
 PAIR_REACH = 4.0      # see _explained
-LAST_LAYER = 1e-4     # output fit residual (relative) below which layer m is the last
 MAX_RETRIES = 2       # a layer searched again when nothing fits the layer after it
 RETRY_PATIENCE = 3    # ... with this many times the random lines of patience
 
@@ -484,6 +483,7 @@ def _output(run: Run, cfg: DeepConfig, layered: Layered, state: State,
     scale = max(np.abs(y).max(), 1e-300)
     if np.abs(phi @ coef - y).max() > LAST_LAYER * scale:
         if not linear:
+            state.unfitted = (x, y)    # what the next layer's units must fit (fidelity.peel)
             return None
         # a unit of layer m that never switched (on wherever searched) adds a part linear in
         # layer m - 1's outputs: fitted too, it is carried by pairs relu(t) - relu(-t)

@@ -14,6 +14,7 @@ from .layered import Layered
 from .measure import MeasureConfig, search_line
 from .validation import at_least, positive
 
+LAST_LAYER = 1e-4     # output fit residual (relative) below which layer m is the last
 MATCH = 1e-6          # a found kink within MATCH times the line's half length of a
                       # predicted one is that unit's
 PAIR = 1e-3           # two predicted kinks closer than PAIR times the half length are a
@@ -118,6 +119,7 @@ class State:
     pins: list = field(default_factory=list)       # exact kinks placed by fidelity.pin
     memo: dict = field(default_factory=dict)       # fidelity.peel's analysis, per model
     windows: set = field(default_factory=set)      # (unit, point) of fidelity.peel's windows
+    unfitted: Optional[tuple] = None   # (x, y) answers the last output fit could not fit
 
 
 def plane_kinks(run: Run, rows: np.ndarray, line: Line):
@@ -197,3 +199,12 @@ def predicted(run: Run, layered: Layered, line: Line, extra: Optional[np.ndarray
     if not line.t.size or not t.size:
         return np.zeros(line.t.size, bool)
     return np.abs(line.t[:, None] - t[None, :]).min(1) <= MATCH * line.half
+
+
+def fits_outputs(layered: Layered, x: np.ndarray, y: np.ndarray) -> bool:
+    """Whether ``y`` is an affine map of the last layer's outputs at ``x`` (either
+    orientation per unit), to :data:`LAST_LAYER` of the answers' size."""
+    z = layered.preacts(x)[-1]
+    phi = np.concatenate([np.maximum(z, 0), z, np.ones((x.shape[0], 1))], 1)
+    coef = np.linalg.lstsq(phi, y, rcond=None)[0]
+    return bool(np.abs(phi @ coef - y).max() <= LAST_LAYER * max(np.abs(y).max(), 1e-300))
