@@ -173,10 +173,11 @@ def extend(run: Run, regime: Extender, cfg: MeasureConfig, x0: np.ndarray, v: np
 
 def _visible(run: Run, x0: np.ndarray, v: np.ndarray, rows: np.ndarray,
              coef: np.ndarray) -> np.ndarray:
-    """``(h,)`` which of the units ``rows``, ``coef`` the search can see on the line: their slope jump
-    along it, ``|c_i| |w_i . v|``, stands ``VISIBLE`` times above the slope noise of the
-    search's step (a unit with output weights 1e-6 of the largest, or answers 1e3 times their
-    spread, kinks below it; such a unit missing its kink says nothing about depth)."""
+    """``(h,)`` which of the units ``rows``, ``coef`` the search can see on the line: their
+    slope jump along it, ``|c_i| |w_i . v|``, stands ``VISIBLE`` times above the slope noise
+    of the search's step (a unit with output weights 1e-6 of the largest, or answers 1e3
+    times their spread, kinks below it; such a unit missing its kink says nothing about
+    depth)."""
     network = run.model.network
     ends = x0 + np.array([-run.t_max, run.t_max])[:, None] * v
     size = float(np.abs(network(ends)).max()) if network is not None else 0.0

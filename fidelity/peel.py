@@ -124,7 +124,7 @@ def next_layer(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, layered:
     return _appended(layered, found_layer)
 
 
-def _appended(layered: Layered, found: "_Found") -> Layered:
+def _appended(layered: Layered, found: _Found) -> Layered:
     """``layered`` with its last layer signed and the found units as a new layer (rows scaled
     to unit norm with the bias)."""
     norm = np.sqrt((found.rows ** 2).sum(1) + 1.0)
