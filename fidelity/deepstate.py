@@ -120,6 +120,7 @@ class State:
     memo: dict = field(default_factory=dict)       # fidelity.peel's analysis, per model
     windows: set = field(default_factory=set)      # (unit, point) of fidelity.peel's windows
     unfitted: Optional[tuple] = None   # (x, y) answers the last output fit could not fit
+    left_out: int = 0      # incomplete groups of kinks the last layer search left out
 
 
 def plane_kinks(run: Run, rows: np.ndarray, line: Line):

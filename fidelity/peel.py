@@ -105,6 +105,7 @@ def next_layer(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, layered:
         else:
             break
     rows = found_layer.rows
+    state.left_out = len(found_layer.partial)
     if found_layer.partial:
         run.note(Kind.LAYER_INCOMPLETE, f"layer {m + 1}: {len(found_layer.partial)} groups of "
                  "kinks agreed like one unit's but could not be completed (a deeper unit seen "

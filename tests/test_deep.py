@@ -364,3 +364,15 @@ def test_a_layer_is_closed_once_it_explains_every_kink_and_the_outputs():
     assert result.status == "ok"
     _exact(victim, result, rel=1e-12, param=3.2e-12)
     assert result.queries <= 7_700
+
+
+def test_a_linear_part_beside_a_group_left_incomplete_is_not_ok():
+    # random 12-8-7-1 s5920: a layer-2 unit on for 99% of inputs is carried by a linear part,
+    # and a group of kinks was left incomplete; it came back 'ok' and 1.7e-3 off (4287e3c)
+    victim = F.ReLUNetwork.random(5920, [12, 8, 7, 1])
+    result = F.extract(F.Oracle(victim), seed=5920, throw=False)
+    if result.status == "ok":
+        rep = F.evaluate(victim, result.network, num_samples=20_000)
+        assert rep.fidelity == 1.0 and rep.max_rel_error <= 1e-7
+    else:
+        assert any("left incomplete" in n for n in result.notes)
