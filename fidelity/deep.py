@@ -33,8 +33,8 @@ import numpy as np
 
 from . import pin, recover
 from .context import Run
-from .deepstate import (IN_RANGE, LAST_LAYER, MATCH, PAIR, DeepConfig, LayerInfo, Line, Point,
-                        State, kink_jump, new_line, plane_hits, plane_kinks)
+from .deepstate import (IN_RANGE, MATCH, PAIR, DeepConfig, LayerInfo, Line, Point, State,
+                        affine_fit, either_side, kink_jump, new_line, plane_hits, plane_kinks)
 from .errors import QueryBudgetExceeded, UnsupportedArchitecture
 from .layered import Layered
 from .measure import MeasureConfig, region_noise, search_line
@@ -488,10 +488,8 @@ def _output(run: Run, cfg: DeepConfig, layered: Layered, state: State,
         x, y = np.concatenate([x, xk]), np.concatenate([y, yk])
     n = x.shape[0]
     z = layered.preacts(x)[-1]
-    phi = np.concatenate([np.maximum(z, 0), z, np.ones((n, 1))], 1)
-    coef = np.linalg.lstsq(phi, y, rcond=None)[0]
-    scale = max(np.abs(y).max(), 1e-300)
-    if np.abs(phi @ coef - y).max() > LAST_LAYER * scale:
+    coef, fits = affine_fit(either_side(z), y)
+    if not fits:
         if not linear:
             state.unfitted = (x, y)    # what the next layer's units must fit (fidelity.peel)
             return None
@@ -505,9 +503,8 @@ def _output(run: Run, cfg: DeepConfig, layered: Layered, state: State,
         zz = layered.preacts(x)
         z = zz[-1]                      # (z itself is linear in layer m - 1's outputs: a
         phi = np.concatenate([np.maximum(z, 0), np.maximum(zz[-2], 0), np.ones((n, 1))], 1)
-        coef = np.linalg.lstsq(phi, y, rcond=None)[0]     # unit's orientation is absorbed)
-        scale = max(np.abs(y).max(), 1e-300)
-        if np.abs(phi @ coef - y).max() > LAST_LAYER * scale:
+        coef, fits = affine_fit(phi, y)                   # unit's orientation is absorbed)
+        if not fits:
             return None
         linear = coef[h:h + hp].T                                           # (k, hp)
         return _output_with_pairs(run, layered, x, y, linear)

@@ -202,10 +202,21 @@ def predicted(run: Run, layered: Layered, line: Line, extra: Optional[np.ndarray
     return np.abs(line.t[:, None] - t[None, :]).min(1) <= MATCH * line.half
 
 
+def affine_fit(feats: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, bool]:
+    """``y`` as an affine map of ``feats`` (whose last column is ones), by least squares: the
+    coefficients, and whether they fit to :data:`LAST_LAYER` of the answers' size."""
+    coef = np.linalg.lstsq(feats, y, rcond=None)[0]
+    scale = max(np.abs(y).max(), 1e-300)
+    return coef, bool(np.abs(feats @ coef - y).max() <= LAST_LAYER * scale)
+
+
+def either_side(z: np.ndarray) -> np.ndarray:
+    """The features ``[relu(z), z, 1]`` of pre-activations ``z``: an affine map of them is one
+    of ``relu(z)`` with either orientation per unit."""
+    return np.concatenate([np.maximum(z, 0), z, np.ones((z.shape[0], 1))], 1)
+
+
 def fits_outputs(layered: Layered, x: np.ndarray, y: np.ndarray) -> bool:
     """Whether ``y`` is an affine map of the last layer's outputs at ``x`` (either
     orientation per unit), to :data:`LAST_LAYER` of the answers' size."""
-    z = layered.preacts(x)[-1]
-    phi = np.concatenate([np.maximum(z, 0), z, np.ones((x.shape[0], 1))], 1)
-    coef = np.linalg.lstsq(phi, y, rcond=None)[0]
-    return bool(np.abs(phi @ coef - y).max() <= LAST_LAYER * max(np.abs(y).max(), 1e-300))
+    return affine_fit(either_side(layered.preacts(x)[-1]), y)[1]

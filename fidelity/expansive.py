@@ -116,9 +116,8 @@ def second_layer(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, layere
         units = [u for u, k in zip(units, agree) if k]
         a, big_c, c = a[agree], big_c[agree], c[agree]
     sign = 1.0 - 2.0 * flip
-    rows = a
     bias = c + a @ (flip * b)
-    norm = np.sqrt((rows ** 2).sum(1) + bias ** 2)
+    norm = np.sqrt((a ** 2).sum(1) + bias ** 2)
     run.note(Kind.DEEP,
              f"layer 1 is expansive ({h} units for {run.d} inputs): layer 2's {len(units)} "
              f"units followed along their boundaries, layer 1's orientations solved from them",
@@ -127,7 +126,7 @@ def second_layer(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, layere
     state.infos[-1] = LayerInfo(1, h, first.lines, first.kinks, first.queries, ())
     state.infos.append(LayerInfo(2, len(units), len(state.lines) - lines0, starts,
                                  run.oracle.queries - q0, ()))
-    return Layered((w * sign[:, None], rows / norm[:, None]), (b * sign, bias / norm))
+    return Layered((w * sign[:, None], a / norm[:, None]), (b * sign, bias / norm))
 
 
 def _same(one, other, tol: float = 1e-6) -> bool:
@@ -146,9 +145,7 @@ def _unexplained(run: Run, layered: Layered, units: list, state: State, looked: 
             continue
         known = predicted(run, layered, line, None)
         for u in units:
-            t = _crossings(w, b, u, line.x0, line.v, line.half)
-            if t.size:
-                known |= np.abs(line.t[:, None] - t[None, :]).min(1) <= VERIFY * line.half
+            known |= _close(w, b, u, line).any(0)
         out.extend((li, k) for k in np.flatnonzero(~known) if (li, k) not in looked)
     return out
 
@@ -293,14 +290,20 @@ def _crossings(w, b, unit, x0, v, half) -> np.ndarray:
     """Where the unit's boundary crosses ``x0 + t v``, ``|t| < IN_RANGE * half``."""
     with np.errstate(divide="ignore", invalid="ignore"):
         t1 = -(w @ x0 + b) / (w @ v)
-    t1 = t1[np.isfinite(t1) & (np.abs(t1) < half)]
     knots = np.sort(np.concatenate([[-IN_RANGE * half, IN_RANGE * half],
-                                    t1[np.abs(t1) < IN_RANGE * half]]))
+                                    t1[np.isfinite(t1) & (np.abs(t1) < IN_RANGE * half)]]))
     z = _values(w, b, unit, x0 + knots[:, None] * v)
     za, zb = z[:-1], z[1:]
     cross = za * zb < 0
     frac = za[cross] / (za[cross] - zb[cross])
     return knots[:-1][cross] + frac * (knots[1:][cross] - knots[:-1][cross])
+
+
+def _close(w, b, unit, line) -> np.ndarray:
+    """``(crossings, found kinks)``: which of the unit's crossings of ``line`` lie within
+    ``VERIFY`` times its half length of which kinks found on it."""
+    t = _crossings(w, b, unit, line.x0, line.v, line.half)
+    return np.abs(t[:, None] - line.t[None, :]) <= VERIFY * line.half
 
 
 def _verified(run: Run, w, b, unit, state: State) -> bool:
@@ -309,13 +312,7 @@ def _verified(run: Run, w, b, unit, state: State) -> bool:
     close one: a short line with a layer-1 kink 3e-5 beside it)."""
     hits = misses = 0
     for line in state.lines:
-        t = _crossings(w, b, unit, line.x0, line.v, line.half)
-        if not t.size:
-            continue
-        if not line.t.size:
-            misses += t.size
-            continue
-        near = np.abs(t[:, None] - line.t[None, :]).min(1) <= VERIFY * line.half
+        near = _close(w, b, unit, line).any(1)
         hits += int(near.sum())
         misses += int((~near).sum())
     return hits >= 2 and misses * MISSES <= hits
