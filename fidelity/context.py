@@ -104,11 +104,15 @@ class Run:
         return QueryBudgetExceeded(f"budget of {self.oracle.budget} rows ran out {doing}")
 
     # ------------------------------------------------------------------ lines
-    def new_line(self, radius: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-        """A random line: origin ``~ N(0, (radius input_scale)^2 I)``, unit direction."""
+    def new_line(self, radius: float = 1.0,
+                 origin: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
+        """A random line: origin ``~ N(0, (radius input_scale)^2 I)`` (or ``origin``), unit
+        direction."""
         x0 = self.rng.normal(size=self.d) * self.input_scale
         if radius != 1.0:
             x0 = x0 * radius
+        if origin is not None:
+            x0 = np.array(origin, dtype=float)
         v = self.rng.normal(size=self.d)
         self.lines += 1
         v = v / np.linalg.norm(v)

@@ -43,7 +43,7 @@ class DeepConfig:
     lines_per_layer: int = 24
     layer_patience: int = 2
     output_points: int = 32
-    check_points: int = 64
+    check_points: int = 320
     check_tol: float = 1e-8
     max_kinks: int = 3000
 
@@ -121,6 +121,10 @@ class State:
     windows: set = field(default_factory=set)      # (unit, point) of fidelity.peel's windows
     unfitted: Optional[tuple] = None   # (x, y) answers the last output fit could not fit
     left_out: int = 0      # incomplete groups of kinks the last layer search left out
+    linear: Optional[np.ndarray] = None   # directions carried by pairs (deep._output_with_pairs)
+    missed: Optional[np.ndarray] = None   # inputs the last check found the network wrong at
+    aims: list = field(default_factory=list)   # origins of the next lines searched
+    best: Optional[tuple] = None   # (network, check error, infos): the best checked so far
 
 
 def plane_kinks(run: Run, rows: np.ndarray, line: Line):
@@ -147,7 +151,8 @@ def plane_hits(run: Run, rows: np.ndarray, lines: list, skip: np.ndarray):
 
 
 def new_line(run: Run, mcfg: MeasureConfig, use_jit, state: State) -> Line:
-    x0, v = run.new_line()
+    """A line searched in full: random, or through the next of ``state.aims``."""
+    x0, v = run.new_line(origin=state.aims.pop(0) if state.aims else None)
     res = search_line(run, x0, v, max_rounds=mcfg.max_rounds, use_jit=use_jit)
     line = Line(x0, v, res.t, res.slopes, run.t_max, res.verified)
     state.lines.append(line)
