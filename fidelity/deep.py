@@ -112,8 +112,8 @@ def _layers(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, state: Stat
             state.aims = list(state.missed[:AIM_LINES])
             state.infos.pop()
             run.note(Kind.LAYER_INCOMPLETE, f"the check found {state.missed.shape[0]} inputs "
-                     f"where the network is wrong (error {err:.1e}): layer {layered.depth} is "
-                     f"searched again from lines through {len(state.aims)} of them",
+                     f"where the network is wrong: layer {layered.depth} is searched again "
+                     f"from lines through {len(state.aims)} of them",
                      layer=layered.depth, inputs=int(state.missed.shape[0]))
             again = next_layer(run, cfg, mcfg, use_jit, below[-1], state, cfg.layer_patience)
             if again is None:

@@ -10,8 +10,9 @@ import numpy as np
 
 from . import expansive, search
 from .context import Run
-from .deepstate import (IN_RANGE, STRAY, DeepConfig, LayerInfo, Line, Point, State, fits_outputs,
-                        kink_jump, new_line, plane_hits, predicted, read_jump, window)
+from .deepstate import (IN_RANGE, STRAY, DeepConfig, LayerInfo, Line, Point, State, affine_fit,
+                        fits_outputs, kink_jump, new_line, plane_hits, predicted, read_jump,
+                        window)
 from .layered import Layered
 from .measure import MeasureConfig
 from .results import Kind
@@ -31,6 +32,8 @@ WINDOWS_PER_UNIT = 6  # bound on targeted windows per unit of the layer before
 WALK_STEPS = 64       # bound on linear pieces walked along a boundary (see _walk)
 WALK_DOWN = 0.05      # ... or down to this fraction of unit i's pre-activation
 SAMPLE_LINES = 2000   # random lines (no query) on which a boundary point is sought (_sampled)
+GAP_MEMBERS = 3       # kinks of an incomplete unit before the output fit may complete it
+GAP_COND = 1e-8       # ... with features of singular values no smaller than this (relative)
 
 
 def few_unexplained(run: Run, layered: Layered, state: State) -> bool:
@@ -104,6 +107,7 @@ def next_layer(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, layered:
             searched_random = True
         else:
             break
+    found_layer = _completed(run, layered, found_layer, state)
     rows = found_layer.rows
     state.left_out = len(found_layer.partial)
     if found_layer.partial:
@@ -123,6 +127,67 @@ def next_layer(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, layered:
     state.infos.append(LayerInfo(m + 1, rows.shape[0], len(state.lines) - lines0,
                                  len(state.points) - pts0, run.oracle.queries - q0, ()))
     return _appended(layered, found_layer)
+
+
+def _completed(run: Run, layered: Layered, found: _Found, state: State) -> _Found:
+    """``found`` with the incomplete units of :data:`GAP_MEMBERS` kinks or more completed from
+    the answers the layer before could not fit (``state.unfitted``), when those answers are
+    exactly an affine map of the new layer so completed (it is then the last hidden layer).
+
+    An entry ``i`` of unit ``j`` that no kink of ``j`` saw means unit ``i`` of layer ``m`` is
+    off all along ``j``'s boundary, so ``j`` keeps one side wherever ``h_i > 0``: there
+    ``relu(z_j) = z_j + w h_i`` or 0. With ``z_j`` taken without the entry, ``y`` is then
+    affine in ``relu(z_j)`` where ``h_i = 0``, ``z_j`` everywhere, ``z_j`` where ``h_i > 0``,
+    and ``h_i``; the last two coefficients are ``(a + b) w`` and ``a + b`` or ``b w`` and
+    ``0``, with ``b`` that of ``z_j``: ``w`` follows (random 10-8-7-1 s8913 and 7-7-4-1 s5045:
+    a unit with 11 and 6 kinks and one entry never seen; the layer was refused)."""
+    gapped = [c for c in found.partial if len(c[2]) >= GAP_MEMBERS]
+    if not gapped or state.unfitted is None:
+        return found
+    cols = np.concatenate([c[1] for c in gapped])
+    if np.unique(cols).size < cols.size:          # shared entries: their parts mix
+        return found
+    signed = layered.signed(found.signs)
+    gap_rows = np.array([c[0] for c in gapped])
+    x, y = state.unfitted
+    n_full = found.rows.shape[0]
+    model = _appended(layered, _Found(found.signs, found.dead,
+                                      np.concatenate([found.rows, gap_rows]), []))
+    z = model.preacts(x)[-1]
+    hm = np.maximum(signed.preacts(x)[-1], 0.0)
+    feats = [np.maximum(z[:, :n_full], 0.0), z[:, :n_full]]
+    for j, (_, gaps, _) in enumerate(gapped):
+        zj, on = z[:, n_full + j], (hm[:, gaps] > 0).any(1)
+        feats += [np.where(on, 0.0, np.maximum(zj, 0.0))[:, None], zj[:, None],
+                  np.where(on, zj, 0.0)[:, None], hm[:, gaps]]
+    feats = np.concatenate(feats + [np.ones((x.shape[0], 1))], 1)
+    scaled = feats / np.maximum(np.linalg.norm(feats, axis=0), 1e-300)
+    sv = np.linalg.svd(scaled, compute_uv=False)
+    if sv[-1] < GAP_COND * sv[0]:
+        # the entries' part is not told apart from the other units' (a unit on nearly
+        # everywhere is linear in h, as z of every unit is: random 11-10-9-2 s1287 fitted
+        # exactly with a row at cos 0.978)
+        return found
+    coef, fits = affine_fit(feats, y)
+    if not fits:
+        return found
+    rows, at = list(found.rows), 2 * n_full
+    w_new, b_new = model.weights[-1].copy(), model.biases[-1].copy()
+    for j, (_, gaps, _) in enumerate(gapped):
+        b, c, d = coef[at + 1], coef[at + 2], coef[at + 3:at + 3 + gaps.size]
+        at += 3 + gaps.size
+        lin = b + c
+        if not (lin @ lin > 0):
+            return found
+        w_new[n_full + j, gaps] = d @ lin / (lin @ lin)      # least squares over the outputs
+        rows.append(w_new[n_full + j] / b_new[n_full + j])
+    units = list(range(n_full, n_full + len(gapped)))
+    run.note(Kind.LAYER_INCOMPLETE, f"layer {layered.depth + 1}: units {units} had entries "
+             f"{[c[1].tolist() for c in gapped]} that none of their kinks saw (those units of "
+             f"layer {layered.depth} are off all along their boundaries): read from the "
+             "output fit", layer=layered.depth + 1, units=units)
+    rest = [c for c in found.partial if len(c[2]) < GAP_MEMBERS]
+    return _Found(found.signs, found.dead, np.array(rows), rest)
 
 
 def _appended(layered: Layered, found: _Found) -> Layered:

@@ -389,3 +389,14 @@ def test_a_unit_no_searched_line_crossed_is_found_from_the_failed_check(seed, si
     assert result.status == "ok"
     assert any("searched again from lines through" in n for n in result.notes)
     _exact(victim, result, rel=1e-9, param=1e-8)
+
+
+@pytest.mark.parametrize("seed,sizes", [(5045, [7, 7, 4, 1]), (8913, [10, 8, 7, 1])])
+def test_entries_no_kink_saw_are_read_from_the_output_fit(seed, sizes):
+    # a layer-2 unit whose kinks (6 and 11 of them) never saw one layer-1 unit on: the layer
+    # was refused at 74f8294 ("layer 3: no unit found")
+    victim = F.ReLUNetwork.random(seed, sizes)
+    result = F.extract(F.Oracle(victim), seed=seed, throw=False)
+    assert result.status == "ok"
+    assert any("read from the output fit" in n for n in result.notes)
+    _exact(victim, result, rel=1e-9, param=1e-8)
