@@ -176,15 +176,32 @@ def _unexplained_kinks(run: Run, net: ReLUNetwork, state: State) -> float:
             continue
         t, _, _ = hidden.kinks(line.x0, line.v, line.half)
         total += found.size
-        if not t.size:
-            missed += found.size
-            continue
-        missed += int((~_explained(found, t, line.half)).sum())
+        left = found if not t.size else found[~_explained(found, t, line.half)]
+        missed += int((~_near_boundary(hidden, line, left)).sum()) if left.size else 0
     if missed:
         run.note(Kind.LAYER_INCOMPLETE, f"{missed} of the {total} kinks found on the searched "
                  "lines are not where the recovered network kinks: it is not exact",
                  kinks=missed)
     return missed / max(total, 1)
+
+
+def _near_boundary(hidden: Layered, line, found: np.ndarray) -> np.ndarray:
+    """Which ``found`` kinks lie within ``MATCH`` times the half length of a unit's boundary,
+    measured across it (``|z| / |grad z|``) rather than along the line: where a line crosses a
+    boundary at a glancing angle, a row good to 1e-10 moves the crossing far more than the
+    boundary (trained digits 784-64-32-10: one kink of 4,406, 2.6e-6 along a short line from
+    a layer-2 unit whose pre-activation changes slowly there)."""
+    out = np.zeros(found.size, bool)
+    for n, tf in enumerate(found):
+        x = line.x0 + tf * line.v
+        zs = hidden.preacts(x[None])
+        for l in range(1, hidden.depth + 1):
+            grad = np.linalg.norm(hidden.jacobian(x, l), axis=1)
+            dist = np.abs(zs[l - 1][0]) / np.maximum(grad, 1e-300)
+            if (dist <= MATCH * line.half).any():
+                out[n] = True
+                break
+    return out
 
 
 def _explained(found: np.ndarray, t: np.ndarray, half: float) -> np.ndarray:
