@@ -161,6 +161,8 @@ def _completed(run: Run, layered: Layered, found: _Found, state: State) -> _Foun
         feats += [np.where(on, 0.0, np.maximum(zj, 0.0))[:, None], zj[:, None],
                   np.where(on, zj, 0.0)[:, None], hm[:, gaps]]
     feats = np.concatenate(feats + [np.ones((x.shape[0], 1))], 1)
+    if feats.shape[0] < 2 * feats.shape[1]:       # too few answers to tell a fit from a fluke
+        return found
     scaled = feats / np.maximum(np.linalg.norm(feats, axis=0), 1e-300)
     sv = np.linalg.svd(scaled, compute_uv=False)
     if sv[-1] < GAP_COND * sv[0]:
