@@ -32,6 +32,7 @@ from typing import Optional
 import numpy as np
 
 from . import pin, recover
+from .checks import POINT_RADII, fresh_points
 from .context import Run
 from .deepstate import (IN_RANGE, MATCH, PAIR, DeepConfig, LayerInfo, Line, Point, State,
                         affine_fit, either_side, kink_jump, new_line, plane_hits, plane_kinks)
@@ -155,7 +156,7 @@ def _layers(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, state: Stat
 
 def _reach(run: Run, cfg: DeepConfig, state: State) -> tuple:
     """``state.best``, after a note on what its last check could have missed."""
-    n, radii = cfg.check_points, CHECK_SPREAD
+    n, radii = cfg.check_points, POINT_RADII
     run.note(Kind.DEEP, f"checked on {n} fresh inputs at radii {radii[0]:g}-{radii[-1]:g} "
              f"(times the input scale): a part of the inputs where the network is wrong that "
              f"holds more than {3 / n:.1%} of such draws would have shown with 95% probability",
@@ -466,11 +467,6 @@ SPREAD = (1.0, 3.0, 10.0, 30.0)   # radii (times input_scale) of the output fit'
                                   # orientation shows only where it does
 
 
-CHECK_SPREAD = (0.3, 1.0, 3.0, 10.0, 30.0)   # radii of the check's inputs: a unit on for 0.8%
-                                  # of inputs at radius 1 is on for 6% at 0.3 and never at 10
-                                  # (random 9-9-8-2 s5490, which the fit's radii missed)
-
-
 def _spread(run: Run, n: int) -> np.ndarray:
     """``n`` Gaussian inputs, their radii cycling through ``SPREAD``."""
     radius = np.resize(np.array(SPREAD), n) * run.input_scale
@@ -612,10 +608,9 @@ def _output_with_pairs(run: Run, layered: Layered, state: State, x: np.ndarray,
 
 def _check(run: Run, cfg: DeepConfig, net: ReLUNetwork, state: State) -> float:
     """The network's largest error relative to the largest answer, on ``cfg.check_points``
-    fresh inputs at the radii :data:`CHECK_SPREAD` (and, where pairs carry a linear part,
+    fresh inputs at the radii :data:`POINT_RADII` (and, where pairs carry a linear part,
     where that part is most extreme: :func:`_linear_extremes`)."""
-    radius = np.resize(np.array(CHECK_SPREAD), cfg.check_points) * run.input_scale
-    xc = run.rng.normal(size=(cfg.check_points, run.d)) * radius[:, None]
+    xc = fresh_points(run, cfg.check_points)
     if state.linear is not None:
         xc = np.concatenate([xc, _linear_extremes(run, net, state.linear)])
     yc = run.query("checks")(xc)
@@ -630,12 +625,12 @@ def _check(run: Run, cfg: DeepConfig, net: ReLUNetwork, state: State) -> float:
 def _linear_extremes(run: Run, net: ReLUNetwork, dirs: np.ndarray) -> np.ndarray:
     """Inputs where a part linear in the last-but-one layer's outputs ``h`` (directions
     ``dirs``, carried by pairs of units) is most extreme, either side, per radius of
-    :data:`CHECK_SPREAD`: picked by the model alone among :data:`STAND_OUT_POOL` draws. The
+    :data:`POINT_RADII`: picked by the model alone among :data:`STAND_OUT_POOL` draws. The
     part stands for a unit that never switched where searched; if it switches anywhere, it
     is where ``a . h`` is most extreme (random 11-10-9-2 s1287: a layer-2 unit off for 0.1%
     of inputs came back as a linear part, and the network 'ok' and 1e-2 off)."""
     rng = np.random.default_rng([run.seed, 29])
-    radii = np.array(CHECK_SPREAD)
+    radii = np.array(POINT_RADII)
     n = max(radii.size, min(STAND_OUT_POOL, STAND_OUT_FLOATS // run.d))
     radius = np.resize(radii, n) * run.input_scale
     pool = rng.normal(size=(n, run.d)) * radius[:, None]

@@ -9,6 +9,7 @@ import fidelity as F
 from fidelity import search
 from fidelity.layered import Layered
 from fidelity.metrics import match_layers
+from fidelity.results import Kind
 
 
 def _exact(victim, result, rel=1e-7, param=1e-6):
@@ -416,3 +417,16 @@ def test_a_kink_on_a_grazing_line_is_explained_across_the_boundary():
     found = np.array([1e-5, 1e-3 / (v @ n)])
     assert not (np.abs(hidden.preacts((x_on + found[1] * v)[None])[0][0, 1:]) < 1e-3).any()
     assert _near_boundary(hidden, line, found).tolist() == [True, False]
+
+
+@pytest.mark.parametrize("seed,sizes", [(6775, [10, 3, 3, 2, 2]), (3328, [6, 4, 2, 2])])
+def test_a_deep_victim_flat_on_most_inputs_is_not_an_affine_ok(seed, sizes):
+    # no kink on the few searched lines, and check lines that stayed where the victim is flat:
+    # both came back 'ok' with an affine network (0 units), 1.1 and 0.3 off, at 384d3c9
+    victim = F.ReLUNetwork.random(seed, sizes)
+    result = F.extract(F.Oracle(victim), seed=seed, throw=False)
+    if result.status == "ok":
+        _exact(victim, result)
+    else:
+        assert result.hidden_size > 0 or any(
+            e.kind == Kind.UNIT_MAY_BE_MISSING for e in result.events)
