@@ -122,7 +122,7 @@ class State:
     unfitted: Optional[tuple] = None   # (x, y) answers the last output fit could not fit
     left_out: int = 0      # incomplete groups of kinks the last layer search left out
     linear: Optional[np.ndarray] = None   # directions carried by pairs (deep._output_with_pairs)
-    missed: Optional[np.ndarray] = None   # inputs the last check found the network wrong at
+    missed: Optional[np.ndarray] = None   # inputs the last check found the network far off at
     aims: list = field(default_factory=list)   # origins of the next lines searched
     best: Optional[tuple] = None   # (network, check error, infos): the best checked so far
 
