@@ -21,17 +21,19 @@ POINT_RADII = (0.3, 1.0, 3.0, 10.0, 30.0)   # radii (times input_scale) of fresh
                           # and never at 10 (random 9-9-8-2 s5490)
 
 
-def fresh_points(run: Run, n: int) -> np.ndarray:
-    """``n`` Gaussian inputs, their radii cycling through :data:`POINT_RADII`."""
-    radius = np.resize(np.array(POINT_RADII), n) * run.input_scale
-    return run.rng.normal(size=(n, run.d)) * radius[:, None]
+def fresh_points(run: Run, n: int, radii=POINT_RADII, rng=None) -> np.ndarray:
+    """``n`` Gaussian inputs, their radii cycling through ``radii`` (times ``input_scale``),
+    from ``rng`` (the run's stream by default)."""
+    radius = np.resize(np.array(radii), n) * run.input_scale
+    return (run.rng if rng is None else rng).normal(size=(n, run.d)) * radius[:, None]
 
 
-def point_error(run: Run, network, n: int) -> np.ndarray:
-    """``network`` against ``n`` fresh answers: each one's error relative to the largest."""
-    x = fresh_points(run, n)
+def point_error(run: Run, network, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``network`` against the answers at ``x`` (asked as checks): ``(answers, each one's
+    error relative to the largest answer)``."""
     y = run.query("checks")(x)
-    return np.abs(network(x) - y).max(1) / max(np.abs(y).max(), 1e-300)
+    return y, np.abs(network(x) - y).max(1) / max(np.abs(y).max(), 1e-300)
+
 
 # a verified kink this close (times t_max) to an explained one bounds a region too thin for a
 # row: it is left to the twins' treatment

@@ -111,7 +111,7 @@ class Run:
         x0 = self.rng.normal(size=self.d) * self.input_scale
         if radius != 1.0:
             x0 = x0 * radius
-        if origin is not None:
+        if origin is not None:          # (drawn all the same: later lines stay as they were)
             x0 = np.array(origin, dtype=float)
         v = self.rng.normal(size=self.d)
         self.lines += 1

@@ -32,7 +32,7 @@ from typing import Optional
 import numpy as np
 
 from . import pin, recover
-from .checks import POINT_RADII, fresh_points
+from .checks import POINT_RADII, fresh_points, point_error
 from .context import Run
 from .deepstate import (IN_RANGE, MATCH, PAIR, DeepConfig, LayerInfo, Line, Point, State,
                         affine_fit, either_side, kink_jump, new_line, plane_hits, plane_kinks)
@@ -471,8 +471,13 @@ SPREAD = (1.0, 3.0, 10.0, 30.0)   # radii (times input_scale) of the output fit'
 
 def _spread(run: Run, n: int) -> np.ndarray:
     """``n`` Gaussian inputs, their radii cycling through ``SPREAD``."""
-    radius = np.resize(np.array(SPREAD), n) * run.input_scale
-    return run.rng.normal(size=(n, run.d)) * radius[:, None]
+    return fresh_points(run, n, SPREAD)
+
+
+def _pool_size(run: Run, least: int) -> int:
+    """How many model-only draws a pick among them takes: :data:`STAND_OUT_POOL`, fewer where
+    they would hold more than :data:`STAND_OUT_FLOATS` numbers, at least ``least``."""
+    return max(least, min(STAND_OUT_POOL, STAND_OUT_FLOATS // run.d))
 
 
 def _standing_out(run: Run, layered: Layered, key: int, z_fit: np.ndarray) -> np.ndarray:
@@ -485,10 +490,8 @@ def _standing_out(run: Run, layered: Layered, key: int, z_fit: np.ndarray) -> np
     unit that is on for 0.2% of them, and then barely: its output weights were fitted from
     the little it moved (trained digits 784-64-32-10: one column 4.5e-6 off with the hidden
     rows within 1e-8; 2.1e-7 with these, for 15 more queries)."""
-    rng = np.random.default_rng([run.seed, 23, key])
-    n = max(1, min(STAND_OUT_POOL, STAND_OUT_FLOATS // run.d))
-    radius = np.resize(np.array(SPREAD), n) * run.input_scale
-    pool = rng.normal(size=(n, run.d)) * radius[:, None]
+    pool = fresh_points(run, _pool_size(run, 1), SPREAD,
+                        np.random.default_rng([run.seed, 23, key]))
 
     def shares(z):       # either side: the layer's orientations are not known yet
         return np.concatenate([z, -z], 1) / np.sqrt((z ** 2).sum(1, keepdims=True) + 1.0)
@@ -615,8 +618,7 @@ def _check(run: Run, cfg: DeepConfig, net: ReLUNetwork, state: State) -> float:
     xc = fresh_points(run, cfg.check_points)
     if state.linear is not None:
         xc = np.concatenate([xc, _linear_extremes(run, net, state.linear)])
-    yc = run.query("checks")(xc)
-    err = np.abs(net(xc) - yc).max(1) / max(np.abs(yc).max(), 1e-300)
+    yc, err = point_error(run, net, xc)
     wrong = np.argsort(-err)[:int((err > AIM_ABOVE * cfg.check_tol).sum())]
     state.missed = xc[wrong]
     if wrong.size:
@@ -632,18 +634,16 @@ def _linear_extremes(run: Run, net: ReLUNetwork, dirs: np.ndarray) -> np.ndarray
     is where ``a . h`` is most extreme (random 11-10-9-2 s1287: a layer-2 unit off for 0.1%
     of inputs came back as a linear part, and the network 'ok' and 1e-2 off)."""
     rng = np.random.default_rng([run.seed, 29])
-    radii = np.array(POINT_RADII)
-    n = max(radii.size, min(STAND_OUT_POOL, STAND_OUT_FLOATS // run.d))
-    radius = np.resize(radii, n) * run.input_scale
-    pool = rng.normal(size=(n, run.d)) * radius[:, None]
+    n, k = _pool_size(run, len(POINT_RADII)), len(POINT_RADII)
+    pool = fresh_points(run, n, POINT_RADII, rng)
     # the unit's row is some direction of the span: its axes and random mixtures of them
     mix = rng.normal(size=(2 * dirs.shape[0], dirs.shape[0])) if dirs.shape[0] > 1 else None
     combos = dirs if mix is None else np.concatenate([dirs, mix @ dirs])
     hidden = Layered(net.weights[:-1], net.biases[:-1])
     s = np.maximum(hidden.preacts(pool)[-2], 0) @ combos.T                  # (n, combos)
     keep = []
-    for r in radii:
-        at = np.flatnonzero(radius == r * run.input_scale)
+    for i in range(k):                  # the draws at the i-th radius
+        at = np.arange(i, n, k)
         order = np.argsort(s[at], axis=0)
         keep.extend(at[order[:STAND_OUT]].ravel())
         keep.extend(at[order[-STAND_OUT:]].ravel())

@@ -358,7 +358,7 @@ def _no_unit_verdict(run: Run, cfg: ExtractConfig) -> Status:
         run.note(Kind.UNIT_MAY_BE_MISSING, f"no kink was found, and the budget left no room "
                  f"for the {n} fresh answers that would check the affine model: not verified")
         return Status.UNVERIFIED
-    err = checks.point_error(run, run.model.network, n)
+    _, err = checks.point_error(run, run.model.network, checks.fresh_points(run, n))
     wrong = int((err > cfg.deep.check_tol).sum())
     if not wrong:
         return Status.OK
