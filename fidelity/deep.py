@@ -52,18 +52,23 @@ AIM_ABOVE = 100.0     # the check's tolerance: a unit missing, not rows a little
 RETRY_PATIENCE = 3    # ... with this many times the random lines of patience
 
 
-def extract_layers(run: Run, cfg: DeepConfig, mcfg: MeasureConfig,
-                   use_jit) -> Optional[tuple[ReLUNetwork, float, tuple]]:
+def extract_layers(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, aims=None,
+                   known=None, candidates=None) -> Optional[tuple[ReLUNetwork, float, tuple]]:
     """Recovers every layer; returns ``(network, check_error, layer infos)``, or None when the
     victim has one hidden layer after all, or no kink fits a unit of a second one (the
     one-layer engine's verdict stands).
 
+    Where a one-layer model was found wrong: ``aims``, inputs the first lines searched go
+    through; ``known``, answers ``(x, y)`` every output fit must fit too; ``candidates``, the
+    model's rows ``[w, b]``, kept in layer 1 where they predict kinks on the searched lines.
+
     Raises:
         UnsupportedArchitecture: a layer cannot be recovered (named in the message).
     """
-    state = State(lines=[], points=[], infos=[])
+    state = State(lines=[], points=[], infos=[], aims=[] if aims is None else list(aims),
+                  known=known)
     try:
-        return _layers(run, cfg, mcfg, use_jit, state)
+        return _layers(run, cfg, mcfg, use_jit, state, candidates)
     except QueryBudgetExceeded:
         run.deep_partial = tuple(state.infos)      # what the partial result can report
         raise
@@ -75,10 +80,11 @@ def extract_layers(run: Run, cfg: DeepConfig, mcfg: MeasureConfig,
         return state.best
 
 
-def _layers(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, state: State):
+def _layers(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, state: State,
+            candidates=None):
     q0 = run.oracle.queries
     full = _first_line(run, mcfg, use_jit, state)
-    layered = _layer_one(run, mcfg, use_jit, state, full)
+    layered = _layer_one(run, mcfg, use_jit, state, full, candidates=candidates)
     state.infos.append(LayerInfo(1, layered.widths[0], len(state.lines), len(full),
                                  run.oracle.queries - q0, ()))
     below, retries = [], 0         # the models one layer shallower, for a retry
@@ -86,7 +92,8 @@ def _layers(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, state: Stat
     while True:
         layered = _polish(run, layered, state)
         out = _output(run, cfg, layered, state)
-        if layered.depth == 1 and (out is not None or few_unexplained(run, layered, state)):
+        if layered.depth == 1 and (out is not None or (
+                state.known is None and few_unexplained(run, layered, state))):
             return None                # nothing bends: one hidden layer, however it went
         last_resort = (out is None and below and retries >= MAX_RETRIES
                        and few_unexplained(run, layered, state))
@@ -259,10 +266,22 @@ def _first_line(run: Run, mcfg: MeasureConfig, use_jit, state: State) -> list:
 
 
 def _layer_one(run: Run, mcfg: MeasureConfig, use_jit, state: State, jumps: list,
-               extra_lines: int = 4) -> Layered:
-    """Layer 1: the first line's local planes that predict kinks on other lines."""
+               extra_lines: int = 4, candidates=None) -> Layered:
+    """Layer 1: the first line's local planes (and ``candidates``, rows ``[w, b]`` found
+    elsewhere) that predict kinks on other lines."""
     rows = np.array([j.row for j in jumps]) if jumps else np.zeros((0, run.d + 1))
     own = np.zeros(len(jumps), int)
+    if candidates is not None and len(candidates):
+        unit = lambda r: r / np.linalg.norm(r, axis=1, keepdims=True)     # noqa: E731
+        new = unit(np.asarray(candidates, float))
+        if rows.shape[0]:       # a candidate replaces the first line's reading of its unit
+            cos = unit(rows) @ new.T
+            near = np.abs(cos).argmax(1)
+            same = np.abs(cos[np.arange(rows.shape[0]), near]) > 1 - 1e-6
+            rows[same] = new[near[same]] * np.sign(cos[same, near[same]])[:, None]
+            new = np.delete(new, near[same], axis=0)
+        rows = np.concatenate([rows, new])
+        own = np.concatenate([own, np.full(new.shape[0], -1)])
     for n in range(2 + extra_lines):
         new_line(run, mcfg, use_jit, state)
         hits, misses = plane_hits(run, rows, state.lines, own)
@@ -536,6 +555,7 @@ def _output(run: Run, cfg: DeepConfig, layered: Layered, state: State,
     state.linear = None
     h = layered.widths[-1]
     n = 2 * (2 * h + 1) + cfg.output_points
+    known = known if known is not None else state.known
     xk, yk = known if known is not None else (np.zeros((0, run.d)), None)
     x = _spread(run, 0 if len(xk) >= n else n)
     z = layered.preacts(np.concatenate([x, xk]))[-1]

@@ -107,6 +107,10 @@ class LayerInfo:
     unidentified: tuple  # units of this layer never seen on at a deeper kink
 
 
+FLAT = 1e-9       # a linear piece whose slope is below this share of its line's steepest is
+                  # flat: the answers are constant there (see _flat_at)
+
+
 @dataclass
 class State:
     lines: list
@@ -124,6 +128,7 @@ class State:
     linear: Optional[np.ndarray] = None   # directions carried by pairs (deep._output_with_pairs)
     missed: Optional[np.ndarray] = None   # inputs the last check found the network far off at
     aims: list = field(default_factory=list)   # origins of the next lines searched
+    known: Optional[tuple] = None   # (x, y) answers every output fit must fit too
     best: Optional[tuple] = None   # (network, check error, infos): the best checked so far
 
 
@@ -144,10 +149,24 @@ def plane_hits(run: Run, rows: np.ndarray, lines: list, skip: np.ndarray):
     misses = np.zeros(rows.shape[0], int)
     for li, line in enumerate(lines):
         t, _, near = plane_kinks(run, rows, line)
-        test = (np.abs(t) < IN_RANGE * line.half) & (skip != li)
+        test = (np.abs(t) < IN_RANGE * line.half) & (skip != li) & ~_flat_at(line, t)
         hits += test & near
         misses += test & ~near
     return hits, misses
+
+
+def _flat_at(line: Line, t: np.ndarray) -> np.ndarray:
+    """Whether the answers are constant on ``line`` around each ``t`` (between the found kinks
+    on either side): no unit's kink can show there (random 6-3-2-1 s3014: where its only
+    layer-2 unit is off, the layer-1 boundaries leave no kink on a line)."""
+    if line.slopes is None or not line.slopes.size:
+        return np.zeros(t.shape, bool)
+    slope = np.abs(line.slopes).max(1)                    # per linear piece, NaN unknown
+    top = np.nanmax(slope) if np.isfinite(slope).any() else 0.0
+    flat = slope <= FLAT * top
+    with np.errstate(invalid="ignore"):
+        seg = np.searchsorted(line.t, np.where(np.isfinite(t), t, 0.0))
+    return flat[seg] & np.isfinite(t)
 
 
 def new_line(run: Run, mcfg: MeasureConfig, use_jit, state: State) -> Line:

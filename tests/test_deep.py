@@ -419,14 +419,38 @@ def test_a_kink_on_a_grazing_line_is_explained_across_the_boundary():
     assert _near_boundary(hidden, line, found).tolist() == [True, False]
 
 
-@pytest.mark.parametrize("seed,sizes", [(6775, [10, 3, 3, 2, 2]), (3328, [6, 4, 2, 2])])
-def test_a_deep_victim_flat_on_most_inputs_is_not_an_affine_ok(seed, sizes):
+@pytest.mark.parametrize("seed,sizes", [(6775, [10, 3, 3, 2, 2]), (3328, [6, 4, 2, 2]),
+                                        (3014, [6, 3, 2, 1])])
+def test_a_deep_victim_flat_or_one_layer_on_most_inputs_is_no_wrong_ok(seed, sizes):
     # no kink on the few searched lines, and check lines that stayed where the victim is flat:
-    # both came back 'ok' with an affine network (0 units), 1.1 and 0.3 off, at 384d3c9
+    # the first two came back 'ok' with an affine network (0 units), 1.1 and 0.3 off, at
+    # 384d3c9; 6-3-2-1 s3014 (its layer-2 unit off for 1-4% of inputs) came back 'ok' with 3
+    # units and 3e-2 off at 680a712
     victim = F.ReLUNetwork.random(seed, sizes)
-    result = F.extract(F.Oracle(victim), seed=seed, throw=False)
+    try:
+        result = F.extract(F.Oracle(victim), seed=seed, throw=False)
+    except F.UnsupportedArchitecture:
+        return
     if result.status == "ok":
         _exact(victim, result)
     else:
-        assert result.hidden_size > 0 or any(
-            e.kind == Kind.UNIT_MAY_BE_MISSING for e in result.events)
+        assert any(e.kind == Kind.UNIT_MAY_BE_MISSING for e in result.events)
+
+
+def test_a_plane_crossing_where_the_answers_are_flat_is_no_miss():
+    # random 6-3-2-1 s3014: where its only live layer-2 unit is off, the answers are constant
+    # and layer-1 boundaries leave no kink; a layer-1 row crossing there must not be rejected
+    from fidelity.context import Run
+    from fidelity.deepstate import Line, plane_hits
+    run = Run(F.Oracle(F.ReLUNetwork.random(0, [2, 2, 1])), seed=0, t_max=10.0,
+              input_scale=1.0, step_cap=1.0, check_reserve=0, crossing_rel_error=1e-9)
+    x0, v = np.zeros(2), np.array([1.0, 0.0])
+    slopes = np.array([[1.0], [0.0], [2.0]])      # flat between the kinks at -1 and 3
+    rows = np.array([[1.0, 0.0, -1.0],            # crosses at t = 1: flat there, no kink
+                     [1.0, 0.0, -5.0],            # crosses at t = 5: sloped, no kink: a miss
+                     [1.0, 0.0, 1.0]])            # crosses at t = -1: a kink, a hit
+    line = Line(x0, v, np.array([-1.0, 3.0]), slopes, 10.0)
+    hits, misses = plane_hits(run, rows, [line], np.array([-1]))
+    assert hits.tolist() == [0, 0, 1] and misses.tolist() == [0, 1, 0]
+    unknown = Line(x0, v, np.array([-1.0, 3.0]), None, 10.0)   # no slopes: every crossing tested
+    assert plane_hits(run, rows, [unknown], np.array([-1]))[1].tolist() == [1, 1, 0]

@@ -101,7 +101,7 @@ def _partial(victim, fraction, seed=0):
 
 def test_finetune_keeps_recovered_hyperplanes_and_completes_the_rest():
     victim, pool = _victim_and_pool(sizes=(20, 10, 4), n_pool=500)
-    partial = _partial(victim, 0.5)
+    partial = _partial(victim, 0.3)     # before 320 of the 839 queries check the result
     assert partial.network is not None and 0 < partial.hidden_size
     oracle = F.Oracle(victim)
     result = F.finetune(partial, oracle, budget=2000, pool=pool, hidden=10, seed=0, steps=1500)
