@@ -327,12 +327,16 @@ def plot(records: list, path: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small victims only")
-    ap.add_argument("--out", default="benchmarks/results/precision.json")
+    ap.add_argument("--out", default=None, help="default: benchmarks/results/precision.json, "
+                    "or precision_combined.json with --combined")
     ap.add_argument("--samples", type=int, default=None, help="Gaussian test inputs")
     ap.add_argument("--combined", action="store_true",
                     help="only the generator's combined ill-conditioned victims (issue 15)")
     args = ap.parse_args()
     samples = args.samples or (20_000 if args.quick else 100_000)
+    if args.out is None:
+        args.out = "benchmarks/results/precision" + ("_combined" if args.combined else "") + \
+            ".json"
     if args.combined:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -107,6 +107,8 @@ class LayerInfo:
     unidentified: tuple  # units of this layer never seen on at a deeper kink
 
 
+GAP_COND = 1e-8   # an output fit completes entries with features whose singular values are
+                  # no smaller than this (relative; see completed)
 FLAT = 1e-9       # a linear piece whose slope is below this share of its line's steepest is
                   # flat: the answers are constant there (see _flat_at)
 
@@ -244,3 +246,52 @@ def fits_outputs(layered: Layered, x: np.ndarray, y: np.ndarray) -> bool:
     """Whether ``y`` is an affine map of the last layer's outputs at ``x`` (either
     orientation per unit), to :data:`LAST_LAYER` of the answers' size."""
     return affine_fit(either_side(layered.preacts(x)[-1]), y)[1]
+
+
+def completed(run: Run, signed: Layered, rows: np.ndarray, gapped: list,
+              state: State) -> Optional[np.ndarray]:
+    """The rows of a new layer after ``signed`` (``a / c`` each: ``rows`` complete, then those
+    of ``gapped``, ``(row, missing entries)``, completed from ``state.unfitted``; see
+    :func:`fidelity.peel._completed`), or None when those answers do not determine them
+    exactly."""
+    if state.unfitted is None:
+        return None
+    cols = np.concatenate([g for _, g in gapped])
+    if np.unique(cols).size < cols.size:
+        return None
+    x, y = state.unfitted
+    n_full = rows.shape[0]
+    all_rows = np.concatenate([rows, np.array([r for r, _ in gapped])])
+    norm = np.sqrt((all_rows ** 2).sum(1) + 1.0)
+    model = signed.appended(all_rows / norm[:, None], 1.0 / norm)
+    z = model.preacts(x)[-1]
+    hm = np.maximum(signed.preacts(x)[-1], 0.0)
+    feats = [np.maximum(z[:, :n_full], 0.0), z[:, :n_full]]
+    for j, (_, gaps) in enumerate(gapped):
+        zj, on = z[:, n_full + j], (hm[:, gaps] > 0).any(1)
+        feats += [np.where(on, 0.0, np.maximum(zj, 0.0))[:, None], zj[:, None],
+                  np.where(on, zj, 0.0)[:, None], hm[:, gaps]]
+    feats = np.concatenate(feats + [np.ones((x.shape[0], 1))], 1)
+    if feats.shape[0] < 2 * feats.shape[1]:       # too few answers to tell a fit from a fluke
+        return None
+    scaled = feats / np.maximum(np.linalg.norm(feats, axis=0), 1e-300)
+    sv = np.linalg.svd(scaled, compute_uv=False)
+    if sv[-1] < GAP_COND * sv[0]:
+        # the entries' part is not told apart from the other units' (a unit on nearly
+        # everywhere is linear in h, as z of every unit is: random 11-10-9-2 s1287 fitted
+        # exactly with a row at cos 0.978)
+        return None
+    coef, fits = affine_fit(feats, y)
+    if not fits:
+        return None
+    out, at = list(rows), 2 * n_full
+    w_new, b_new = model.weights[-1].copy(), model.biases[-1].copy()
+    for j, (_, gaps) in enumerate(gapped):
+        b, c, d = coef[at + 1], coef[at + 2], coef[at + 3:at + 3 + gaps.size]
+        at += 3 + gaps.size
+        lin = b + c
+        if not (lin @ lin > 0):
+            return None
+        w_new[n_full + j, gaps] = d @ lin / (lin @ lin)      # least squares over the outputs
+        out.append(w_new[n_full + j] / b_new[n_full + j])
+    return np.array(out)

@@ -22,11 +22,13 @@ linear equations per unit, solved by least squares and rounded (checked by the r
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from .context import Run
-from .deepstate import (IN_RANGE, DeepConfig, LayerInfo, State, kink_jump, new_line, predicted,
-                        window)
+from .deepstate import (IN_RANGE, DeepConfig, LayerInfo, State, completed, fits_outputs,
+                        kink_jump, new_line, predicted, window)
 from .errors import UnsupportedArchitecture
 from .layered import Layered
 from .measure import MeasureConfig
@@ -43,6 +45,8 @@ SIGN_RESIDUAL = 1e-3  # relative residual of the orientation fit that is accepte
 STALL = 1             # known planes crossed in a row (per unit of layer 1) before the
                       # walk aims elsewhere
 CANDIDATES = 3        # kinks beyond a plane whose normals are measured, at most
+MAX_GAPS = 2          # entries of a followed unit its walk may leave unreached
+MAX_GAPPED = 2        # ... and units of those added to layer 2 (the fewest that fit)
 FIT = 1e-5            # relative residual of a crossing's new normal that is accepted
 FLAT = 1e-6           # a followed boundary whose entries are all below this (relative to its
                       # linear part) never bends: a layer-1 unit
@@ -60,7 +64,7 @@ def second_layer(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, layere
     """
     w, b = layered.weights[0], layered.biases[0]
     q0, lines0 = run.oracle.queries, len(state.lines)
-    units, starts, quiet, random_lines, added = [], 0, 0, 0, 0
+    units, gapped, starts, quiet, random_lines, added = [], [], 0, 0, 0, 0
     looked = set()
     while starts < MAX_STARTS * w.shape[0] * (1 + added):
         if run.oracle.queries - q0 > QUERIES_PER_UNIT * w.shape[0] * (1 + added):
@@ -81,10 +85,11 @@ def second_layer(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, layere
         start = _normal_at(run, mcfg, state, li, k)
         if start is None:
             continue
-        unit = _follow(run, mcfg, state, w, b, *start)
-        if unit is None or not _verified(run, w, b, unit, state):
+        followed = _follow(run, mcfg, state, w, b, *start)
+        if followed is None or not _verified(run, w, b, followed[0], state):
             continue
-        if np.abs(unit[0]).max() <= FLAT * np.linalg.norm(unit[1]):
+        unit = followed[0]
+        if followed[1].size == 0 and np.abs(unit[0]).max() <= FLAT * np.linalg.norm(unit[1]):
             # a boundary that bends nowhere: a layer-1 unit that line 0 missed (random
             # 10-20-20-1 s5: 19 of 20). Layer 2 is followed again with it
             if added >= MAX_ADDED:
@@ -92,12 +97,16 @@ def second_layer(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, layere
                     f"layer 1: more than {MAX_ADDED} units missed by the first line")
             size = np.linalg.norm(unit[1])
             w, b = np.concatenate([w, unit[1][None] / size]), np.append(b, unit[2] / size)
-            units, looked, added = [], set(), added + 1
+            units, gapped, looked, added = [], [], set(), added + 1
             run.note(Kind.LAYER_ONE_ADDED, f"layer 1: a unit line 0 did not see was found "
                      f"following a boundary that never bends, and added (now {w.shape[0]})",
                      line=li)
             continue
-        if not any(_same(unit, other) for other in units):
+        if followed[1].size:
+            # entries unreached: kept aside (it may be a stray walk), explaining no kink
+            if not any(_same(unit, other[0]) for other in gapped):
+                gapped.append((unit, followed[1:]))
+        elif not any(_same(unit, other) for other in units):
             units.append(unit)
             quiet = 0
     h = w.shape[0]
@@ -124,9 +133,82 @@ def second_layer(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, layere
              layer=2, units=len(units))
     first = state.infos[-1]
     state.infos[-1] = LayerInfo(1, h, first.lines, first.kinks, first.queries, ())
-    state.infos.append(LayerInfo(2, len(units), len(state.lines) - lines0, starts,
+    layered = Layered((w * sign[:, None], a / norm[:, None]), (b * sign, bias / norm))
+    if gapped and state.unfitted is not None and not fits_outputs(layered, *state.unfitted):
+        layered = _with_gapped(run, layered, flip, a, gapped, state)
+    state.infos.append(LayerInfo(2, layered.widths[-1], len(state.lines) - lines0, starts,
                                  run.oracle.queries - q0, ()))
-    return Layered((w * sign[:, None], a / norm[:, None]), (b * sign, bias / norm))
+    return layered
+
+
+def _with_gapped(run: Run, layered: Layered, flip, a, gapped: list, state: State) -> Layered:
+    """Layer 2 (complete units, which do not explain the answers layer 1 could not fit) with
+    the followed units whose walks left entries unreached (``gapped``: ``((a, C, c), (gaps,
+    side))``), when those answers are then exactly an affine map of it; as it was when not.
+
+    The unreached plane ``k`` keeps one side all along the boundary (the walk's ``side``), so
+    the unit is ``sum_{i not k} a_i relu(z_i) + C . x + c + alpha relu(s z_k)`` with
+    ``relu(s z_k) = 0`` on the boundary. Its linear part must vanish in the true orientations
+    (``flip``): where ``relu(s z_k)`` is ``h_k + s z_k`` that gives ``alpha``; where it is
+    ``h_k``, ``alpha`` is read from the answers (:func:`fidelity.deepstate.completed`). Random
+    10-20-20-1 s2: a layer-2 unit on for 1.5% of inputs whose boundary never meets one plane
+    of layer 1; the layer was refused."""
+    w, b = layered.weights[0] * (1.0 - 2.0 * flip)[:, None], \
+        layered.biases[0] * (1.0 - 2.0 * flip)       # layer 1 as measured
+    closed, rest, seen = [], [], list(a)
+    for (a_j, big_c, c), (gaps, side) in gapped:
+        keep = np.ones(a_j.size, bool)
+        keep[gaps] = False
+        if any(_parallel(a_j[keep], other[keep]) for other in seen):
+            continue           # a unit followed in full elsewhere (or a walk already here)
+        seen.append(a_j)
+        s = np.where(side, -1.0, 1.0)               # relu(s z_k) is 0 along the boundary
+        lin = big_c + (a_j * flip) @ w              # the linear part in the true orientations
+        const = c + a_j @ (flip * b)
+        mixed = (s > 0) == (flip[gaps] > 0)          # relu(s z_k) = h_k + s z_k there
+        alpha = np.zeros(gaps.size)
+        if mixed.any():
+            cols = (s[mixed, None] * w[gaps[mixed]]).T
+            alpha[mixed] = np.linalg.lstsq(cols, -lin, rcond=None)[0]
+            lin = lin + cols @ alpha[mixed]
+            const = const + alpha[mixed] @ (s[mixed] * b[gaps[mixed]])
+        if np.linalg.norm(lin) > SIGN_RESIDUAL * (np.linalg.norm(big_c) + np.linalg.norm(a_j)):
+            continue
+        a_j = a_j.copy()
+        a_j[gaps] = alpha
+        (closed if mixed.all() else rest).append((a_j, const, gaps[~mixed]))
+    hidden = Layered(layered.weights[:1], layered.biases[:1])
+    full = np.column_stack([layered.weights[1], layered.biases[1]])
+    full = full[:, :-1] / full[:, -1:]
+    found = closed + rest          # the fewest of them that explain the answers (some may be
+    for size in range(1, min(MAX_GAPPED, len(found)) + 1):      # walks that went astray)
+        for pick in itertools.combinations(range(len(found)), size):
+            units = [found[i] for i in pick]
+            done = np.concatenate([full] + [(r / c)[None] for r, c, g in units if not g.size])
+            open_ = [(r / c, g) for r, c, g in units if g.size]
+            if open_:
+                done = completed(run, hidden, done, open_, state)
+                if done is None:
+                    continue
+            norm = np.sqrt((done ** 2).sum(1) + 1.0)
+            candidate = hidden.appended(done / norm[:, None], 1.0 / norm)
+            if fits_outputs(candidate, *state.unfitted):
+                run.note(Kind.LAYER_INCOMPLETE, f"layer 2: {size} followed unit(s) had entries "
+                         "their boundaries never reach (that unit of layer 1 keeps one side all "
+                         "along them): read from their linear part or the output fit",
+                         layer=2, units=size)
+                return candidate
+    if found:
+        run.note(Kind.LAYER_INCOMPLETE, f"layer 2: {len(found)} followed units had entries "
+                 "their boundaries never reach, not determined by the answers; left out",
+                 layer=2, units=len(found))
+    return layered
+
+
+def _parallel(p: np.ndarray, q: np.ndarray, tol: float = 1e-6) -> bool:
+    """Whether two rows are equal up to a positive scale."""
+    size = np.linalg.norm(p) * np.linalg.norm(q)
+    return bool(size > 0 and 1.0 - p @ q / size <= tol)
 
 
 def _same(one, other, tol: float = 1e-6) -> bool:
@@ -179,7 +261,7 @@ def _follow(run: Run, mcfg: MeasureConfig, state: State, w: np.ndarray, b: np.nd
             free = 0
         move = _direction(w, b, y, g, on, known | stalled, last)
         if move is None:
-            return None
+            break
         u, k, t, beyond, aim = move
         y_k = y + t * u
         into = w[k] @ u > 0
@@ -210,11 +292,14 @@ def _follow(run: Run, mcfg: MeasureConfig, state: State, w: np.ndarray, b: np.nd
         known[k] = True
         g = mu * n
         y, last, free, stalled = p, -1, 0, np.zeros(h, bool)
-    if not known.all():
+    gaps = np.flatnonzero(~known)
+    if gaps.size > MAX_GAPS:
         return None
+    # an entry the walk could not reach: that plane may never meet the boundary, whose
+    # side of it is then ``on`` all along (see _with_gapped)
     big_c = g - (a * on) @ w
     c = -(a @ np.maximum(w @ y + b, 0.0) + big_c @ y)
-    return a, big_c, c
+    return (a, big_c, c), gaps, on[gaps]
 
 
 def _direction(w, b, y, g, on, known, last):

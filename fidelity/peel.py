@@ -10,7 +10,7 @@ import numpy as np
 
 from . import expansive, search
 from .context import Run
-from .deepstate import (IN_RANGE, STRAY, DeepConfig, LayerInfo, Line, Point, State, affine_fit,
+from .deepstate import (IN_RANGE, STRAY, DeepConfig, LayerInfo, Line, Point, State, completed,
                         fits_outputs, kink_jump, new_line, plane_hits, predicted, read_jump,
                         window)
 from .layered import Layered
@@ -33,7 +33,6 @@ WALK_STEPS = 64       # bound on linear pieces walked along a boundary (see _wal
 WALK_DOWN = 0.05      # ... or down to this fraction of unit i's pre-activation
 SAMPLE_LINES = 2000   # random lines (no query) on which a boundary point is sought (_sampled)
 GAP_MEMBERS = 3       # kinks of an incomplete unit before the output fit may complete it
-GAP_COND = 1e-8       # ... with features of singular values no smaller than this (relative)
 
 
 def few_unexplained(run: Run, layered: Layered, state: State) -> bool:
@@ -142,54 +141,22 @@ def _completed(run: Run, layered: Layered, found: _Found, state: State) -> _Foun
     ``0``, with ``b`` that of ``z_j``: ``w`` follows (random 10-8-7-1 s8913 and 7-7-4-1 s5045:
     a unit with 11 and 6 kinks and one entry never seen; the layer was refused)."""
     gapped = [c for c in found.partial if len(c[2]) >= GAP_MEMBERS]
-    if not gapped or state.unfitted is None:
+    if not gapped:
         return found
     cols = np.concatenate([c[1] for c in gapped])
     if np.unique(cols).size < cols.size:          # shared entries: their parts mix
         return found
-    signed = layered.signed(found.signs)
-    gap_rows = np.array([c[0] for c in gapped])
-    x, y = state.unfitted
-    n_full = found.rows.shape[0]
-    model = _appended(layered, _Found(found.signs, found.dead,
-                                      np.concatenate([found.rows, gap_rows]), []))
-    z = model.preacts(x)[-1]
-    hm = np.maximum(signed.preacts(x)[-1], 0.0)
-    feats = [np.maximum(z[:, :n_full], 0.0), z[:, :n_full]]
-    for j, (_, gaps, _) in enumerate(gapped):
-        zj, on = z[:, n_full + j], (hm[:, gaps] > 0).any(1)
-        feats += [np.where(on, 0.0, np.maximum(zj, 0.0))[:, None], zj[:, None],
-                  np.where(on, zj, 0.0)[:, None], hm[:, gaps]]
-    feats = np.concatenate(feats + [np.ones((x.shape[0], 1))], 1)
-    if feats.shape[0] < 2 * feats.shape[1]:       # too few answers to tell a fit from a fluke
+    rows = completed(run, layered.signed(found.signs), found.rows,
+                     [(c[0], c[1]) for c in gapped], state)
+    if rows is None:
         return found
-    scaled = feats / np.maximum(np.linalg.norm(feats, axis=0), 1e-300)
-    sv = np.linalg.svd(scaled, compute_uv=False)
-    if sv[-1] < GAP_COND * sv[0]:
-        # the entries' part is not told apart from the other units' (a unit on nearly
-        # everywhere is linear in h, as z of every unit is: random 11-10-9-2 s1287 fitted
-        # exactly with a row at cos 0.978)
-        return found
-    coef, fits = affine_fit(feats, y)
-    if not fits:
-        return found
-    rows, at = list(found.rows), 2 * n_full
-    w_new, b_new = model.weights[-1].copy(), model.biases[-1].copy()
-    for j, (_, gaps, _) in enumerate(gapped):
-        b, c, d = coef[at + 1], coef[at + 2], coef[at + 3:at + 3 + gaps.size]
-        at += 3 + gaps.size
-        lin = b + c
-        if not (lin @ lin > 0):
-            return found
-        w_new[n_full + j, gaps] = d @ lin / (lin @ lin)      # least squares over the outputs
-        rows.append(w_new[n_full + j] / b_new[n_full + j])
-    units = list(range(n_full, n_full + len(gapped)))
+    units = list(range(found.rows.shape[0], rows.shape[0]))
     run.note(Kind.LAYER_INCOMPLETE, f"layer {layered.depth + 1}: units {units} had entries "
              f"{[c[1].tolist() for c in gapped]} that none of their kinks saw (those units of "
              f"layer {layered.depth} are off all along their boundaries): read from the "
              "output fit", layer=layered.depth + 1, units=units)
     rest = [c for c in found.partial if len(c[2]) < GAP_MEMBERS]
-    return _Found(found.signs, found.dead, np.array(rows), rest)
+    return _Found(found.signs, found.dead, rows, rest)
 
 
 def _appended(layered: Layered, found: _Found) -> Layered:
