@@ -248,6 +248,13 @@ def fits_outputs(layered: Layered, x: np.ndarray, y: np.ndarray) -> bool:
     return affine_fit(either_side(layered.preacts(x)[-1]), y)[1]
 
 
+def with_rows(signed: Layered, rows: np.ndarray) -> Layered:
+    """``signed`` with a new layer of units whose rows are ``a / c`` (each scaled to unit norm
+    with its bias)."""
+    norm = np.sqrt((rows ** 2).sum(1) + 1.0)
+    return signed.appended(rows / norm[:, None], 1.0 / norm)
+
+
 def completed(run: Run, signed: Layered, rows: np.ndarray, gapped: list,
               state: State) -> Optional[np.ndarray]:
     """The rows of a new layer after ``signed`` (``a / c`` each: ``rows`` complete, then those
@@ -257,13 +264,11 @@ def completed(run: Run, signed: Layered, rows: np.ndarray, gapped: list,
     if state.unfitted is None:
         return None
     cols = np.concatenate([g for _, g in gapped])
-    if np.unique(cols).size < cols.size:
+    if np.unique(cols).size < cols.size:          # shared entries: their parts mix
         return None
     x, y = state.unfitted
     n_full = rows.shape[0]
-    all_rows = np.concatenate([rows, np.array([r for r, _ in gapped])])
-    norm = np.sqrt((all_rows ** 2).sum(1) + 1.0)
-    model = signed.appended(all_rows / norm[:, None], 1.0 / norm)
+    model = with_rows(signed, np.concatenate([rows, np.array([r for r, _ in gapped])]))
     z = model.preacts(x)[-1]
     hm = np.maximum(signed.preacts(x)[-1], 0.0)
     feats = [np.maximum(z[:, :n_full], 0.0), z[:, :n_full]]

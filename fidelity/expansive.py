@@ -28,7 +28,7 @@ import numpy as np
 
 from .context import Run
 from .deepstate import (IN_RANGE, DeepConfig, LayerInfo, State, completed, fits_outputs,
-                        kink_jump, new_line, predicted, window)
+                        kink_jump, new_line, predicted, window, with_rows)
 from .errors import UnsupportedArchitecture
 from .layered import Layered
 from .measure import MeasureConfig
@@ -135,13 +135,14 @@ def second_layer(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, layere
     state.infos[-1] = LayerInfo(1, h, first.lines, first.kinks, first.queries, ())
     layered = Layered((w * sign[:, None], a / norm[:, None]), (b * sign, bias / norm))
     if gapped and state.unfitted is not None and not fits_outputs(layered, *state.unfitted):
-        layered = _with_gapped(run, layered, flip, a, gapped, state)
+        layered = _with_gapped(run, layered, w, b, flip, a, gapped, state)
     state.infos.append(LayerInfo(2, layered.widths[-1], len(state.lines) - lines0, starts,
                                  run.oracle.queries - q0, ()))
     return layered
 
 
-def _with_gapped(run: Run, layered: Layered, flip, a, gapped: list, state: State) -> Layered:
+def _with_gapped(run: Run, layered: Layered, w, b, flip, a, gapped: list,
+                 state: State) -> Layered:
     """Layer 2 (complete units, which do not explain the answers layer 1 could not fit) with
     the followed units whose walks left entries unreached (``gapped``: ``((a, C, c), (gaps,
     side))``), when those answers are then exactly an affine map of it; as it was when not.
@@ -152,9 +153,8 @@ def _with_gapped(run: Run, layered: Layered, flip, a, gapped: list, state: State
     (``flip``): where ``relu(s z_k)`` is ``h_k + s z_k`` that gives ``alpha``; where it is
     ``h_k``, ``alpha`` is read from the answers (:func:`fidelity.deepstate.completed`). Random
     10-20-20-1 s2: a layer-2 unit on for 1.5% of inputs whose boundary never meets one plane
-    of layer 1; the layer was refused."""
-    w, b = layered.weights[0] * (1.0 - 2.0 * flip)[:, None], \
-        layered.biases[0] * (1.0 - 2.0 * flip)       # layer 1 as measured
+    of layer 1; the layer was refused. ``w, b``: layer 1 as measured; ``a``: the complete
+    units' entries."""
     closed, rest, seen = [], [], list(a)
     for (a_j, big_c, c), (gaps, side) in gapped:
         keep = np.ones(a_j.size, bool)
@@ -179,7 +179,7 @@ def _with_gapped(run: Run, layered: Layered, flip, a, gapped: list, state: State
         (closed if mixed.all() else rest).append((a_j, const, gaps[~mixed]))
     hidden = Layered(layered.weights[:1], layered.biases[:1])
     full = np.column_stack([layered.weights[1], layered.biases[1]])
-    full = full[:, :-1] / full[:, -1:]
+    full = full[:, :-1] / full[:, -1:]       # (as the completion reads rows: a / c)
     found = closed + rest          # the fewest of them that explain the answers (some may be
     for size in range(1, min(MAX_GAPPED, len(found)) + 1):      # walks that went astray)
         for pick in itertools.combinations(range(len(found)), size):
@@ -190,8 +190,7 @@ def _with_gapped(run: Run, layered: Layered, flip, a, gapped: list, state: State
                 done = completed(run, hidden, done, open_, state)
                 if done is None:
                     continue
-            norm = np.sqrt((done ** 2).sum(1) + 1.0)
-            candidate = hidden.appended(done / norm[:, None], 1.0 / norm)
+            candidate = with_rows(hidden, done)
             if fits_outputs(candidate, *state.unfitted):
                 run.note(Kind.LAYER_INCOMPLETE, f"layer 2: {size} followed unit(s) had entries "
                          "their boundaries never reach (that unit of layer 1 keeps one side all "

@@ -12,7 +12,7 @@ from . import expansive, search
 from .context import Run
 from .deepstate import (IN_RANGE, STRAY, DeepConfig, LayerInfo, Line, Point, State, completed,
                         fits_outputs, kink_jump, new_line, plane_hits, predicted, read_jump,
-                        window)
+                        window, with_rows)
 from .layered import Layered
 from .measure import MeasureConfig
 from .results import Kind
@@ -143,9 +143,6 @@ def _completed(run: Run, layered: Layered, found: _Found, state: State) -> _Foun
     gapped = [c for c in found.partial if len(c[2]) >= GAP_MEMBERS]
     if not gapped:
         return found
-    cols = np.concatenate([c[1] for c in gapped])
-    if np.unique(cols).size < cols.size:          # shared entries: their parts mix
-        return found
     rows = completed(run, layered.signed(found.signs), found.rows,
                      [(c[0], c[1]) for c in gapped], state)
     if rows is None:
@@ -162,8 +159,7 @@ def _completed(run: Run, layered: Layered, found: _Found, state: State) -> _Foun
 def _appended(layered: Layered, found: _Found) -> Layered:
     """``layered`` with its last layer signed and the found units as a new layer (rows scaled
     to unit norm with the bias)."""
-    norm = np.sqrt((found.rows ** 2).sum(1) + 1.0)
-    return layered.signed(found.signs).appended(found.rows / norm[:, None], 1.0 / norm)
+    return with_rows(layered.signed(found.signs), found.rows)
 
 
 @dataclass(frozen=True)
