@@ -122,7 +122,7 @@ def test_unknown_option_is_an_error():
         F.extract(F.Oracle(F.ReLUNetwork.random(0, [3, 2, 1])), not_an_option=1)
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 10_000), d=st.integers(3, 24), h=st.integers(1, 24),
        k=st.integers(1, 4))
 @example(seed=529, d=18, h=9, k=1)           # hypothesis found these (2c76908 failed
