@@ -28,11 +28,15 @@ def fresh_points(run: Run, n: int, radii=POINT_RADII, rng=None) -> np.ndarray:
     return (run.rng if rng is None else rng).normal(size=(n, run.d)) * radius[:, None]
 
 
-def point_error(run: Run, network, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def point_error(run: Run, network, x: np.ndarray,
+                tol: float) -> tuple[np.ndarray, np.ndarray]:
     """``network`` against the answers at ``x`` (asked as checks): ``(answers, each one's
-    error relative to the largest answer)``."""
+    error relative to the largest answer)``. The answers join the run's check log (group
+    ``points``, allowed ``tol`` of the largest answer), which :func:`output_bound` reads."""
     y = run.query("checks")(x)
-    return y, np.abs(network(x) - y).max(1) / max(np.abs(y).max(), 1e-300)
+    size = max(float(np.abs(y).max()), 1e-300)
+    run.check_log.append(("points", x, y, tol * size))
+    return y, np.abs(network(x) - y).max(1) / size
 
 
 # a verified kink this close (times t_max) to an explained one bounds a region too thin for a
@@ -118,21 +122,23 @@ def check_line(run: Run, points: int, tol: float,
 
 
 def output_bound(run: Run, network) -> tuple[float, int, float]:
-    """What the check lines' answers say about ``network`` without a new query:
+    """What the check answers say about ``network`` without a new query:
     ``(max |f - f_hat| / range, answers used, resolution)``.
 
-    Every check line's answers (fresh random points, counted as ``checks``) are compared with
-    the final network, in two groups pooled over all lines (far out on the lines; near their
-    origins, for float64 answers, i.e. inputs of the victim's own scale), each relative to its
-    range, the largest spread ``max f_i - min f_i`` of one output over the group. The
-    resolution is the largest disagreement a group allowed, relative to
-    the same range: a unit that moves the outputs by less than that at every checked point
-    (e.g. output weights ~1e-8 of the others) could be missing and still pass every check.
+    Every check answer (fresh random inputs, counted as ``checks``) is compared with the final
+    network, in three groups: the check lines' answers pooled over all lines, far out on the
+    lines and near their origins (for float64 answers, i.e. inputs of the victim's own scale),
+    and the point checks' answers (:func:`point_error`: Gaussian inputs at the radii
+    :data:`POINT_RADII`), each relative to its range, the largest spread ``max f_i - min f_i``
+    of one output over the group. The resolution is the largest disagreement a group allowed,
+    relative to the same range: a unit that moves the outputs by less than that at every
+    checked point (e.g. output weights ~1e-8 of the others) could be missing and still pass
+    every check.
     """
     if network is None or not run.check_log:
         return float("nan"), 0, float("nan")
     err, res, count = 0.0, 0.0, 0
-    for group in ("far", "near"):
+    for group in ("far", "near", "points"):
         logs = [entry for entry in run.check_log if entry[0] == group]
         if not logs:
             continue

@@ -646,7 +646,7 @@ def _check(run: Run, cfg: DeepConfig, net: ReLUNetwork, state: State) -> float:
     xc = fresh_points(run, cfg.check_points)
     if state.linear is not None:
         xc = np.concatenate([xc, _linear_extremes(run, net, state.linear)])
-    yc, err = point_error(run, net, xc)
+    yc, err = point_error(run, net, xc, cfg.check_tol)
     wrong = np.argsort(-err)[:int((err > AIM_ABOVE * cfg.check_tol).sum())]
     state.missed = xc[wrong]
     if wrong.size:

@@ -230,11 +230,13 @@ def _deep_result(run: Run, cfg: ExtractConfig, layers, t0: float, throw: bool,
         run.note(Kind.DEEP, "mp refinement supports one hidden layer: the deep network is "
                  "float64")
     status = Status.OK if check_error <= cfg.deep.check_tol else Status.UNVERIFIED
+    bound, points, resolution = checks.output_bound(run, net)
     result = Extraction(
         network=net, queries=run.oracle.queries, hidden_size=net.weights[0].shape[0],
         status=status, stage_queries=dict(run.stage), neurons=(), lines=run.lines,
         check_error=check_error, events=tuple(run.events),
-        seconds=time.perf_counter() - t0, noise=run.nf, layers=infos)
+        seconds=time.perf_counter() - t0, noise=run.nf, layers=infos, output_error=bound,
+        output_error_points=points, resolution=resolution)
     if status != Status.OK and throw:
         raise ExtractionError(f"the deep network could not be verified (check error "
                               f"{check_error:.2e}); pass throw=False to get the result", result)
@@ -373,7 +375,7 @@ def _point_verdict(run: Run, cfg: ExtractConfig) -> Status:
         reach = run.t_max / (run.input_scale * np.sqrt(run.d))
         radii = tuple(min(r, reach) for r in radii)
     x = checks.fresh_points(run, n, radii)
-    y, err = checks.point_error(run, net, x)
+    y, err = checks.point_error(run, net, x, tol)
     wrong = int((err > tol).sum())
     if not wrong:
         return Status.OK

@@ -32,6 +32,9 @@ def test_two_hidden_layers_exact():
     # queries) buy the last three digits
     assert result.queries < 53_000 / 9
     _exact(victim, result, rel=1e-12, param=3.2e-12)
+    # the black-box bound: every check answer (here the deep check's) against the network
+    assert result.output_error_points >= 320
+    assert result.output_error <= result.resolution <= 1e-8
 
 
 @settings(max_examples=5, deadline=None, suppress_health_check=list(HealthCheck))
