@@ -85,14 +85,19 @@ class Point:
 
 
 def read_jump(p: Point, jac: np.ndarray):
-    """``(beta, residual)``: the kink's jump read as ``beta^T jac`` (up to scale), and the
-    relative part of the jump that ``jac``'s rows cannot explain."""
+    """``(beta, residual, seen)``: the kink's jump read as ``beta^T jac`` (up to scale), the
+    relative part of the jump that ``jac``'s rows cannot explain, and which units the probes
+    moved (the others are read as nil: a kink probed along the units that were on there only
+    says nothing about the rest)."""
     a = jac.T if p.dirs is None else p.dirs @ jac.T
-    coef, *_ = np.linalg.lstsq(a, p.jump, rcond=None)
+    reach = np.linalg.norm(a, axis=0)
+    seen = reach > UNPROBED * reach.max()
+    coef = np.zeros((a.shape[1], p.jump.shape[1]))
+    coef[seen] = np.linalg.lstsq(a[:, seen], p.jump, rcond=None)[0]
     size = np.linalg.norm(p.jump)
     resid = float(np.linalg.norm(a @ coef - p.jump) / size) if size > 0 else np.inf
     uu, sv, _ = np.linalg.svd(coef, full_matrices=False)
-    return uu[:, 0] * sv[0], resid
+    return uu[:, 0] * sv[0], resid, seen
 
 
 @dataclass(frozen=True)
@@ -109,6 +114,8 @@ class LayerInfo:
 
 GAP_COND = 1e-8   # an output fit completes entries with features whose singular values are
                   # no smaller than this (relative; see completed)
+UNPROBED = 1e-9   # a unit whose gradient the probes of a kink see below this share of the
+                  # most seen one is read as nil there (see read_jump)
 FLAT = 1e-9       # a linear piece whose slope is below this share of its line's steepest is
                   # flat: the answers are constant there (see _flat_at)
 
@@ -119,7 +126,7 @@ class State:
     points: list
     infos: list
     model: Optional[Layered] = None      # the model the cached readings are for
-    readings: dict = field(default_factory=dict)   # id(point) -> (beta, z) or None
+    readings: dict = field(default_factory=dict)   # id(point) -> (beta, z, seen) or None
     stray_for: Optional[np.ndarray] = None           # layer-1 rows the strays are for
     stray: dict = field(default_factory=dict)      # id(point) -> unexplained part of its jump
     pins: list = field(default_factory=list)       # exact kinks placed by fidelity.pin

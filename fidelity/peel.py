@@ -20,6 +20,8 @@ from .results import Kind
 VERIFY = 1e-4         # a candidate unit's predicted kink this close (times the line's half
                       # length) to a found one is confirmed (its row is not polished yet)
 ON = 1e-7             # a signature entry above ON * its largest is nonzero
+AT_BOUNDARY = 1e-9    # a kink whose unit that is on has |z| below this share of the largest
+                      # is layer m's own (see _reading)
 SAME_UNIT = 1e-5      # two kinks' signatures agreeing to this (relative) are one unit
 NULL_PROBES = 2       # probes along what layer m cannot see, per side of a kink
 MAX_CANCEL = 1e3      # signatures of kinks whose bias cancels worse than this are compared
@@ -241,7 +243,8 @@ def _fill(run: Run, mcfg: MeasureConfig, layered: Layered, found: _Found, state:
         before = len(state.points)
         line = window(run, mcfg, state, q - zj / nrm * n, n,
                        max(4.0 * abs(zj) / nrm, 4.0 * dist, 1e-3 * run.input_scale))
-        _measure_unexplained(run, mcfg, layered, state, len(state.lines) - 1, line, found)
+        _measure_unexplained(run, mcfg, layered, state, len(state.lines) - 1, line, found,
+                             on_only=True)
         done += 1
         if not any(_agrees(signed, p, row, i) for p in state.points[before:]):
             misses[key] = misses.get(key, 0) + 1
@@ -322,11 +325,13 @@ def _sampled(run: Run, model: Layered, signed: Layered, i: int, m: int):
 
 def _agrees(signed: Layered, p: Point, row: np.ndarray, i: int) -> bool:
     """Whether the kink ``p`` belongs to the unit ``row`` and sees its entry ``i``."""
-    beta, resid = read_jump(p, signed.jacobian(p.x, signed.depth))
+    beta, resid, seen = read_jump(p, signed.jacobian(p.x, signed.depth))
     if resid > STRAY:
         return False
     z = signed.preacts(p.x[None])[-1][0]
     on = z > 0
+    if (on & ~seen).any():           # probed when a unit's orientation was still the other
+        return False
     c = -(beta * np.maximum(z, 0)).sum()
     if not on[i] or c == 0:
         return False
@@ -380,9 +385,12 @@ def _repair_layer_one(run: Run, mcfg: MeasureConfig, layered: Layered, state: St
 
 
 def _measure_unexplained(run: Run, mcfg: MeasureConfig, layered: Layered, state: State,
-                         li: int, line: Line, found: Optional[_Found]) -> None:
+                         li: int, line: Line, found: Optional[_Found],
+                         on_only: bool = False) -> None:
     """Measures, in layer ``m``'s coordinates, the kinks of ``line`` nothing known explains
-    (the verified units of layer ``m + 1`` found so far included)."""
+    (the verified units of layer ``m + 1`` found so far included). ``on_only`` (a window
+    of :func:`_fill`, where layer ``m``'s orientations are known): probed along the units
+    that are on at each kink only, about half the queries."""
     if found is not None and found.rows.shape[0]:
         explained = predicted(run, layered.signed(found.signs), line, found.rows)
     else:
@@ -400,6 +408,13 @@ def _measure_unexplained(run: Run, mcfg: MeasureConfig, layered: Layered, state:
         sv = np.linalg.svd(jac, compute_uv=False)
         if h > d or sv[-1] <= sv[0] / MAX_COND:
             continue
+        # on_only: the direction pinv e_i moves z_i alone, which moves nothing where unit i
+        # is off (read_jump reads its entry as nil); a unit never seen on (no orientation
+        # yet) is probed
+        on = np.ones(h, bool)
+        if on_only and found is not None and found.signs.size == h:
+            on = found.signs * layered.preacts(x[None])[-1][0] > 0
+            on[list(found.dead)] = True
         pinv = np.linalg.pinv(jac)                               # (d, h)
         norms = np.linalg.norm(pinv, axis=0)
         dirs = (pinv / norms).T                                  # (h, d)
@@ -407,11 +422,13 @@ def _measure_unexplained(run: Run, mcfg: MeasureConfig, layered: Layered, state:
             z = run.rng.normal(size=(min(NULL_PROBES, d - h), d))   # an earlier layer lacks
             z -= (pinv @ (jac @ z.T)).T
             dirs = np.concatenate([dirs, z / np.linalg.norm(z, axis=1, keepdims=True)])
-        plans.append((k, x, jac, norms, dirs))
+        full = (k, x, jac, norms, dirs)
+        keep = np.concatenate([on, np.ones(dirs.shape[0] - h, bool)])
+        plans.append(full if on.all() else (k, x, jac[on], norms[on], dirs[keep], full))
     if not plans:
         return
     derivs, steps, scales = {}, {}, {}
-    for i, (k, _, _, _, _) in enumerate(plans):
+    for i, (k, *_) in enumerate(plans):
         for side in (0, 1):
             lo, hi = bounds[k + side], bounds[k + side + 1]
             steps[i, side] = min(mcfg.step_frac * 0.5 * (hi - lo), run.step_cap)
@@ -420,28 +437,42 @@ def _measure_unexplained(run: Run, mcfg: MeasureConfig, layered: Layered, state:
         if not todo_sides:
             break
         got = _probe(run, line, bounds, plans, todo_sides, steps)
-        todo_sides = []
+        todo_sides, widened = [], set()
         for (i, side), (dv, scale) in got.items():
+            if i in widened:                 # probed again along every unit (below)
+                continue
             derivs[i, side] = dv
             scales[i, side] = scale
-            k, _, jac, norms, _ = plans[i]
+            k, _, jac, norms = plans[i][:4]
             slope = None if line.slopes is None else line.slopes[k + side]
             if slope is None or np.isnan(slope).any():
                 continue
-            pred = (dv[:h] * norms[:, None]).T @ (jac @ line.v)
-            size = np.abs((dv[:h] * norms[:, None]).T * (jac @ line.v)).sum(1).max()
+            n = norms.size
+            pred = (dv[:n] * norms[:, None]).T @ (jac @ line.v)
+            size = np.abs((dv[:n] * norms[:, None]).T * (jac @ line.v)).sum(1).max()
             noise = 1e3 * search.EPS * scale / steps[i, side]
-            if np.abs(pred - slope).max() > 1e-7 * size + noise:
-                steps[i, side] /= mcfg.remeasure_shrink
-                todo_sides.append((i, side))
-    for i, (k, x, jac, norms, dirs) in enumerate(plans):
+            if np.abs(pred - slope).max() <= 1e-7 * size + noise:
+                continue
+            if len(plans[i]) > 5:
+                # the units on do not give the slope along the line: something moves along
+                # the others' directions (a layer-1 unit the model lacks: random 11-7-6-1
+                # s145); both sides are probed along every unit
+                plans[i] = plans[i][5]
+                widened.add(i)
+                todo_sides.extend(s for s in ((i, 0), (i, 1)) if s not in todo_sides)
+                continue
+            steps[i, side] /= mcfg.remeasure_shrink
+            todo_sides.append((i, side))
+    for i, (k, x, jac, norms, dirs, *_) in enumerate(plans):
         if (i, 0) in todo_sides or (i, 1) in todo_sides:
             continue                                     # a probe kept crossing a boundary
         jump = derivs[i, 1] - derivs[i, 0]
-        full = jump[:h] * norms[:, None]                                   # (h, k)
+        # (the null probes' part too: a layer-1 unit the model lacks may kink there, with
+        # little along the few units on)
+        scaled = np.concatenate([jump[:norms.size] * norms[:, None], jump[norms.size:]])
         noise = 1e3 * search.EPS * max(scales[i, 0], scales[i, 1]) / min(steps[i, 0],
                                                                          steps[i, 1])
-        if np.abs(full).max() <= noise:
+        if np.abs(scaled).max() <= noise:
             continue                                                       # no real kink
         state.points.append(Point(li, float(line.t[k]), x, dirs, jump, m))
 
@@ -472,7 +503,7 @@ def _probe(run: Run, line: Line, bounds: np.ndarray, plans: list, sides: list,
 def _analyse(run: Run, layered: Layered, state: State) -> _Found:
     """Signs of layer ``m`` and the units of layer ``m + 1`` from the points so far."""
     h = layered.widths[-1]
-    betas, zs, used = [], [], []
+    betas, zs, seens, used = [], [], [], []
     if state.model is not layered:
         state.model, state.readings = layered, {}
     for p in state.points:
@@ -481,13 +512,14 @@ def _analyse(run: Run, layered: Layered, state: State) -> _Found:
         read = state.readings[id(p)]
         if read is None:
             continue
-        beta, z = read
+        beta, z, seen = read
         betas.append(beta)
         zs.append(z)
+        seens.append(seen)
         used.append(p)
     if not betas:
         return _Found(np.ones(h), tuple(range(h)), np.zeros((0, h)), [])
-    beta, z = np.array(betas), np.array(zs)
+    beta, z, seen = np.array(betas), np.array(zs), np.array(seens)
     on = np.abs(beta) > ON * np.abs(beta).max(1, keepdims=True)
     pos = (on & (z > 0)).sum(0)
     neg = (on & (z < 0)).sum(0)
@@ -496,6 +528,9 @@ def _analyse(run: Run, layered: Layered, state: State) -> _Found:
     beta, z = beta * signs, z * signs
     c = -(beta * np.maximum(z, 0)).sum(1)
     ok = ~(on & (z < 0)).any(1)                           # on where the model says off: drop
+    # probed along the units that were on only, when an orientation was still the other one:
+    # a unit on there was not probed, and the signature would be wrong
+    ok &= ~((z > 0) & ~seen).any(1)
     ok &= np.abs(c) > 1e-12 * np.abs(beta).max(1) * np.abs(z).max(1)
     on = z > 0                     # an entry is observed wherever its unit is on (maybe as 0)
     sigma = np.where(on, beta / np.where(ok, c, 1.0)[:, None], 0.0)[ok]
@@ -593,20 +628,26 @@ def _merged_row(beta: np.ndarray, z: np.ndarray, on: np.ndarray, sigma: np.ndarr
 
 
 def _reading(layered: Layered, p: Point):
-    """``(beta, z)`` of a kink in the coordinates of the model's last layer; None where the
-    model cannot read it (a Jacobian too ill-conditioned, a jump it cannot explain: not a
-    deeper unit's kink, or an earlier unit the model lacks is on there)."""
+    """``(beta, z, seen)`` of a kink in the coordinates of the model's last layer (``seen``:
+    the units its probes moved); None where the model cannot read it (a Jacobian too
+    ill-conditioned, a jump it cannot explain: not a deeper unit's kink, or an earlier unit
+    the model lacks is on there), or where a unit it moves is at its boundary: a kink of
+    layer m itself, measured before that unit was known (its side is rounding: random
+    11-10-9-2 s1287 oriented a layer-2 unit from two such, one each way)."""
     jac = layered.jacobian(p.x, layered.depth)
     sv = np.linalg.svd(jac, compute_uv=False)
     if sv[-1] <= sv[0] / MAX_COND:
         return None
-    beta, resid = read_jump(p, jac)
+    beta, resid, seen = read_jump(p, jac)
     if resid > STRAY:
         return None
     z = layered.preacts(p.x[None])[-1][0]
     if np.abs(z).min() == 0:
         return None
-    return beta, z
+    on = np.abs(beta) > ON * np.abs(beta).max()
+    if (np.abs(z[on]) <= AT_BOUNDARY * np.abs(z).max()).any():
+        return None      # a kink of layer m itself, measured before its unit was known
+    return beta, z, seen
 
 
 def _cluster(sigma: np.ndarray, on: np.ndarray, cond: np.ndarray,

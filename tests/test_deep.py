@@ -386,10 +386,12 @@ def test_a_linear_part_beside_a_group_left_incomplete_is_not_ok():
 # 9-9-8-2: a layer-2 unit on for 0.8% of inputs; 11-10-9-2: one off for 0.1%, carried by a
 # linear part. Both came back 'ok' and 7e-3 / 1e-2 off at 65c8e41: no searched line crossed them
 # and the check's 64 inputs never switched them. 7-7-4-1 and 10-8-7-1: a layer-2 unit whose
-# kinks (6 and 11) never saw one layer-1 unit on; refused at 74f8294 ("layer 3: no unit found")
+# kinks (6 and 11) never saw one layer-1 unit on; refused at 74f8294 ("layer 3: no unit found").
+# (11-10-9-2 was searched again from lines through the check's inputs until its fill windows
+# were probed along the units on only; since, its unit is found with an entry no kink saw.)
 @pytest.mark.parametrize("seed,sizes,how", [
     (5490, [9, 9, 8, 2], "searched again from lines through"),
-    (1287, [11, 10, 9, 2], "searched again from lines through"),
+    (1287, [11, 10, 9, 2], "read from the output fit"),
     (5045, [7, 7, 4, 1], "read from the output fit"),
     (8913, [10, 8, 7, 1], "read from the output fit")])
 def test_units_few_kinks_reveal_are_recovered_exactly(seed, sizes, how):
@@ -487,3 +489,95 @@ def test_a_found_kink_without_a_change_of_slope_is_not_held_against_the_network(
     assert _unexplained_kinks(run, net, state) == 0.0
     state = State(lines=[Line(x0, v, found, None, 10.0)], points=[], infos=[])
     assert _unexplained_kinks(run, net, state) > 0.0           # without slopes it counts
+
+
+def _kink_point(net, layer, dirs_of):
+    """A kink of a unit of hidden layer ``layer`` on a random line of ``net``, as a Point whose
+    jump is read from the victim along ``dirs_of(x)`` (finite differences on either side)."""
+    from fidelity.deepstate import Point
+    hidden = Layered(tuple(np.asarray(w) for w in net.weights[:-1]),
+                     tuple(np.asarray(b) for b in net.biases[:-1]))
+    rng = np.random.default_rng(1)
+    for _ in range(100):
+        x0, v = rng.normal(size=net.sizes[0]), rng.normal(size=net.sizes[0])
+        v /= np.linalg.norm(v)
+        t, lay, _ = hidden.kinks(x0, v, 5.0)
+        order = np.argsort(t)
+        t, lay = t[order], lay[order]
+        for k in np.flatnonzero(lay == layer):
+            gap = min(np.diff(np.concatenate([[-5.0], t, [5.0]]))[k:k + 2])
+            if gap > 1e-2:
+                break
+        else:
+            continue
+        x = x0 + t[k] * v
+        dirs = dirs_of(hidden, x)
+        eps, side = 1e-6, 0.25 * gap
+
+        def deriv(at):
+            y0 = np.asarray(net(at[None]))
+            return (np.asarray(net(at + eps * dirs)) - y0) / eps
+
+        jump = deriv(x + side * v) - deriv(x - side * v)
+        return hidden, Point(0, float(t[k]), x, dirs, jump, 1)
+    raise AssertionError("no isolated kink found")
+
+
+def test_a_kink_probed_along_the_units_on_only_reads_as_in_full():
+    # a fill window's kink is probed along the directions of layer m's units that are on
+    # there only (about half the queries): the reading is the full one, and the units that
+    # are off are marked unseen (their entries are not observed, not observed as 0)
+    from fidelity.deepstate import read_jump
+    net = F.ReLUNetwork.random(3, [7, 5, 4, 1])
+
+    def on_only(hidden, x):
+        jac = hidden.jacobian(x, 1)
+        on = hidden.preacts(x[None])[0][0] > 0
+        pinv = np.linalg.pinv(jac)
+        return (pinv[:, on] / np.linalg.norm(pinv[:, on], axis=0)).T
+
+    def every(hidden, x):
+        pinv = np.linalg.pinv(hidden.jacobian(x, 1))
+        return (pinv / np.linalg.norm(pinv, axis=0)).T
+
+    hidden, p_on = _kink_point(net, 2, on_only)
+    _, p_all = _kink_point(net, 2, every)
+    jac = hidden.jacobian(p_on.x, 1)
+    on = hidden.preacts(p_on.x[None])[0][0] > 0
+    assert 0 < on.sum() < on.size
+    beta_on, resid_on, seen = read_jump(p_on, jac)
+    beta_all, resid_all, seen_all = read_jump(p_all, jac)
+    assert seen.tolist() == on.tolist() and seen_all.all()
+    assert resid_on < 1e-6 and resid_all < 1e-6
+    scale = np.abs(beta_all).max()
+    assert np.allclose(beta_on * np.sign(beta_on @ beta_all), beta_all, atol=1e-6 * scale)
+    assert (beta_on[~on] == 0).all()
+
+
+def test_a_kink_of_the_layer_being_read_is_not_a_deeper_kink():
+    # random 11-10-9-2 s1287: two kinks of a layer-2 unit measured before that unit was
+    # known were read in layer 2's coordinates, where the unit's z is 0 to rounding; its
+    # orientation was voted from the sign of that rounding
+    from fidelity.peel import _reading
+    net = F.ReLUNetwork.random(3, [7, 5, 4, 1])
+
+    def every(hidden, x):
+        return np.eye(x.size)
+
+    hidden, p = _kink_point(net, 1, every)      # a layer-1 kink, read in layer 1's terms
+    layer1 = Layered(hidden.weights[:1], hidden.biases[:1])
+    assert _reading(layer1, p) is None
+    hidden, p = _kink_point(net, 2, every)      # a layer-2 kink is read
+    assert _reading(layer1, p) is not None
+
+
+def test_a_fill_kink_where_the_units_on_miss_the_slope_is_probed_in_full():
+    # random 11-7-6-1 s145: line 0 missed a layer-1 unit; a window's kink probed along the
+    # units on only did not give the line's slope (the missing unit moves along the other
+    # directions) and was dropped, and the unit was never found (refused). Probed again along
+    # every unit, its kinks reveal it
+    victim = F.ReLUNetwork.random(145, [11, 7, 6, 1])
+    result = F.extract(F.Oracle(victim), seed=145, throw=False)
+    assert result.status == "ok"
+    assert any("line 0 did not cross" in n for n in result.notes)
+    _exact(victim, result, rel=1e-9, param=1e-8)
