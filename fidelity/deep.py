@@ -195,7 +195,8 @@ def _unexplained_kinks(run: Run, net: ReLUNetwork, state: State) -> float:
         t, _, _ = hidden.kinks(line.x0, line.v, line.half)
         total += found.size
         left = found if not t.size else found[~_explained(found, t, line.half)]
-        missed += int((~_near_boundary(hidden, line, left)).sum()) if left.size else 0
+        missed += int((~_near_boundary(hidden, line, left, run.input_scale)).sum()) \
+            if left.size else 0
     if missed:
         run.note(Kind.LAYER_INCOMPLETE, f"{missed} of the {total} kinks found on the searched "
                  "lines are not where the recovered network kinks: it is not exact",
@@ -203,12 +204,18 @@ def _unexplained_kinks(run: Run, net: ReLUNetwork, state: State) -> float:
     return missed / max(total, 1)
 
 
-def _near_boundary(hidden: Layered, line, found: np.ndarray) -> np.ndarray:
-    """Which ``found`` kinks lie within ``MATCH`` times the half length of a unit's boundary,
-    measured across it (``|z| / |grad z|``) rather than along the line: where a line crosses a
-    boundary at a glancing angle, a row good to 1e-10 moves the crossing far more than the
-    boundary (trained digits 784-64-32-10: one kink of 4,406, 2.6e-6 along a short line from
-    a layer-2 unit whose pre-activation changes slowly there)."""
+def _near_boundary(hidden: Layered, line, found: np.ndarray,
+                   scale: float = 0.0) -> np.ndarray:
+    """Which ``found`` kinks lie within ``MATCH`` times the half length (or ``scale``, the
+    input scale, where the line is shorter) of a unit's boundary, measured across it
+    (``|z| / |grad z|``) rather than along the line: where a line crosses a boundary at a
+    glancing angle, a row good to 1e-10 moves the crossing far more than the boundary
+    (trained digits 784-64-32-10: one kink of 4,406, 2.6e-6 along a short line from a layer-2
+    unit whose pre-activation changes slowly there). The search locates a kink to a share of
+    its line's length, but a row's error moves its boundary by a distance of the inputs'
+    scale: on a fill window (half length 2e-3) the same victim had a kink 3e-9 across from a
+    layer-2 unit's boundary, 1.4e-6 of that half length."""
+    reach = MATCH * max(line.half, scale)
     out = np.zeros(found.size, bool)
     for n, tf in enumerate(found):
         x = line.x0 + tf * line.v
@@ -216,7 +223,7 @@ def _near_boundary(hidden: Layered, line, found: np.ndarray) -> np.ndarray:
         for l in range(1, hidden.depth + 1):
             grad = np.linalg.norm(hidden.jacobian(x, l), axis=1)
             dist = np.abs(zs[l - 1][0]) / np.maximum(grad, 1e-300)
-            if (dist <= MATCH * line.half).any():
+            if (dist <= reach).any():
                 out[n] = True
                 break
     return out

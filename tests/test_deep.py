@@ -422,6 +422,13 @@ def test_a_kink_on_a_grazing_line_is_explained_across_the_boundary():
     found = np.array([1e-5, 1e-3 / (v @ n)])
     assert not (np.abs(hidden.preacts((x_on + found[1] * v)[None])[0][0, 1:]) < 1e-3).any()
     assert _near_boundary(hidden, line, found).tolist() == [True, False]
+    # a short line (a fill window, half length 2e-3) allows as much as a line of the inputs'
+    # scale: a row's error moves its boundary by a distance of that scale (the same victim,
+    # one kink 3e-9 across a boundary, 1.4e-6 of the window's half length)
+    short = Line(x_on, n, np.zeros(0), None, 2e-3)
+    across = np.array([3e-9, 1e-5])
+    assert _near_boundary(hidden, short, across).tolist() == [False, False]
+    assert _near_boundary(hidden, short, across, 1.0).tolist() == [True, False]
 
 
 @pytest.mark.parametrize("seed,sizes", [(6775, [10, 3, 3, 2, 2]), (3328, [6, 4, 2, 2]),
