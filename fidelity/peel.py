@@ -243,7 +243,8 @@ def _fill(run: Run, mcfg: MeasureConfig, layered: Layered, found: _Found, state:
         before = len(state.points)
         line = window(run, mcfg, state, q - zj / nrm * n, n,
                        max(4.0 * abs(zj) / nrm, 4.0 * dist, 1e-3 * run.input_scale))
-        _measure_unexplained(run, mcfg, layered, state, len(state.lines) - 1, line, found)
+        _measure_unexplained(run, mcfg, layered, state, len(state.lines) - 1, line, found,
+                             on_only=True)
         done += 1
         if not any(_agrees(signed, p, row, i) for p in state.points[before:]):
             misses[key] = misses.get(key, 0) + 1
@@ -384,11 +385,12 @@ def _repair_layer_one(run: Run, mcfg: MeasureConfig, layered: Layered, state: St
 
 
 def _measure_unexplained(run: Run, mcfg: MeasureConfig, layered: Layered, state: State,
-                         li: int, line: Line, found: Optional[_Found]) -> None:
+                         li: int, line: Line, found: Optional[_Found],
+                         on_only: bool = False) -> None:
     """Measures, in layer ``m``'s coordinates, the kinks of ``line`` nothing known explains
-    (the verified units of layer ``m + 1`` found so far included). Once ``found`` has layer
-    ``m``'s orientations, each kink is probed along the units that are on there only (about
-    half the queries), and along every unit where those do not give the line's slope."""
+    (the verified units of layer ``m + 1`` found so far included). ``on_only`` (a window
+    of :func:`_fill`, where layer ``m``'s orientations are known): probed along the units
+    that are on at each kink only, about half the queries."""
     if found is not None and found.rows.shape[0]:
         explained = predicted(run, layered.signed(found.signs), line, found.rows)
     else:
@@ -406,11 +408,11 @@ def _measure_unexplained(run: Run, mcfg: MeasureConfig, layered: Layered, state:
         sv = np.linalg.svd(jac, compute_uv=False)
         if h > d or sv[-1] <= sv[0] / MAX_COND:
             continue
-        # the direction pinv e_i moves z_i alone, which moves nothing where unit i is off
-        # (read_jump reads its entry as nil); a unit never seen on (no orientation yet) is
-        # probed
+        # on_only: the direction pinv e_i moves z_i alone, which moves nothing where unit i
+        # is off (read_jump reads its entry as nil); a unit never seen on (no orientation
+        # yet) is probed
         on = np.ones(h, bool)
-        if found is not None and found.signs.size == h:
+        if on_only and found is not None and found.signs.size == h:
             on = found.signs * layered.preacts(x[None])[-1][0] > 0
             on[list(found.dead)] = True
         pinv = np.linalg.pinv(jac)                               # (d, h)
