@@ -4,7 +4,7 @@ from the kinks the model does not explain (see :mod:`fidelity.deep` for the meth
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import numpy as np
 
@@ -384,6 +384,19 @@ def _repair_layer_one(run: Run, mcfg: MeasureConfig, layered: Layered, state: St
                    (np.concatenate([b, row[:, -1]]),) + layered.biases[1:]), 1
 
 
+class _Plan(NamedTuple):
+    """How a kink (index ``k`` on its line, at ``x``) is probed: along ``dirs``, the layer's
+    pinv directions scaled by ``norms`` (rows ``jac`` of the units they move) and the null
+    probes; ``wide``, the plan along every unit when this one takes the units on only."""
+
+    k: int
+    x: np.ndarray
+    jac: np.ndarray
+    norms: np.ndarray
+    dirs: np.ndarray
+    wide: Optional["_Plan"] = None
+
+
 def _measure_unexplained(run: Run, mcfg: MeasureConfig, layered: Layered, state: State,
                          li: int, line: Line, found: Optional[_Found],
                          on_only: bool = False) -> None:
@@ -422,13 +435,14 @@ def _measure_unexplained(run: Run, mcfg: MeasureConfig, layered: Layered, state:
             z = run.rng.normal(size=(min(NULL_PROBES, d - h), d))   # an earlier layer lacks
             z -= (pinv @ (jac @ z.T)).T
             dirs = np.concatenate([dirs, z / np.linalg.norm(z, axis=1, keepdims=True)])
-        full = (k, x, jac, norms, dirs)
+        full = _Plan(k, x, jac, norms, dirs)
         keep = np.concatenate([on, np.ones(dirs.shape[0] - h, bool)])
-        plans.append(full if on.all() else (k, x, jac[on], norms[on], dirs[keep], full))
+        plans.append(full if on.all() else _Plan(k, x, jac[on], norms[on], dirs[keep], full))
     if not plans:
         return
     derivs, steps, scales = {}, {}, {}
-    for i, (k, *_) in enumerate(plans):
+    for i, plan in enumerate(plans):
+        k = plan.k
         for side in (0, 1):
             lo, hi = bounds[k + side], bounds[k + side + 1]
             steps[i, side] = min(mcfg.step_frac * 0.5 * (hi - lo), run.step_cap)
@@ -443,7 +457,7 @@ def _measure_unexplained(run: Run, mcfg: MeasureConfig, layered: Layered, state:
                 continue
             derivs[i, side] = dv
             scales[i, side] = scale
-            k, _, jac, norms = plans[i][:4]
+            k, _, jac, norms, _, wide = plans[i]
             slope = None if line.slopes is None else line.slopes[k + side]
             if slope is None or np.isnan(slope).any():
                 continue
@@ -453,17 +467,17 @@ def _measure_unexplained(run: Run, mcfg: MeasureConfig, layered: Layered, state:
             noise = 1e3 * search.EPS * scale / steps[i, side]
             if np.abs(pred - slope).max() <= 1e-7 * size + noise:
                 continue
-            if len(plans[i]) > 5:
+            if wide is not None:
                 # the units on do not give the slope along the line: something moves along
                 # the others' directions (a layer-1 unit the model lacks: random 11-7-6-1
                 # s145); both sides are probed along every unit
-                plans[i] = plans[i][5]
+                plans[i] = wide
                 widened.add(i)
                 todo_sides.extend(s for s in ((i, 0), (i, 1)) if s not in todo_sides)
                 continue
             steps[i, side] /= mcfg.remeasure_shrink
             todo_sides.append((i, side))
-    for i, (k, x, jac, norms, dirs, *_) in enumerate(plans):
+    for i, (k, x, jac, norms, dirs, _) in enumerate(plans):
         if (i, 0) in todo_sides or (i, 1) in todo_sides:
             continue                                     # a probe kept crossing a boundary
         jump = derivs[i, 1] - derivs[i, 0]
@@ -483,7 +497,7 @@ def _probe(run: Run, line: Line, bounds: np.ndarray, plans: list, sides: list,
     ``{(plan, side): ((dirs, k) derivatives, answer scale)}``."""
     rows = []
     for i, side in sides:
-        k, dirs = plans[i][0], plans[i][4]
+        k, dirs = plans[i].k, plans[i].dirs
         base = line.x0 + 0.5 * (bounds[k + side] + bounds[k + side + 1]) * line.v
         rows.append(base[None])
         rows.append(base + steps[i, side] * dirs)
@@ -493,7 +507,7 @@ def _probe(run: Run, line: Line, bounds: np.ndarray, plans: list, sides: list,
     y = run.query("gradients")(np.concatenate(rows))
     out, pos = {}, 0
     for i, side in sides:
-        n = 1 + plans[i][4].shape[0]
+        n = 1 + plans[i].dirs.shape[0]
         block = y[pos:pos + n]
         pos += n
         out[i, side] = ((block[1:] - block[0]) / steps[i, side], np.abs(block).max())
