@@ -180,17 +180,8 @@ def _one_sided_holds(run: Run, mcfg: MeasureConfig, signed: Layered, row: np.nda
     contradicts the completion."""
     m = signed.depth
     model = signed.appended(row[None], np.ones(1))
-    rng = np.random.default_rng([run.seed, 31, m])
     best = None                                  # (share of unit i on, point)
-    for _ in range(SAMPLE_LINES):
-        x0 = rng.normal(size=run.d) * run.input_scale
-        v = rng.normal(size=run.d)
-        v /= np.linalg.norm(v)
-        t, layer, unit = model.kinks(x0, v, run.t_max)
-        t = t[(layer == m + 1) & (unit == 0)]
-        if not t.size:
-            continue
-        pts = x0 + t[:, None] * v
+    for pts in _crossings(run, model, np.random.default_rng([run.seed, 31, m])):
         z = signed.preacts(pts)[-1]
         share = z[:, gaps].max(1) / np.maximum(np.abs(z).max(1), 1e-300)
         k = int(np.argmax(share))
@@ -362,25 +353,30 @@ def _walk(model: Layered, signed: Layered, x: np.ndarray, i: int, m: int,
     return None
 
 
-def _sampled(run: Run, model: Layered, signed: Layered, i: int, m: int):
-    """A point of the candidate unit's boundary (as ``model`` has it) where unit ``i`` of
-    layer ``m`` is barely on, from its crossings of random lines drawn like the search's (no
-    query: the model's own kinks). Where the walk of :func:`_walk` stalls on a ridge of the
-    boundary, the place may lie elsewhere: 3% of the kinks of a 10-10-10-1 unit, active on 97%
-    of the inputs. Returns ``(point, its distance to unit i's boundary)``, or None."""
-    rng = np.random.default_rng([run.seed, 14, i, m])
-    # a layer-1 unit's gradient is its row everywhere; a deeper one's depends on the point
-    flat = float(np.linalg.norm(signed.weights[0][i])) if m == 1 else None
-    best = None
+def _crossings(run: Run, model: Layered, rng: np.random.Generator):
+    """Per random line drawn like the search's (:data:`SAMPLE_LINES` of them, from ``rng``;
+    no query), the points where it crosses ``model``'s last unit (the candidate), when any."""
+    m = model.depth - 1
     for _ in range(SAMPLE_LINES):
         x0 = rng.normal(size=run.d) * run.input_scale
         v = rng.normal(size=run.d)
         v /= np.linalg.norm(v)
         t, layer, unit = model.kinks(x0, v, run.t_max)
         t = t[(layer == m + 1) & (unit == 0)]
-        if not t.size:
-            continue
-        pts = x0 + t[:, None] * v
+        if t.size:
+            yield x0 + t[:, None] * v
+
+
+def _sampled(run: Run, model: Layered, signed: Layered, i: int, m: int):
+    """A point of the candidate unit's boundary (as ``model`` has it) where unit ``i`` of
+    layer ``m`` is barely on, from its crossings of random lines drawn like the search's (no
+    query: the model's own kinks). Where the walk of :func:`_walk` stalls on a ridge of the
+    boundary, the place may lie elsewhere: 3% of the kinks of a 10-10-10-1 unit, active on 97%
+    of the inputs. Returns ``(point, its distance to unit i's boundary)``, or None."""
+    # a layer-1 unit's gradient is its row everywhere; a deeper one's depends on the point
+    flat = float(np.linalg.norm(signed.weights[0][i])) if m == 1 else None
+    best = None
+    for pts in _crossings(run, model, np.random.default_rng([run.seed, 14, i, m])):
         zi = signed.preacts(pts)[-1][:, i]
         for x, z in zip(pts[zi > 0], zi[zi > 0]):
             size = flat if flat is not None else np.linalg.norm(signed.jacobian(x, m)[i])

@@ -109,7 +109,11 @@ def extract(oracle: Oracle, *, seed: int = 0, throw: bool = True,
                     except UnsupportedArchitecture as exc:   # the one-layer signs are singular
                         run.layers = _deepen(run, cfg, str(exc))
                         if run.layers is None:
-                            raise
+                            # say that depth was tried too: a deep victim refused with the
+                            # one-layer message alone read as an expansive one-layer net
+                            raise UnsupportedArchitecture(
+                                f"{exc}; tried layer by layer as a deeper network too, but no "
+                                "kink fit a unit of a second layer") from exc
                     break
                 except SaturatedProbabilities as exc:   # a row underflowed all the same
                     if restart == SATURATION_RESTARTS:

@@ -644,3 +644,12 @@ def test_a_completion_contradicted_by_a_window_is_not_kept():
     assert any("the completion is not kept" in n for n in result.notes)
     assert result.status == "ok"
     _exact(victim, result, rel=1e-9, param=1e-8)
+
+
+def test_a_refusal_after_the_deep_attempt_says_depth_was_tried():
+    # random 10-3-2-2-2 s7267 (four hidden layers, layer 1 of 3 units; line 0 sees one of
+    # them): refused with the one-layer engine's message alone ("too expansive"), which read
+    # as a verdict on a one-layer victim
+    victim = F.ReLUNetwork.random(7267, [10, 3, 2, 2, 2])
+    with pytest.raises(F.UnsupportedArchitecture, match="tried layer by layer"):
+        F.extract(F.Oracle(victim), seed=7267, throw=False)

@@ -161,3 +161,28 @@ def test_units_with_nil_output_weights_are_dropped_as_spurious():
     # neither nil nor parallel: nothing to drop
     assert not twins.resolve_singular(run, rows[[0, 2]], coef[[0, 2]])
     assert len(run.evidence.jumps) == 2
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_float64_answers_beside_a_flat_end_are_exact(seed):
+    # the noise floor's segment near the origin is flat (every unit off: exactly constant
+    # answers); the far one's float64 rounding at |f| ~ 40 was taken as absolute noise and held
+    # against the near end's 0.2: exact answers read as 45-bit noise (random 6-3-2-2-2 s9695
+    # went the noisy way, unverified; 11 of 20 of these victims did)
+    from fidelity import noise
+    rng = np.random.default_rng(seed)
+    w, a = rng.normal(size=(3, 10)), rng.normal(size=(2, 3))
+
+    def query(pts, sigma=0.0):
+        h = np.maximum(pts @ w.T - 30.0, 0.0)          # every unit off near the origin
+        y = h @ a.T + 0.2
+        return y + sigma * rng.normal(size=y.shape)
+
+    v = w.sum(0) / np.linalg.norm(w.sum(0))
+    x0 = np.zeros(10)
+    nf = noise.measure(query, x0, x0 + 100.0 * v, v, spacing=1e-2,
+                       rng=np.random.default_rng(seed))
+    assert nf.float64
+    noisy = noise.measure(lambda p: query(p, 1e-9), x0, x0 + 100.0 * v, v, spacing=1e-2,
+                          rng=np.random.default_rng(seed))
+    assert not noisy.float64
