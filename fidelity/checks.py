@@ -121,6 +121,22 @@ def check_line(run: Run, points: int, tol: float,
     return bool(ok), x0, v
 
 
+def _groups(run: Run, network) -> dict:
+    """``{group: (max |f - f_hat| / range, allowed / range, answers)}`` over the check
+    answers of each group (see :func:`output_bound`)."""
+    out = {}
+    for group in ("far", "near", "points"):
+        logs = [entry for entry in run.check_log if entry[0] == group]
+        if not logs:
+            continue
+        pts = np.concatenate([e[1] for e in logs])
+        y = np.concatenate([e[2] for e in logs])
+        width = max(float((y.max(0) - y.min(0)).max()), 1e-300)
+        out[group] = (float(np.abs(y - network(pts)).max()) / width,
+                      max(e[3] for e in logs) / width, pts.shape[0])
+    return out
+
+
 def output_bound(run: Run, network) -> tuple[float, int, float]:
     """What the check answers say about ``network`` without a new query:
     ``(max |f - f_hat| / range, answers used, resolution)``.
@@ -130,25 +146,32 @@ def output_bound(run: Run, network) -> tuple[float, int, float]:
     lines and near their origins (for float64 answers, i.e. inputs of the victim's own scale),
     and the point checks' answers (:func:`point_error`: Gaussian inputs at the radii
     :data:`POINT_RADII`), each relative to its range, the largest spread ``max f_i - min f_i``
-    of one output over the group. The resolution is the largest disagreement a group allowed,
-    relative to the same range: a unit that moves the outputs by less than that at every
-    checked point (e.g. output weights ~1e-8 of the others) could be missing and still pass
-    every check.
+    of one output over the group. The resolution is the largest disagreement the check lines
+    allowed (the point checks' where there are no check lines: a deep result), relative to
+    the same range: a unit that moves the outputs by less than that at every checked point
+    (e.g. output weights ~1e-8 of the others) could be missing and still pass every check.
+    (The point checks' own allowance is no part of it where lines were checked: they are a
+    second test a unit must also pass, and behind an output offset of 1e3 their small range
+    made it 1e-7 to 8e-7 of theirs, against the lines' 1e-8.)
     """
     if network is None or not run.check_log:
         return float("nan"), 0, float("nan")
-    err, res, count = 0.0, 0.0, 0
-    for group in ("far", "near", "points"):
-        logs = [entry for entry in run.check_log if entry[0] == group]
-        if not logs:
-            continue
-        pts = np.concatenate([e[1] for e in logs])
-        y = np.concatenate([e[2] for e in logs])
-        width = max(float((y.max(0) - y.min(0)).max()), 1e-300)
-        err = max(err, float(np.abs(y - network(pts)).max()) / width)
-        res = max(res, max(e[3] for e in logs) / width)
-        count += pts.shape[0]
+    groups = _groups(run, network)
+    err = max(g[0] for g in groups.values())
+    count = sum(g[2] for g in groups.values())
+    lines = [groups[g][1] for g in ("far", "near") if g in groups]
+    res = max(lines) if lines else groups["points"][1]
     return err, count, res
+
+
+def disagreement(run: Run, network) -> Optional[tuple[float, float]]:
+    """``(error, allowed)`` of the check group whose answers ``network`` misses by the most
+    against what that group allowed (each relative to the group's range), or None when every
+    group agrees."""
+    if network is None or not run.check_log:
+        return None
+    worst = max(_groups(run, network).values(), key=lambda g: g[0] / max(g[1], 1e-300))
+    return (worst[0], worst[1]) if worst[0] > worst[1] else None
 
 
 def extend(run: Run, regime: Extender, cfg: MeasureConfig, x0: np.ndarray, v: np.ndarray,

@@ -115,7 +115,8 @@ def measure(query: Callable[[np.ndarray], np.ndarray], x_near: np.ndarray, x_far
         # (Taken as absolute and held against the flat end's smaller answers, float64 rounding
         # at |f| = 44 read as 45-bit noise: random 6-3-2-2-2 s9695 went the noisy way.)
         s, f = (s_far, f_far) if np.isnan(s_near) else (s_near, f_near)
-        exact = exact or s <= FLOAT64_LEVEL * f
+        if s <= FLOAT64_LEVEL * f:
+            exact, ratio = True, min(ratio, s / max(f, 1e-300))
     if exact:
         absolute, rel = 0.0, EPS
     bits = float(-np.log2(max(ratio, EPS)))

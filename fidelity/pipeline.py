@@ -141,14 +141,14 @@ def extract(oracle: Oracle, *, seed: int = 0, throw: bool = True,
                  f"may be missing; the model's last check error is {run.check_error:.1e}",
                  lines=unexplained)
     result = _summarize(run, status, t0)
-    if status == Status.OK and run.nf.float64 and result.output_error > result.resolution:
+    worst = checks.disagreement(run, result.network) if status == Status.OK else None
+    if worst is not None and run.nf.float64:
         # the last check lines agreed, but an earlier one's answers still disagree with the
         # final network by more than that line allowed: not verified
         run.note(Kind.CHECKS_DISAGREE,
-                 f"the final network disagrees with earlier check lines' answers by "
-                 f"{result.output_error:.1e} of their range, more than they allowed "
-                 f"({result.resolution:.1e})", error=result.output_error,
-                 allowed=result.resolution)
+                 f"the final network disagrees with earlier check answers by {worst[0]:.1e} "
+                 f"of their range, more than they allowed ({worst[1]:.1e})", error=worst[0],
+                 allowed=worst[1])
         status = Status.UNVERIFIED
         result = _summarize(run, status, t0)
     if status == Status.OK and run.nf.float64:
