@@ -169,7 +169,6 @@ def test_float64_answers_beside_a_flat_end_are_exact(seed):
     # answers); the far one's float64 rounding at |f| ~ 40 was taken as absolute noise and held
     # against the near end's 0.2: exact answers read as 45-bit noise (random 6-3-2-2-2 s9695
     # went the noisy way, unverified; 11 of 20 of these victims did)
-    from fidelity import noise
     rng = np.random.default_rng(seed)
     w, a = rng.normal(size=(3, 10)), rng.normal(size=(2, 3))
 
