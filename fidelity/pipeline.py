@@ -141,8 +141,9 @@ def extract(oracle: Oracle, *, seed: int = 0, throw: bool = True,
                  f"may be missing; the model's last check error is {run.check_error:.1e}",
                  lines=unexplained)
     result = _summarize(run, status, t0)
-    worst = checks.disagreement(run, result.network) if status == Status.OK else None
-    if worst is not None and run.nf.float64:
+    worst = checks.disagreement(run, result.network) \
+        if status == Status.OK and run.nf.float64 else None
+    if worst is not None:
         # the last check lines agreed, but an earlier one's answers still disagree with the
         # final network by more than that line allowed: not verified
         run.note(Kind.CHECKS_DISAGREE,
