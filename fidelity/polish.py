@@ -57,6 +57,10 @@ class PolishConfig:
         polish_radius: spread (in units of ``input_scale``) of the random points projected
             onto a hyperplane to place them.
         polish_tries: candidate points per unit; the one farthest from other hyperplanes wins.
+        again_above: once polished and checked, check answers that still miss the network by
+            more than this share of their range (the black-box output bound) call for a second
+            polish, of up to ``again_frac`` of the queries so far.
+        again_frac: see ``again_above``.
     """
 
     polish_tol: float = 3e-11
@@ -68,10 +72,13 @@ class PolishConfig:
     precision_min: int = 200
     polish_radius: float = 0.1
     polish_tries: int = 8
+    again_above: float = 4e-10
+    again_frac: float = 1.0
 
     def __post_init__(self):
         for name in ("polish_tol", "polish_frac", "polish_small_frac", "polish_small",
-                     "precision_est", "precision_share", "polish_radius"):
+                     "precision_est", "precision_share", "polish_radius", "again_above",
+                     "again_frac"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be non-negative, got {getattr(self, name)!r}")
         for name, low in (("precision_min", 0), ("polish_tries", 1)):
