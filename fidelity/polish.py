@@ -72,8 +72,8 @@ class PolishConfig:
     precision_min: int = 200
     polish_radius: float = 0.1
     polish_tries: int = 8
-    again_above: float = 4e-10
-    again_frac: float = 1.0
+    again_above: float = 6e-10
+    again_frac: float = 0.5
 
     def __post_init__(self):
         for name in ("polish_tol", "polish_frac", "polish_small_frac", "polish_small",
