@@ -24,7 +24,6 @@ AT_BOUNDARY = 1e-9    # a kink whose unit that is on has |z| below this share of
                       # is layer m's own (see _reading)
 SAME_UNIT = 1e-5      # two kinks' signatures agreeing to this (relative) are one unit
 NULL_PROBES = 2       # probes along what layer m cannot see, per side of a kink
-UNSEEN_KEEPS = True   # ... where they move the outputs, layer 1 lacks a unit: the kink is kept
 MAX_CANCEL = 1e3      # signatures of kinks whose bias cancels worse than this are compared
                       # at this loose a tolerance (SAME_UNIT times it)
 MAX_COND = 1e4        # a Jacobian worse conditioned than this is not inverted at that kink
@@ -530,13 +529,6 @@ def _measure_unexplained(run: Run, mcfg: MeasureConfig, layered: Layered, state:
             size = np.abs((dv[:n] * norms[:, None]).T * (jac @ line.v)).sum(1).max()
             noise = 1e3 * search.EPS * scale / steps[i, side]
             if np.abs(pred - slope).max() <= 1e-7 * size + noise:
-                continue
-            if UNSEEN_KEEPS and m == 1 and dv.shape[0] > n and np.abs(dv[n:]).max() > noise:
-                # what layer 1 cannot see moves the outputs on this side: it lacks a unit
-                # that is on here, not a probe that crossed a boundary (random
-                # 80-40-20-1 s4: a layer-1 unit merged with a layer-2 kink on line 0 had its
-                # kinks on lines 1 and 2 dropped so, and was found 75 lines later). Kept: its
-                # jump's unseen part sends it to be measured in full (_repair_layer_one)
                 continue
             if wide is not None:
                 # the units on do not give the slope along the line: something moves along
