@@ -86,9 +86,9 @@ class Float64Regime:
                 return None                      # the polished model is checked once more
             fit.fit(run, cfg.fit, final=True)    # no new answers: refit only
         elif not self.polished_again:
-            # the check answers so far still miss by more than POLISH_AGAIN_ABOVE of their
-            # range: the least precise units get a larger share once more (combined 50-12-1
-            # s28: 1.2e-9 of the range after one polish of one unit, 6e-12 after all ten)
+            # the check answers so far still miss by more than ``again_above`` of their range
+            # (PolishConfig): the least precise units get a larger share once more (combined
+            # 50-12-1 s28: 1.2e-9 of the range after one polish of one unit, 6e-12 after all)
             self.polished_again = True
             bound = checks.output_bound(run, run.model.network)[0]
             again = dataclasses.replace(cfg.polish, polish_frac=cfg.polish.again_frac)
