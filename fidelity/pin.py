@@ -73,8 +73,7 @@ def pin_kinks(run: Run, layered: Layered, need: dict,
             key = (int(layer[k]), int(unit[k]))
             if key not in want:
                 continue
-            gap = min(edges[k + 1] - edges[k], edges[k + 2] - edges[k + 1])
-            if gap < MIN_GAP * run.t_max:
+            if _beside(edges, k) < MIN_GAP * run.t_max:
                 continue
             total, entries = want[key]
             on = _on(zs, key, k, entries.size)
@@ -89,7 +88,7 @@ def pin_kinks(run: Run, layered: Layered, need: dict,
             key = (int(layer[k]), int(unit[k]))
             if k in picked or key not in need or not {k - 1, k + 1} <= picked:
                 continue
-            if min(edges[k + 1] - edges[k], edges[k + 2] - edges[k + 1]) < MIN_GAP * run.t_max:
+            if _beside(edges, k) < MIN_GAP * run.t_max:
                 continue
             chosen.append((k, key))
             if key in want:
@@ -162,8 +161,12 @@ def _served(want: dict, key: tuple, on: np.ndarray) -> None:
         want[key] = (total - 1, entries)
 
 
+def _beside(edges: np.ndarray, k: int) -> float:
+    """The shorter of the two pieces beside kink ``k`` (between pieces ``k`` and ``k + 1``)."""
+    return min(edges[k + 1] - edges[k], edges[k + 2] - edges[k + 1])
+
+
 def _step(run: Run, edges: np.ndarray, k: int) -> float:
     """How far from kink ``k`` (between pieces ``k`` and ``k + 1``) its pieces are asked: a
     third of the shorter piece, at most ``input_scale`` (answers far out round coarser)."""
-    return min(edges[k + 1] - edges[k], edges[k + 2] - edges[k + 1],
-               3.0 * run.input_scale) / 3.0
+    return min(_beside(edges, k), 3.0 * run.input_scale) / 3.0
