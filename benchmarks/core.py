@@ -13,9 +13,10 @@ import time
 from pathlib import Path
 
 import jax
+import numpy as np
 
 import fidelity as F
-from fidelity import victims
+from fidelity import metrics, victims
 
 
 def victim_list(quick: bool):
@@ -51,6 +52,7 @@ def run(name, victim, images, samples):
                missing=rep.missing, extra=rep.extra, negligible=rep.negligible,
                error_estimate=res.error_estimate, output_error=res.output_error,
                output_error_points=res.output_error_points, resolution=res.resolution)
+    rec.update(metrics.estimate_ratios(victim, res))   # per unit (issue 15)
     if images is not None:
         ri = F.evaluate(victim, res.network, inputs=images)
         rec.update(fidelity_digits=ri.fidelity, max_rel_error_digits=ri.max_rel_error)
@@ -73,6 +75,8 @@ def main():
                   f"fid={rec['fidelity_gauss']:.5f}/{rec.get('fidelity_digits', float('nan')):.5f} "
                   f"rel={rec['max_rel_error']:.1e} par={rec['param_error']:.1e} "
                   f"est={rec['error_estimate']:.1e} out={rec['output_error']:.1e} "
+                  f"unit est/act={rec.get('unit_ratio_min', np.nan):.2f}-"
+                  f"{rec.get('unit_ratio_max', np.nan):.1f} "
                   f"t={rec['seconds']:.2f}s", flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(records, indent=1))

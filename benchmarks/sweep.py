@@ -327,6 +327,7 @@ def run_fidelity(spec: VictimSpec, *, timeout: Optional[float], samples: int, se
         return rec
     with jax.enable_x64(True):
         rec.update(measure(victim, res.network, images, samples=samples, seed=seed + 1))
+        rec.update(F.metrics.estimate_ratios(victim, res))   # per unit (issue 15)
     rec["status"] = "ok" if res.status == "ok" else f"error: extraction status '{res.status}'"
     return rec
 

@@ -118,6 +118,7 @@ def _fit_once(run: Run, cfg: FitConfig, final: bool):
     m = np.zeros((regions.size, 0), bool)
     resid = np.zeros(regions.size)
     aff0 = None
+    coef_se = None
     for it in range(passes + 1):
         if not rows.shape[0]:
             break
@@ -151,7 +152,7 @@ def _fit_once(run: Run, cfg: FitConfig, final: bool):
     if aff0 is None:                    # no unit: the victim is affine everywhere
         aff0 = regions.affine().mean(0)
     else:                               # residual of the last solve (before anchoring)
-        resid = recover.region_residual(*fit_in, *fitted)
+        resid, coef_se = recover.residual_and_coef_error(*fit_in, *fitted, bias_scale)
     signs, message = solve.try_signs(rows, coef, aff0, tol=run.tol.sign_tol)
     if signs is None:
         return None, (rows, coef, message)
@@ -162,7 +163,7 @@ def _fit_once(run: Run, cfg: FitConfig, final: bool):
     if ev.anchor_y is not None:    # answers near the origin pin the output bias
         feats = np.maximum(ev.anchor_x @ w1[:, :-1].T + w1[:, -1], 0.0)
         b2 = np.mean(ev.anchor_y - feats @ a2.T, axis=0)
-    model = Model(rows=rows, coef=coef, sigma=sigma, signs=signs,
+    model = Model(rows=rows, coef=coef, sigma=sigma, coef_se=coef_se, signs=signs,
                   network=ReLUNetwork([w1[:, :-1], a2], [w1[:, -1], b2]), unit_src=unit_src,
                   row_change=row_change, fit_resid=fit_resid, anchors=anchors,
                   rows_from=ev.version, network_from=ev.version)

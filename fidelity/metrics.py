@@ -117,8 +117,43 @@ def match_units(victim: ReLUNetwork, extracted: ReLUNetwork, *, cos_tol: float =
     err = float(np.abs(np.asarray(victim.biases[1], np.float64)
                        - np.asarray(extracted.biases[1], np.float64)).max())
     for i, j in pairs:
-        err = max(err, float(np.abs(rv[i] - re[j]).max()), float(np.abs(av[:, i] - ae[:, j]).max()))
+        err = max(err, _pair_error(rv, av, re, ae, i, j))
     return pairs, missing, extra, int(negligible.sum()), err
+
+
+def _pair_error(rv, av, re, ae, i: int, j: int) -> float:
+    """Largest error of extracted unit ``j``'s normalised row and output weights against
+    victim unit ``i``'s."""
+    return max(float(np.abs(rv[i] - re[j]).max()), float(np.abs(av[:, i] - ae[:, j]).max()))
+
+
+def unit_errors(victim: ReLUNetwork, extracted: ReLUNetwork) -> np.ndarray:
+    """``(h',)`` the parameter error of each extracted unit of a one-hidden-layer network, in
+    the units of :func:`evaluate`'s ``param_error`` (row ``[w, b]`` of unit norm, output
+    weights scaled to match, absolute); NaN for a unit matched to none of the victim's. For
+    per-unit error estimates against the truth (benchmarks)."""
+    pairs = match_units(_float64(victim), _float64(extracted))[0]
+    rv, av, _ = _normalise(_float64(victim))
+    re, ae, _ = _normalise(_float64(extracted))
+    out = np.full(re.shape[0], np.nan)
+    for i, j in pairs:
+        out[j] = _pair_error(rv, av, re, ae, i, j)
+    return out
+
+
+def estimate_ratios(victim: ReLUNetwork, result) -> dict:
+    """Per unit, ``NeuronInfo.error_estimate`` over the unit's actual error
+    (:func:`unit_errors`) for a one-hidden-layer ``result``: ``unit_ratio_min``, ``_median``
+    and ``_max`` over the matched units (empty when the result has no per-unit figures)."""
+    net = result.network
+    if (net is None or len(net.weights) != 2 or len(victim.weights) != 2
+            or len(result.neurons) != net.weights[0].shape[0]):
+        return {}
+    ratio = np.array([n.error_estimate for n in result.neurons]) / unit_errors(victim, net)
+    if not np.isfinite(ratio).any():
+        return {}
+    return dict(unit_ratio_min=float(np.nanmin(ratio)), unit_ratio_median=float(np.nanmedian(ratio)),
+                unit_ratio_max=float(np.nanmax(ratio)))
 
 
 def match_layers(victim: ReLUNetwork, extracted: ReLUNetwork, *, cos_tol: float = 1e-6):

@@ -27,6 +27,9 @@ class Model:
         rows: ``(h, d + 1)`` unsigned rows ``[w, b]`` with unit-norm ``w``, one per jump.
         coef: ``(h, k)`` output coefficients of the unsigned model.
         sigma: ``(h, 3)`` LS standard errors of each row's ``w``, bias and coefficients.
+        coef_se: ``(h,)`` standard errors of the coefficients with each region's noise taken
+            from its residual (:func:`fidelity.recover.residual_and_coef_error`; reported
+            only, the fit and the polish use ``sigma``).
         signs: the sign solve (``None`` before the first fit).
         network: the signed network (noisy answers: oriented and regressed instead).
         unit_src: ``(h',)`` the unsigned unit each network unit comes from.
@@ -41,6 +44,7 @@ class Model:
     rows: np.ndarray
     coef: np.ndarray
     sigma: Optional[np.ndarray] = None
+    coef_se: Optional[np.ndarray] = None
     signs: Optional[Signs] = None
     network: Optional[ReLUNetwork] = None
     unit_src: np.ndarray = field(default_factory=lambda: np.zeros(0, int))

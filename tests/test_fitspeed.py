@@ -52,11 +52,15 @@ def _dense_rows(aff, weight, m, coef, bias_scale=None):
     return sol[:h] / norm[:, None], sol[h:], coef * norm[:, None]
 
 
-def _dense_coef(aff, weight, m, rows, aff0):
-    """Coefficients given rows, one output at a time, by dense weighted LS."""
+def _dense_coef(aff, weight, m, rows, aff0, bias_scale=None):
+    """Coefficients given rows, one output at a time, by dense weighted LS (with
+    ``bias_scale``, the intercept column weighted by ``weight / bias_scale``)."""
     n_reg, k, dp1 = aff.shape
-    design = (m[:, None, :] * rows.T[None] * weight[:, None, None]).reshape(n_reg * dp1, -1)
-    out = [np.linalg.lstsq(design, ((aff[:, j] - aff0[j]) * weight[:, None]).reshape(-1),
+    om = np.repeat(weight[:, None], dp1, 1)
+    if bias_scale is not None:
+        om[:, -1] /= bias_scale
+    design = (m[:, None, :] * rows.T[None] * om[:, :, None]).reshape(n_reg * dp1, -1)
+    out = [np.linalg.lstsq(design, ((aff[:, j] - aff0[j]) * om).reshape(-1),
                            rcond=None)[0] for j in range(k)]
     return np.stack(out, 1)
 
@@ -118,7 +122,7 @@ def test_fit_is_one_alternation_from_the_relaxed_answer(seed, with_bias_scale):
     want_rows, want_aff0, scaled_coef = _dense_rows(aff, weight, m, start, bs)
     assert _rel(rows, want_rows) < 1e-12
     assert _rel(aff0, want_aff0) < 1e-12
-    assert _rel(new_coef, _dense_coef(aff, weight, m, want_rows, want_aff0)) < 1e-12
+    assert _rel(new_coef, _dense_coef(aff, weight, m, want_rows, want_aff0, bs)) < 1e-12
     # standard errors: the larger of the relaxed ones and the dense covariance of the rows
     # given the coefficients (which leaves out the coefficients' own uncertainty)
     design = _design(m, start, weight)
@@ -225,3 +229,39 @@ def test_ill_conditioned_fit_refines_to_the_dense_answer():
         u, sv, vt = np.linalg.svd(sol[l, :, :-1])
         best = sv[0] * np.outer(u[:, 0], vt[0])
         assert np.abs(model[l, :, :-1] - best).max() < 1e-9 * np.abs(sol[l]).max()
+
+
+def test_coefficient_errors_follow_each_regions_own_noise():
+    # the weights claim one noise level, but a few regions are 30x noisier (as the digits
+    # demo's far regions were): the coefficients' spread over noise draws is what
+    # residual_and_coef_error reports, where the least-squares figure misses it
+    rng = np.random.default_rng(4)
+    n_reg, h, k, d = 40, 5, 3, 6
+    m = rng.uniform(size=(n_reg, h)) < 0.5
+    m[np.arange(h), np.arange(h)] = True
+    m[:, 0] = False
+    m[3, 0] = True                                    # unit 0 is on in region 3 only
+    coef, rows, aff0 = rng.normal(size=(h, k)), rng.normal(size=(h, d + 1)), rng.normal(size=(k, d + 1))
+    rows /= np.linalg.norm(rows[:, :-1], axis=1)[:, None]
+    weight = 10.0 ** rng.uniform(0, 2, n_reg)
+    bias_scale = 1.0 + 20 * rng.uniform(size=n_reg)
+    level = np.ones(n_reg)
+    level[[3, 7, 11]] = 30.0
+    sd = np.repeat((level / weight)[:, None], d + 1, 1)
+    sd[:, -1] *= bias_scale
+    clean = np.einsum("rl,lj,lq->rjq", m, coef, rows) + aff0[None]
+    fits, reported = [], []
+    for _ in range(300):
+        aff = clean + sd[:, None, :] * rng.normal(size=clean.shape)
+        fits.append(_dense_coef(aff, weight, m, rows, aff0, bias_scale))
+        reported.append(recover.residual_and_coef_error(aff, weight, m, rows, coef, aff0,
+                                                        bias_scale)[1])
+    spread = np.std(np.array(fits), 0).mean(1)            # (h,) over draws, outputs pooled
+    ratio = np.mean(reported, 0) / spread
+    assert np.all((ratio > 0.7) & (ratio < 1.4)), ratio
+    grad = rows.copy()
+    grad[:, -1] = 0.0
+    bread = ((grad @ grad.T) * (m.T @ (m * weight[:, None] ** 2))
+             + np.outer(rows[:, -1], rows[:, -1]) * (m.T @ (m * (weight / bias_scale)[:, None] ** 2)))
+    least_squares = np.sqrt(np.diag(np.linalg.inv(bread)))
+    assert spread[0] / least_squares[0] > 10           # the weights' own figure misses unit 0

@@ -122,6 +122,22 @@ def test_loose_matching_pairs_permuted_scaled_units(bench):
     assert out["param_error_loose"] <= 1e-14 and out["unpaired"] == 0
 
 
+def test_unit_errors_name_the_perturbed_unit():
+    net = F.ReLUNetwork.random(0, [6, 5, 2])
+    perm, c = np.array([3, 0, 4, 1, 2]), np.array([2.0, 0.5, 3.0, 1.0, 7.0])
+    w, b, a = net.weights[0][perm] * c[:, None], net.biases[0][perm] * c, net.weights[1][:, perm] / c
+    a = a.copy()
+    a[1, 2] += 1e-9 / c[2]            # extracted unit 2 (victim unit 4), one output weight
+    same = F.ReLUNetwork([w, a], [b, net.biases[1]])
+    err = F.metrics.unit_errors(net, same)
+    norm = np.linalg.norm(np.r_[w[2], b[2]])
+    assert err[2] == pytest.approx(1e-9 * norm / c[2], rel=1e-6)
+    assert np.all(np.delete(err, 2) <= 1e-15)
+    assert err.max() == F.metrics.match_units(net, same)[4]
+    other = F.ReLUNetwork.random(9, [6, 5, 2])      # no unit in common
+    assert np.isnan(F.metrics.unit_errors(net, other)).all()
+
+
 def test_run_one_records_errors_not_raises(bench):
     net = F.ReLUNetwork.random(0, [10, 8, 1])
 
