@@ -119,6 +119,7 @@ def _fit_once(run: Run, cfg: FitConfig, final: bool):
     resid = np.zeros(regions.size)
     aff0 = None
     coef_se = None
+    stats = {}
     for it in range(passes + 1):
         if not rows.shape[0]:
             break
@@ -128,7 +129,7 @@ def _fit_once(run: Run, cfg: FitConfig, final: bool):
         fit_in = (aff, weight, m)   # later passes start from the rows of the one before
         rows, coef, aff0, _, sigma = recover.fit_rows(
             *fit_in, coef, bias_scale=bias_scale, iters=1, rows=rows if it else None,
-            residual=False)
+            residual=False, stats=stats)
         fitted = (rows.copy(), coef, aff0)
         for i, x in anchors.items():   # a located kink pins the bias near the origin
             rows[i, -1] = -rows[i, :-1] @ x
@@ -163,7 +164,8 @@ def _fit_once(run: Run, cfg: FitConfig, final: bool):
     if ev.anchor_y is not None:    # answers near the origin pin the output bias
         feats = np.maximum(ev.anchor_x @ w1[:, :-1].T + w1[:, -1], 0.0)
         b2 = np.mean(ev.anchor_y - feats @ a2.T, axis=0)
-    model = Model(rows=rows, coef=coef, sigma=sigma, coef_se=coef_se, signs=signs,
+    model = Model(rows=rows, coef=coef, sigma=sigma, coef_se=coef_se,
+                  rank_two=stats.get("rank_two"), signs=signs,
                   network=ReLUNetwork([w1[:, :-1], a2], [w1[:, -1], b2]), unit_src=unit_src,
                   row_change=row_change, fit_resid=fit_resid, anchors=anchors,
                   rows_from=ev.version, network_from=ev.version)

@@ -30,6 +30,8 @@ class Model:
         coef_se: ``(h,)`` standard errors of the coefficients with each region's noise taken
             from its residual (:func:`fidelity.recover.residual_and_coef_error`; reported
             only, the fit and the polish use ``sigma``).
+        rank_two: ``(h,)`` how far from rank one each unit's jump is, in its noise
+            (``fit_rows(stats=...)``; ``None`` for one output or without the relaxed solve).
         signs: the sign solve (``None`` before the first fit).
         network: the signed network (noisy answers: oriented and regressed instead).
         unit_src: ``(h',)`` the unsigned unit each network unit comes from.
@@ -45,6 +47,7 @@ class Model:
     coef: np.ndarray
     sigma: Optional[np.ndarray] = None
     coef_se: Optional[np.ndarray] = None
+    rank_two: Optional[np.ndarray] = None
     signs: Optional[Signs] = None
     network: Optional[ReLUNetwork] = None
     unit_src: np.ndarray = field(default_factory=lambda: np.zeros(0, int))

@@ -188,7 +188,8 @@ def masks(rows: np.ndarray, regions: Regions, unit_line: np.ndarray,
 
 def fit_rows(aff: np.ndarray, weight: np.ndarray, m: np.ndarray, coef: np.ndarray,
              bias_scale: Optional[np.ndarray] = None, iters: int = 3, *,
-             rows: Optional[np.ndarray] = None, refine_steps: int = 3, residual: bool = True):
+             rows: Optional[np.ndarray] = None, refine_steps: int = 3, residual: bool = True,
+             stats: Optional[dict] = None):
     """Weighted least squares for rows and coefficients in the unsigned model.
 
     First the *relaxed* model, in which unit ``l`` contributes a free ``(k, d + 1)`` matrix
@@ -238,6 +239,10 @@ def fit_rows(aff: np.ndarray, weight: np.ndarray, m: np.ndarray, coef: np.ndarra
             correction would fall below rounding.
         residual: also return the weighted residual per region (one more ``R k (d + 1) h``
             product; :func:`region_residual` computes it later); ``None`` in its place otherwise.
+        stats: when given, ``stats["rank_two"]`` is set to ``(h,)``: each unit's relaxed
+            matrix ``P_l``'s second singular value over its noise level (``k > 1``; ``None``
+            when the relaxed solve was not used). One unit carrying two neurons whose rows this
+            precision cannot separate but whose output weights differ has a rank-two ``P_l``.
 
     Returns:
         rows ``(h, d + 1)`` with unit-norm ``w`` parts, coefficients ``(h, k)``, the affine term
@@ -250,8 +255,10 @@ def fit_rows(aff: np.ndarray, weight: np.ndarray, m: np.ndarray, coef: np.ndarra
     mf = m.astype(np.float64)
     relaxed = _relaxed_fit(aff, weight, mf, coef if rows is None else None, rows, bias_scale,
                            refine_steps)
+    if stats is not None:
+        stats["rank_two"] = None if relaxed is None else relaxed[4]
     if relaxed is not None:
-        rows, coef, _, sigma_relaxed = relaxed
+        rows, coef, _, sigma_relaxed, _ = relaxed
     warm = rows is not None and iters == 1
     full = _Moments(mf, weight ** 2, aff, cold=not warm)
     bias = None if bias_scale is None else _Moments(mf, (weight / bias_scale) ** 2,
@@ -315,8 +322,8 @@ def _coef_normal(full: "_Moments", bias: Optional["_Moments"], rows: np.ndarray,
 def _relaxed_fit(aff: np.ndarray, weight: np.ndarray, mf: np.ndarray,
                  coef: Optional[np.ndarray], rows: Optional[np.ndarray],
                  bias_scale: Optional[np.ndarray], steps: int):
-    """The relaxed fit of :func:`fit_rows`: ``(rows, coef, aff0, sigma)``, or ``None`` when its
-    normal matrix is singular or too ill-conditioned for refinement.
+    """The relaxed fit of :func:`fit_rows`: ``(rows, coef, aff0, sigma, rank_two)``, or ``None``
+    when its normal matrix is singular or too ill-conditioned for refinement.
 
     Each split ``P_l = c_l r_l`` keeps the orientation of ``rows`` (or of ``coef`` when no rows
     are given): the masks say which side of each hyperplane is "on", and the row must agree.
@@ -336,7 +343,7 @@ def _relaxed_fit(aff: np.ndarray, weight: np.ndarray, mf: np.ndarray,
             return None
         sol[:, :, -1], chol_b = bias
     mats, aff0 = sol[:h], sol[h]
-    vt = np.linalg.svd(mats[:, :, :-1], full_matrices=False)[2]
+    _, sv, vt = np.linalg.svd(mats[:, :, :-1], full_matrices=False)
     w = vt[:, 0, :]                                               # (h, d) unit normals
     new_coef = np.einsum("lkd,ld->lk", mats[:, :, :-1], w)
     ref = (np.einsum("ld,ld->l", w, rows[:, :-1]) if rows is not None
@@ -351,7 +358,11 @@ def _relaxed_fit(aff: np.ndarray, weight: np.ndarray, mf: np.ndarray,
     sig_p = chol.std_errors(h)
     sig_b = chol_b.std_errors(h) / size
     sigma = np.stack([sig_p / size, sig_b, sig_p], 1)
-    return np.concatenate([w, b[:, None]], axis=1), new_coef, aff0, sigma
+    # a unit's P_l is rank one; its second singular value over what noise of standard error
+    # sig_p gives a k x d matrix (sqrt(d) + sqrt(k) of it) says whether it is not
+    rank_two = (sv[:, 1] / np.maximum(sig_p * (np.sqrt(q - 1) + np.sqrt(k)), 1e-300)
+                if k > 1 and q > 2 else np.zeros(h))
+    return np.concatenate([w, b[:, None]], axis=1), new_coef, aff0, sigma, rank_two
 
 
 def _relaxed_solve(design: np.ndarray, w2: np.ndarray, data: np.ndarray, steps: int):

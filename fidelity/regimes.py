@@ -96,6 +96,7 @@ class Float64Regime:
                 fit.fit(run, cfg.fit, final=True)
                 run.report(stage="polish")
                 return None
+        twins.name_rank_two(run)
         return Status.OK
 
     def units_added(self, run: Run) -> None:

@@ -89,7 +89,7 @@ def _dense_relaxed(aff, weight, m, bias_scale=None):
 def test_relaxed_fit_matches_dense_lstsq(seed, with_bias_scale):
     aff, weight, m, coef, bias_scale = _problem(seed)
     bs = bias_scale if with_bias_scale else None
-    rows, new_coef, aff0, sigma = recover._relaxed_fit(aff, weight, m.astype(float), coef, None,
+    rows, new_coef, aff0, sigma, _ = recover._relaxed_fit(aff, weight, m.astype(float), coef, None,
                                                        bs, 3)
     h = m.shape[1]
     sol, design = _dense_relaxed(aff, weight, m, bs)
@@ -117,7 +117,7 @@ def test_fit_is_one_alternation_from_the_relaxed_answer(seed, with_bias_scale):
     bs = bias_scale if with_bias_scale else None
     rows, new_coef, aff0, resid, sigma = recover.fit_rows(aff, weight, m, coef, bias_scale=bs,
                                                           iters=1)
-    _, start, _, sigma_relaxed = recover._relaxed_fit(aff, weight, m.astype(float), coef, None,
+    _, start, _, sigma_relaxed, _ = recover._relaxed_fit(aff, weight, m.astype(float), coef, None,
                                                       bs, 3)
     want_rows, want_aff0, scaled_coef = _dense_rows(aff, weight, m, start, bs)
     assert _rel(rows, want_rows) < 1e-12

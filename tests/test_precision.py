@@ -176,6 +176,8 @@ def test_error_estimates_cover_actual_errors(bench, regime):
     assert np.all(actual <= est), (actual / est).max()
     assert res.error_estimate == est.max()
     assert (res.noise.float64) == (regime == "float64")
+    # distinct units: none is named as two merged neurons
+    assert not [e for e in res.events if e.kind == F.Kind.TWINS_MERGED]
 
 
 # ---------------------------------------------------------------------------- issue 15
@@ -195,6 +197,16 @@ def test_combined_victims_have_every_pattern(bench):
     # other seeds pick other units
     assert not np.array_equal(np.argsort(np.abs(bench.combined(5, sizes).weights[1]).max(0)),
                               np.argsort(np.abs(net.weights[1]).max(0)))
+
+
+@pytest.mark.parametrize("seed,sizes", [(29, [40, 6, 4]), (14, [20, 8, 3])])
+def test_merged_twins_with_different_output_weights_are_named(bench, seed, sizes):
+    # a pair 1e-7 apart whose output weights differ, found as one kink: one unit carries both
+    # and the network is verified; the note names that unit from its rank-two jump
+    victim = bench.combined(seed, sizes)
+    res, _ = _extract(victim, victim, input_scale=1e-3, budget=15_000)
+    named = [e for e in res.events if e.kind == F.Kind.TWINS_MERGED and "rank two" in e.message]
+    assert res.status == "ok" and len(named) == 1
 
 
 COMBINED_SEEDS = [([20, 8, 1], s) for s in range(10)] + [([20, 8, 3], s) for s in range(10, 20)]
