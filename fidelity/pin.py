@@ -51,9 +51,9 @@ def pin_kinks(run: Run, layered: Layered, need: dict,
     errors 0.2x to 4.2x of before over the seeds sweep, at most 2.2e-11), and a needed unit's
     kink between two chosen ones, both pieces asked already, is a pin at no cost. Fewer kinks
     come back where lines rarely cross a unit (``DRAWS`` bounds the lines), a kink is invisible
-    in the outputs, or the budget
-    is short (the lines that fit are asked, the rest dropped: ``reserve`` rows are kept back
-    for what follows the pins, besides the run's check reserve)."""
+    in the outputs, or the budget is short (the lines that fit are asked, the rest dropped:
+    ``reserve`` rows are kept back for what follows the pins, besides the run's check
+    reserve)."""
     want = {k: (int(n), np.array(e, int)) for k, (n, e) in need.items()
             if n > 0 or (np.asarray(e) > 0).any()}
     plans = []                       # (x0, v, piece edges, chosen kinks [(index, key)])

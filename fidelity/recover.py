@@ -409,12 +409,16 @@ def _refined(size: float, scale: float, last: Optional[float], rate: float) -> b
 def region_residual(aff: np.ndarray, weight: np.ndarray, m: np.ndarray, rows: np.ndarray,
                     coef: np.ndarray, aff0: np.ndarray) -> np.ndarray:
     """``(R,)`` largest weighted residual ``weight |aff - model|`` of each region."""
-    res = _weighted_residual(aff, weight, m.astype(np.float64), rows, coef, aff0)
-    return np.abs(res).max((1, 2)) if res.size else np.zeros(aff.shape[0])
+    return _region_max(_weighted_residual(aff, weight, m.astype(np.float64), rows, coef, aff0))
 
 
 def _weighted_residual(aff, weight, mf, rows, coef, aff0) -> np.ndarray:
     return (aff - _model(mf, coef, rows, aff0)) * weight[:, None, None]
+
+
+def _region_max(res: np.ndarray) -> np.ndarray:
+    """``(R,)`` the largest entry of each region's weighted residual ``(R, k, q)``."""
+    return np.abs(res).max((1, 2)) if res.size else np.zeros(res.shape[0])
 
 
 def residual_and_coef_error(aff: np.ndarray, weight: np.ndarray, m: np.ndarray,
@@ -439,7 +443,7 @@ def residual_and_coef_error(aff: np.ndarray, weight: np.ndarray, m: np.ndarray,
     h = rows.shape[0]
     mf = m.astype(np.float64)
     res = _weighted_residual(aff, weight, mf, rows, coef, aff0)
-    out = np.abs(res).max((1, 2)) if res.size else np.zeros(aff.shape[0])
+    out = _region_max(res)
     if h == 0:
         return out, np.zeros(0)
     w2 = weight ** 2
