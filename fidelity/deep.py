@@ -424,6 +424,9 @@ def _polish(run: Run, layered: Layered, state: State) -> Layered:
 
 
 ROBUST_ROUNDS = 3      # refits of a row with its worst-missed kinks trusted less
+OUTLIER = 100.0        # a kink missing the measured row by this many times the median miss is
+                       # trusted at that miss from the start
+PRECISE_ROW = 1e-9     # ... when the median miss is within this (relative)
 MAX_PIN_FAN_IN = 256   # rows with more entries than this are left as measured (layer 1 of
                        # a wide input: d + 1 gradient queries per region measured it in full)
 
@@ -480,7 +483,17 @@ def _refit_row(theta: np.ndarray, feats: np.ndarray, errs: np.ndarray) -> np.nda
     prior = np.eye(theta.size) / (PRIOR_ERR * size)
     gauge = theta[None] / (KINK_ERR * size * size)
     unit = feats / np.linalg.norm(feats, axis=1, keepdims=True)
-    errs = errs.copy()
+    # a kink matched to the unit that is another's (a layer-3 kink 6e-8 off a layer-1 unit's
+    # plane, random 40-20-10-10-1 s1) misses the measured row far more than the rest; with
+    # about as many equations as entries the fit would absorb it (the row 1.6e-11 -> 4.9e-7
+    # off), so such kinks start out trusted at their miss. Only where the measured row is
+    # precise (a median miss within PRECISE_ROW): where its own error sets the misses (rows
+    # read from deeper kinks, ~1e-7) the kinks it misses most are the ones that correct it
+    # (40-20-10-10-1 s3: a layer-3 row left 1.7e-6 off)
+    miss = np.abs(unit @ theta) / size
+    median = np.median(miss)
+    far = (miss > OUTLIER * median) & (median <= PRECISE_ROW)
+    errs = np.where(far, np.maximum(errs, miss / 3.0), errs)
     for _ in range(1 + ROBUST_ROUNDS):
         value = unit / (errs[:, None] * size)
         a = np.concatenate([prior, value, gauge])

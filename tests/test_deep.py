@@ -364,11 +364,47 @@ def test_a_layer_is_closed_once_it_explains_every_kink_and_the_outputs():
     # 10-10-10-1 s1: layer 2 explained every kink found and the answers layer 1 could not
     # fit, then searched its random lines of patience for nothing: 8,889 queries at 8dd451f
     # (7,646 with the early close, 7,902 with the check's 320 inputs)
+    # (7,556 on numpy 2.4.6). Since then a retry of the layer reads the earlier points first
+    # (the kinks of the units found were measured again: 2,387 queries), and a group of one
+    # kink, which the candidate has to predict like every other, does not keep it open
     victim = F.ReLUNetwork.random(1, [10, 10, 10, 1])
     result = F.extract(F.Oracle(victim), seed=0)
     assert result.status == "ok"
     _exact(victim, result, rel=1e-12, param=3.2e-12)
-    assert result.queries <= 7_960
+    assert result.queries <= 6_200
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), d=st.integers(5, 60), extra=st.integers(1, 6),
+       row_err=st.sampled_from([1e-11, 1e-7]))
+def test_a_kink_of_another_unit_does_not_pull_a_polished_row(seed, d, extra, row_err):
+    # 40-20-10-10-1 s1: one of a layer-1 unit's 42 located kinks (41 entries) was a deeper
+    # unit's, 6e-8 off its plane; the refit absorbed it (1.6e-11 -> 4.9e-7 off), the next
+    # layer's kinks read wrong in those coordinates, and the search took 148,593 queries.
+    # A row read from deeper kinks (~1e-7 off) is still corrected by all its kinks
+    from fidelity.deep import _refit_row
+    rng = np.random.default_rng(seed)
+    truth = rng.normal(size=d + 1)
+    n = d + 1 + extra
+    x = rng.normal(size=(n, d))
+    v = rng.normal(size=d)
+    t = -(x @ truth[:-1] + truth[-1]) / (v @ truth[:-1])
+    feats = np.concatenate([x + t[:, None] * v, np.ones((n, 1))], 1)   # on its plane
+    if row_err < 1e-9:                                                 # one kink is another's
+        feats[0, :-1] += 1e-7 * np.linalg.norm(feats[0]) * truth[:-1] / np.linalg.norm(truth)
+    measured = truth + row_err * np.linalg.norm(truth) * rng.normal(size=d + 1) / np.sqrt(d)
+    row = _refit_row(measured, feats, np.full(n, 1e-12))
+    row = row / (row @ truth) * (truth @ truth)
+    assert np.linalg.norm(row - truth) <= 1e-9 * np.linalg.norm(truth)
+
+
+def test_a_three_layer_victim_whose_polish_met_a_deeper_kink_is_exact_and_cheap():
+    # the end-to-end case of the test above: 148,593 queries before, 53,130 after
+    victim = F.ReLUNetwork.random(1, [40, 20, 10, 10, 1])
+    result = F.extract(F.Oracle(victim), seed=0)
+    assert result.status == "ok"
+    _exact(victim, result, rel=1e-10, param=1e-9)
+    assert result.queries <= 60_000
 
 
 def test_a_linear_part_beside_a_group_left_incomplete_is_not_ok():
@@ -645,9 +681,11 @@ def test_a_completion_contradicted_by_a_window_is_not_kept():
     # random 10-9-4-2 s4344: a layer-2 unit completed from the output fit (an entry no kink
     # saw) came back 'ok' and 5e-2 off on 0.1% of the inputs, past the check's 320 points;
     # its completed boundary passes where that layer-1 unit is on, and a window there finds
-    # no kink: the completion is dropped, and the search goes on to the exact unit
-    victim = F.ReLUNetwork.random(4344, [10, 9, 4, 2])
-    result = F.extract(F.Oracle(victim), seed=4344, throw=False)
+    # no kink: the completion is dropped, and the search goes on to the exact unit. (Since a
+    # retry reads its earlier points first, s4344 takes another path and is refused at layer
+    # 3; random 10-9-4-1 s5113, refused before, now passes through the same drop)
+    victim = F.ReLUNetwork.random(5113, [10, 9, 4, 1])
+    result = F.extract(F.Oracle(victim), seed=5113, throw=False)
     assert any("the completion is not kept" in n for n in result.notes)
     assert result.status == "ok"
     _exact(victim, result, rel=1e-9, param=1e-8)
