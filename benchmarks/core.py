@@ -51,7 +51,8 @@ def run(name, victim, images, samples):
                max_rel_error=rep.max_rel_error, param_error=rep.param_error,
                missing=rep.missing, extra=rep.extra, negligible=rep.negligible,
                error_estimate=res.error_estimate, output_error=res.output_error,
-               output_error_points=res.output_error_points, resolution=res.resolution)
+               output_error_points=res.output_error_points, resolution=res.resolution,
+               rank_two=res.rank_two)
     rec.update(metrics.estimate_ratios(victim, res))   # per unit (issue 15)
     if images is not None:
         ri = F.evaluate(victim, res.network, inputs=images)

@@ -207,7 +207,7 @@ def run_one(name: str, regime: str, truth: F.ReLUNetwork, answer: Callable, *, i
             rec.update(error_over_range=rep.max_abs_error / max(output_range(truth, x), 1e-300),
                        error_estimate=res.error_estimate, output_error=res.output_error,
                        output_error_points=res.output_error_points,
-                       resolution=res.resolution)
+                       resolution=res.resolution, rank_two=res.rank_two)
             rec.update(status=res.status, hidden=res.hidden_size, queries=res.queries,
                        queries_per_param=res.queries / truth.num_params, seconds=seconds,
                        fidelity_gauss=rep.fidelity, max_rel_error=rep.max_rel_error,
@@ -341,12 +341,13 @@ def main() -> None:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         records = []
-        print(HEADER + f" {'err/range':>9} {'bound':>8} {'resol.':>8}", flush=True)
+        print(HEADER + f" {'err/range':>9} {'bound':>8} {'resol.':>8} {'rank2':>8}", flush=True)
         for rec in combined_runs(args.quick, samples):
             records.append(rec)
             print(row(rec) + "".join(
                 f" {rec[k]:>8.1e}" if isinstance(rec.get(k), float) else "        -"
-                for k in ("error_over_range", "output_error", "resolution")), flush=True)
+                for k in ("error_over_range", "output_error", "resolution", "rank_two")),
+                  flush=True)
             out.write_text(json.dumps(records, indent=1, default=float))
         print(f"wrote {out}")
         return

@@ -425,7 +425,9 @@ def _summarize(run: Run, status: Status, t0: float) -> Extraction:
                 if src < est.size else float("nan"),
                 anchored=int(src) in model.anchors,
                 flag_estimate=float(flag[src]) if not regressed and src < flag.size
-                else float("nan")))
+                else float("nan"),
+                rank_two=float("nan") if model.rank_two is None or a2.shape[0] == 1
+                else _at(model.rank_two, src)))
     bound, points, resolution = checks.output_bound(run, net)
     return Extraction(
         network=net, queries=run.oracle.queries,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
@@ -88,6 +89,9 @@ class NeuronInfo:
     flag_estimate: float = float("nan")   # float64: the polish's conservative estimate
                             # (1e3x-1e8x the actual error), which flags units for the polish
                             # and for mp refinement; ``error_estimate`` is the calibrated one
+    rank_two: float = float("nan")   # k > 1, float64: the second singular value of its
+                            # relaxed k x d jump over that matrix's noise; above
+                            # fidelity.twins.RANK_TWO (8) it carries two neurons (a note says so)
 
 
 @dataclass(frozen=True)
@@ -124,6 +128,13 @@ class Extraction:
 
     def events_of(self, kind: Kind) -> tuple:
         return tuple(e for e in self.events if e.kind == kind)
+
+    @property
+    def rank_two(self) -> float:
+        """The largest unit's :attr:`NeuronInfo.rank_two` (above ``fidelity.twins.RANK_TWO``,
+        8: a unit carrying two neurons), NaN where none was measured (k = 1, noisy answers)."""
+        values = [n.rank_two for n in self.neurons if math.isfinite(n.rank_two)]
+        return float(max(values)) if values else float("nan")
 
     @property
     def error_estimate(self) -> float:

@@ -178,6 +178,8 @@ def test_error_estimates_cover_actual_errors(bench, regime):
     assert (res.noise.float64) == (regime == "float64")
     # distinct units: none is named as two merged neurons
     assert not [e for e in res.events if e.kind == F.Kind.TWINS_MERGED]
+    if regime == "float64":
+        assert 0 < res.rank_two < 8                     # measured per unit, none rank two
 
 
 # ---------------------------------------------------------------------------- issue 15
@@ -207,6 +209,7 @@ def test_merged_twins_with_different_output_weights_are_named(bench, seed, sizes
     res, _ = _extract(victim, victim, input_scale=1e-3, budget=15_000)
     named = [e for e in res.events if e.kind == F.Kind.TWINS_MERGED and "rank two" in e.message]
     assert res.status == "ok" and len(named) == 1
+    assert res.rank_two > 8 and sum(n.rank_two > 8 for n in res.neurons) == 1
 
 
 COMBINED_SEEDS = [([20, 8, 1], s) for s in range(10)] + [([20, 8, 3], s) for s in range(10, 20)]
