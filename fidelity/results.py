@@ -89,9 +89,10 @@ class NeuronInfo:
     flag_estimate: float = float("nan")   # float64: the polish's conservative estimate
                             # (1e3x-1e8x the actual error), which flags units for the polish
                             # and for mp refinement; ``error_estimate`` is the calibrated one
-    rank_two: float = float("nan")   # k > 1, float64: the second singular value of its
-                            # relaxed k x d jump over that matrix's noise; above
-                            # fidelity.twins.RANK_TWO (8) it carries two neurons (a note says so)
+    rank_two: float = float("nan")   # k > 1 (NaN for k = 1): the second singular value of
+                            # its relaxed k x d jump over that matrix's noise; above
+                            # fidelity.twins.RANK_TWO (8) it carries two neurons (on float64
+                            # answers a note says so)
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,7 @@ class Extraction:
     @property
     def rank_two(self) -> float:
         """The largest unit's :attr:`NeuronInfo.rank_two` (above ``fidelity.twins.RANK_TWO``,
-        8: a unit carrying two neurons), NaN where none was measured (k = 1, noisy answers)."""
+        8: a unit carrying two neurons), NaN where none was measured (k = 1, no unit)."""
         values = [n.rank_two for n in self.neurons if math.isfinite(n.rank_two)]
         return float(max(values)) if values else float("nan")
 
