@@ -65,9 +65,10 @@ def next_layer(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, layered:
     random_lines, searched_random = 0, False
     max_random = cfg.lines_per_layer * max(1, patience // cfg.layer_patience)
     repairs, repaired = MAX_REPAIRS, set()
-    # a retry (or a search aimed at a failed check) reads the points of the earlier search
-    # first: the kinks of the units found are explained, not measured again (10-10-10-1 s1:
-    # 108 kinks, 2,387 queries)
+    # the points already measured are read first: on a retry (or a search aimed at a failed
+    # check) the kinks of the units found are then explained, not measured again (10-10-10-1
+    # s1: 108 kinks, 2,387 queries); on a new layer this is the reading the loop's first
+    # analysis would make anyway (memoised in state.readings)
     found_layer = _analyse(run, layered, state) if state.points else None
     complete = 0
     for _ in range(max_random + WINDOWS_PER_UNIT * h + 1):
