@@ -264,7 +264,7 @@ def _first_line(run: Run, mcfg: MeasureConfig, use_jit, state: State) -> list:
                                                  run.step_cap)
         regions, complete = recover.measure_regions(run.query("gradients"), x0, v,
                                                     run.lines - 1, lo, hi, mid, step,
-                                                    remaining=run.remaining)
+                                                    remaining=run.remaining, diagonal=False)
         if not complete:
             raise run.out_of_budget("while measuring the first line")
     order = np.argsort(regions.t_lo)

@@ -199,10 +199,11 @@ def kink_jump(run: Run, mcfg: MeasureConfig, state: State, li: int, k: int, doin
     bounds = np.concatenate([[-line.half], line.t, [line.half]])
     lo, hi = bounds[k:k + 2], bounds[k + 1:k + 3]
     step = np.minimum(mcfg.step_frac * 0.5 * (hi - lo), run.step_cap)
-    if not run.room(2 * (run.d + 1)):
+    if not run.room(2 * recover.region_queries(run.d, diagonal=False)):
         raise run.out_of_budget(doing)
     regions, _ = recover.measure_regions(run.query("gradients"), line.x0, line.v, li,
-                                         lo, hi, 0.5 * (lo + hi), step, remaining=None)
+                                         lo, hi, 0.5 * (lo + hi), step, remaining=None,
+                                         diagonal=False)
     aff = regions.affine()
     jumps = recover.jumps_to_rows(aff[:1], aff[1:], line.v, li, line.t[k:k + 1], np.zeros(1))
     return jumps[0] if jumps else None

@@ -18,6 +18,7 @@ import numpy as np
 from . import recover, refine, solve, twins
 from .context import Run
 from .errors import UnsupportedArchitecture
+from .measure import common_mode_tol
 from .model import Model
 from .network import ReLUNetwork
 from .recover import Regions
@@ -89,6 +90,31 @@ def weights(run: Run, regions: Regions, exposure: Optional[np.ndarray]) -> np.nd
     return 1.0 / noise
 
 
+def _crossings(run: Run, regions: Regions, rows: np.ndarray, coef: np.ndarray):
+    """For unsigned ``rows`` and ``coef``: the probes' crossing terms ``(R, d, k)``, the regions
+    with a probe that crosses a hyperplane ``(R,)`` (their shared rounding is not read: a
+    crossing term is known to the rows' precision, ~1e-10 relative, not to the ~1e-14 of ``f``
+    that the reading is about), and the regions' weights."""
+    correction, exposure = refine.crossing_correction(regions, rows[:, :-1], rows[:, -1], coef.T)
+    crosses = (exposure > 0) | refine.diagonal_crosses(regions, rows[:, :-1], rows[:, -1])
+    return correction, crosses, weights(run, regions, exposure)
+
+
+def final_inputs(run: Run):
+    """The data of the current model's last fit, read again: ``(aff, weight, masks,
+    bias_scale)`` as :func:`fidelity.recover.fit_rows` takes them, and ``(R, k)`` where the
+    gradients' shared rounding was read and taken out (for error estimates)."""
+    model, ev = run.model, run.evidence
+    regions = ev.all_regions()
+    correction, crosses, weight = _crossings(run, regions, model.rows, model.coef)
+    tol = np.where(crosses, 0.0, common_mode_tol(run, regions))
+    aff = regions.affine(correction, tol)
+    m = recover.masks(model.rows, regions, np.array([j.line for j in ev.jumps], int),
+                      np.array([j.t for j in ev.jumps]))
+    read = recover.common_mode(regions, correction, tol) != 0
+    return aff, weight, m, 1.0 + np.linalg.norm(regions.base, axis=1), read
+
+
 def _fit_once(run: Run, cfg: FitConfig, final: bool):
     """``(model, None)``, or ``(None, (rows, coef, message))`` when the signs are singular."""
     ev, old = run.evidence, run.model
@@ -97,6 +123,7 @@ def _fit_once(run: Run, cfg: FitConfig, final: bool):
     bias_scale = 1.0 + np.linalg.norm(regions.base, axis=1) if final else None
     passes = cfg.refine_iters if final else cfg.refine_iters // 2
     correction = None
+    crosses = np.zeros(regions.size, bool)
     anchors = old.anchors
     sigma = old.sigma
     if not ev.jumps:
@@ -107,11 +134,11 @@ def _fit_once(run: Run, cfg: FitConfig, final: bool):
         # kinks located for another set of units (one was missing, or indices shifted) may
         # belong to a unit they were not meant for: they pin no bias any more
         anchors = {}
+        crosses = refine.diagonal_crosses(regions, rows[:, :-1], rows[:, -1])
     else:   # same units as the current model: start from its crossing terms
         rows, coef = old.rows, old.coef
-        correction, exposure = refine.crossing_correction(regions, rows[:, :-1], rows[:, -1],
-                                                          coef.T)
-        weight = weights(run, regions, exposure)
+        correction, crosses, weight = _crossings(run, regions, rows, coef)
+    common_tol = common_mode_tol(run, regions)
     unit_line = np.array([j.line for j in ev.jumps], int)
     unit_t = np.array([j.t for j in ev.jumps])
     row_change = np.full(rows.shape[0], np.nan)
@@ -124,7 +151,7 @@ def _fit_once(run: Run, cfg: FitConfig, final: bool):
         if not rows.shape[0]:
             break
         prev = rows.copy()
-        aff = regions.affine(correction)
+        aff = regions.affine(correction, np.where(crosses, 0.0, common_tol))
         m = recover.masks(rows, regions, unit_line, unit_t)
         fit_in = (aff, weight, m)   # later passes start from the rows of the one before
         rows, coef, aff0, _, sigma = recover.fit_rows(
@@ -141,9 +168,7 @@ def _fit_once(run: Run, cfg: FitConfig, final: bool):
         # the crossing terms are the same in the unsigned model: refine before signs
         used_weight = weight
         used = 0.0 if correction is None else correction   # None: no crossing term
-        correction, exposure = refine.crossing_correction(regions, rows[:, :-1], rows[:, -1],
-                                                          coef.T)
-        weight = weights(run, regions, exposure)
+        correction, crosses, weight = _crossings(run, regions, rows, coef)
         if np.all(correction == used) and np.array_equal(weight, used_weight):
             # the crossing terms and weights came out as this pass used them (no probe
             # crosses a hyperplane, or the model did not move): the next pass would solve

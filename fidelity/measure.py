@@ -203,7 +203,7 @@ def _closer(run: Run, cfg: MeasureConfig, x0: np.ndarray, v: np.ndarray, kinks_t
         for r in range(CLOSER_ROUNDS):
             if miss <= OWN_MISS * run.t_max:
                 break
-            if not run.room(2 * (run.d + 1)):
+            if not run.room(2 * recover.region_queries(run.d)):
                 return out + [best] + jumps[n + 1:], False, keep, _joined(extra, close)
             g = gap * CLOSER ** -(r + 1)
             lo, hi = np.array([j.t - g, j.t]), np.array([j.t, j.t + g])
@@ -251,6 +251,17 @@ def _closer(run: Run, cfg: MeasureConfig, x0: np.ndarray, v: np.ndarray, kinks_t
 def _joined(extra: list[Regions], close: Optional[Regions]) -> Optional[Regions]:
     parts = extra + ([close] if close is not None else [])
     return Regions.concat(parts) if parts else None
+
+
+# a diagonal probe that disagrees with its region's differences by more than this many times
+# the answers' noise crossed a hyperplane (its rounding reading is not used)
+COMMON_MODE_TOL = 64.0
+
+
+def common_mode_tol(run: Run, regions: Regions) -> np.ndarray:
+    """``(R,)`` the largest shared rounding of a region's gradient entries that
+    :func:`fidelity.recover.common_mode` takes out (``Regions.affine(correction, tol)``)."""
+    return COMMON_MODE_TOL * run.nf.sigma(regions.scale())
 
 
 def region_noise(run: Run, regions: Regions) -> np.ndarray:

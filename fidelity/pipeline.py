@@ -407,11 +407,12 @@ def _summarize(run: Run, status: Status, t0: float) -> Extraction:
     infos = []
     if net is not None and model.signs is not None:
         flag = np.maximum(estimates.ls_error(run, with_bias=True), estimates.unit_error(run))
-        est = estimates.reported_error(run)
         w, a2 = net.weights[0], net.weights[1]
         regressed = model.regression is not None
         if regressed:                 # the regression's own estimate, per network unit
             est = model.regression.unit_error
+        else:
+            est = estimates.reported_error(run, fit.final_inputs(run))
         for i, src in enumerate(model.unit_src):
             j = jumps[src] if src < len(jumps) else None
             infos.append(NeuronInfo(

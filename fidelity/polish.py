@@ -152,7 +152,7 @@ def polish(run: Run, cfg: PolishConfig, precision_missed) -> bool:
     order = [int(i) for i in np.argsort(-est) if est[i] > run.tol.polish_tol]
     if precision_missed is not None:   # the precision line measured the others again
         order = [i for i in order if i in precision_missed]
-    per = 2 * (run.d + 1)
+    per = 2 * recover.region_queries(run.d)
     room = np.inf if run.remaining is None else run.remaining - run.check_reserve
     spent = run.oracle.queries - run.stage["precision"]   # the precision line's aside
     first = int(min(cfg.polish_frac * spent, room)) // per
@@ -216,7 +216,7 @@ def precision_line(run: Run, cfg: PolishConfig, max_rounds: int, step_frac: floa
     if not h:
         return None
     imprecise = np.flatnonzero(estimates.unit_error(run) > cfg.precision_est)
-    per = 2 * (run.d + 1)
+    per = 2 * recover.region_queries(run.d)
     capacity = int(cfg.polish_frac * run.oracle.queries) // per
     if imprecise.size <= max(capacity, cfg.precision_share * h, cfg.precision_min):
         return None

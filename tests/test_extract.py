@@ -44,8 +44,9 @@ def test_embedded_digits_victim():
     rep = F.evaluate(victim, result.network, inputs=images)
     assert rep.fidelity == 1.0 and rep.max_rel_error <= 1e-9
     # output weights from intercepts weighted by their own noise (9.9e-11 when the far
-    # regions' intercepts counted at the gradients' weights; 1.7e-11 now)
-    assert rep.param_error <= 4e-11
+    # regions' intercepts counted at the gradients' weights; 2.2e-11), and the rounding all
+    # of a region's gradient entries share read from its diagonal probe and taken out (8.4e-12)
+    assert rep.param_error <= 1.2e-11
 
 
 def test_same_seed_same_queries():

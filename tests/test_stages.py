@@ -58,6 +58,40 @@ def test_region_gradients_and_jumps_are_exact():
             np.linalg.norm(truth[np.argmax(np.abs(truth @ j.row))]), rel=1e-9)
 
 
+@pytest.mark.parametrize("d", [20, 128, 300])
+def test_wide_regions_get_a_diagonal_probe_that_reads_their_shared_rounding(d):
+    rng = np.random.default_rng(d)
+    G, e = rng.normal(size=(2, d)), rng.normal(size=2)             # an affine victim, k = 2
+    answers = lambda x: x @ G.T + e                                # noqa: E731
+    oracle = F.Oracle(answers, input_dim=d)
+    base, step = rng.normal(size=(3, d)), np.full(3, 0.01)
+    regions, _ = recover.measure_points(oracle, base, step, np.zeros(3, int), np.zeros(3),
+                                        np.ones(3), remaining=None)
+    wide = d >= recover.DIAGONAL_MIN_D
+    assert oracle.queries == 3 * recover.region_queries(d) == 3 * (d + 1 + wide)
+    assert np.isfinite(regions.f_diag).all() == wide
+    np.testing.assert_allclose(regions.f_diag[np.isfinite(regions.f_diag)],
+                               answers(base + step[:, None] / np.sqrt(d))[:3][
+                                   np.isfinite(regions.f_diag)], rtol=1e-12)
+    if not wide:
+        return
+    # rounding: eps_0 on f(base) shared by every difference, eps_i on the probes; the diagonal
+    # probe rounded as f(base) was, so the reading is exact
+    eps0, eps = 1e-9 * rng.normal(size=(3, 2)), 1e-9 * rng.normal(size=(3, d, 2))
+    exact = regions.f_base
+    noisy = recover.Regions(base=regions.base, step=regions.step, f_base=exact + eps0,
+                            f_probe=regions.f_probe + eps, line=regions.line,
+                            t_lo=regions.t_lo, t_hi=regions.t_hi, f_diag=regions.f_diag + eps0)
+    common = recover.common_mode(noisy, None, np.full(3, 1e-6))
+    np.testing.assert_allclose(common, eps.mean(1) - eps0, atol=1e-13)   # (f's own rounding)
+    grad_err = noisy.affine(None, np.full(3, 1e-6))[:, :, :-1] - G
+    assert np.abs(grad_err.mean(2)).max() < 1e-11          # no shared part left
+    assert np.abs((noisy.affine()[:, :, :-1] - G).mean(2)).max() > 1e-8   # (1e-7 before)
+    # above the tolerance (a probe that crossed a hyperplane) nothing is taken out
+    assert not recover.common_mode(noisy, None, np.full(3, 1e-12)).any()
+    np.testing.assert_array_equal(noisy.affine(None, np.zeros(3)), noisy.affine())
+
+
 def test_signs_are_resolved_from_the_affine_term():
     rng = np.random.default_rng(0)
     rows = rng.normal(size=(5, 9))
