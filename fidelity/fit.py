@@ -103,8 +103,12 @@ def _crossings(run: Run, regions: Regions, rows: np.ndarray, coef: np.ndarray):
 def final_inputs(run: Run):
     """The data of the current model's last fit, read again: ``(aff, weight, masks,
     bias_scale)`` as :func:`fidelity.recover.fit_rows` takes them, and ``(R, k)`` where the
-    gradients' shared rounding was read and taken out (for error estimates)."""
+    gradients' shared rounding was read and taken out (for error estimates); None when the
+    model was not fitted from the current jumps (a regression's, or none)."""
     model, ev = run.model, run.evidence
+    if (model.stale(ev.version) or model.sigma is None or model.rows.shape[0] != len(ev.jumps)
+            or not model.rows.shape[0]):
+        return None
     regions = ev.all_regions()
     correction, crosses, weight = _crossings(run, regions, model.rows, model.coef)
     tol = np.where(crosses, 0.0, common_mode_tol(run, regions))

@@ -411,8 +411,9 @@ def _summarize(run: Run, status: Status, t0: float) -> Extraction:
         regressed = model.regression is not None
         if regressed:                 # the regression's own estimate, per network unit
             est = model.regression.unit_error
-        else:
-            est = estimates.reported_error(run, fit.final_inputs(run))
+        else:   # the bootstrap of the last fit; the conservative figure where there is none
+            inputs = fit.final_inputs(run)
+            est = flag if inputs is None else estimates.reported_error(run, inputs)
         for i, src in enumerate(model.unit_src):
             j = jumps[src] if src < len(jumps) else None
             infos.append(NeuronInfo(

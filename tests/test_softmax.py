@@ -5,6 +5,7 @@ import pytest
 
 import fidelity as F
 from fidelity import probabilities as P
+from fidelity import victims
 from fidelity.errors import OracleError, UnsupportedArchitecture
 from fidelity.probabilities import SaturatedProbabilities
 
@@ -173,3 +174,15 @@ def test_trained_784_wide_victim_probabilities_agree_to_1e_10():
     p, ph = P.softmax(victim(x)), P.softmax(result.network(x))
     assert np.abs(p - ph).max() <= 1e-10
     assert (p.argmax(1) == ph.argmax(1)).all()
+
+
+def test_probabilities_to_eight_decimals_come_back_with_estimates():
+    # the digits8 classifier's probabilities rounded to 8 decimals end in a model whose rows
+    # no fit of the current regions made: no bootstrap of that fit (it once crashed there);
+    # the estimates stay unknown (NaN), as before the bootstrap, never a small number
+    x8, y8 = victims.digits(None)
+    net = victims.train_classifier(x8, y8, [16], seed=0, steps=1500)
+    result = F.extract(F.Oracle(P.softmax_victim(net, decimals=8), input_dim=64), seed=0,
+                       throw=False)
+    assert result.status in ("ok", "unverified") and result.neurons
+    assert not any(n.error_estimate <= 0 for n in result.neurons)       # NaN or > 0
