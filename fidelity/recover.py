@@ -33,8 +33,8 @@ class Regions:
     line: np.ndarray      # (R,) index of the line the region lies on
     t_lo: np.ndarray      # (R,) region bounds along its line
     t_hi: np.ndarray
-    # (R, k): f(base + step / sqrt(d)), every coordinate moved at once (NaN where not asked;
-    # see :func:`diagonal_probe`): it reads the rounding error of f_base back
+    # (R, k): f(base + step / sqrt(d)), every coordinate moved at once (NaN where not asked):
+    # it reads the rounding that the d differences share (see :func:`common_mode`)
     f_diag: Optional[np.ndarray] = None
 
     def __post_init__(self):
@@ -117,8 +117,9 @@ def measure_regions(query: Callable[[np.ndarray], np.ndarray], x0: np.ndarray, v
                           chunk_rows=chunk_rows, diagonal=diagonal)
 
 
-# inputs at least this wide get the diagonal probe (:func:`common_mode`): it takes the shared
-# rounding error out ``sqrt(d) - 1`` times better than it leaves it, for one query in ``d + 2``
+# inputs at least this wide get the diagonal probe (:func:`common_mode`): it reads the
+# rounding a region's gradient entries share to ~sqrt(2 / d) of an answer's, for one query in
+# d + 2 (on narrower inputs the reading is weak and the query dear)
 DIAGONAL_MIN_D = 128
 
 

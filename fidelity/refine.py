@@ -54,7 +54,6 @@ def crossing_correction(regions: Regions, w: np.ndarray, b: np.ndarray,
     return out, exposure
 
 
-
 def diagonal_crosses(regions: Regions, w: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``(R,)`` True where a region's diagonal probe ``p + s / sqrt(d)`` (see
     :func:`fidelity.recover.common_mode`) crosses one of the hyperplanes ``(w, b)``. Its
