@@ -107,7 +107,8 @@ def reported_error(run: Run, inputs, *, replicates: int = 0,
     terms = np.maximum(regions.base @ w1.T + b1, 0.0) * size
     rounded = np.sqrt((terms ** 2).sum(1)) * np.maximum((terms > 0).sum(1), 1) ** ACTIVE
     sigma = run.nf.sigma(rounded)                                             # (R,)
-    base = _refit(aff, weight, m, model, bias_scale)
+    factors = {}
+    base = _refit(aff, weight, m, model, bias_scale, factors)
     R, k, q = aff.shape
     # each unit's changes: mean squares over the replicates of its w entries, bias, outputs
     ms_w, ms_b, ms_c = np.zeros(h), np.zeros(h), np.zeros(h)
@@ -121,7 +122,7 @@ def reported_error(run: Run, inputs, *, replicates: int = 0,
         e = sigma[:, None] * rng.standard_normal((R, k)) - np.einsum("rkd,rd->rk", g,
                                                                       regions.base)
         noisy = aff + np.concatenate([g, e[:, :, None]], axis=2)
-        dw, db, dc = _unit_change(base, _refit(noisy, weight, m, model, bias_scale))
+        dw, db, dc = _unit_change(base, _refit(noisy, weight, m, model, bias_scale, factors))
         ms_w += (dw ** 2).mean(1) / n
         ms_b += db ** 2 / n
         ms_c += (dc ** 2).mean(1) / n
@@ -151,11 +152,11 @@ def replicates_for(shape: tuple, h: int) -> int:
 
 
 def _refit(aff: np.ndarray, weight: np.ndarray, m: np.ndarray, model,
-           bias_scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+           bias_scale: np.ndarray, factors: dict) -> tuple[np.ndarray, np.ndarray]:
     """Rows (biases pinned where the model's are) and coefficients of one fit of ``aff``, as
-    the engine's last pass makes it."""
+    the engine's last pass makes it (``factors``: the design's, shared by the replicates)."""
     rows, coef, *_ = recover.fit_rows(aff, weight, m, model.coef, bias_scale=bias_scale,
-                                      iters=1, rows=model.rows, residual=False)
+                                      iters=1, rows=model.rows, residual=False, factors=factors)
     for i, x in model.anchors.items():
         rows[i, -1] = -rows[i, :-1] @ x
     return rows, coef

@@ -248,7 +248,7 @@ def masks(rows: np.ndarray, regions: Regions, unit_line: np.ndarray,
 def fit_rows(aff: np.ndarray, weight: np.ndarray, m: np.ndarray, coef: np.ndarray,
              bias_scale: Optional[np.ndarray] = None, iters: int = 3, *,
              rows: Optional[np.ndarray] = None, refine_steps: int = 3, residual: bool = True,
-             stats: Optional[dict] = None):
+             stats: Optional[dict] = None, factors: Optional[dict] = None):
     """Weighted least squares for rows and coefficients in the unsigned model.
 
     First the *relaxed* model, in which unit ``l`` contributes a free ``(k, d + 1)`` matrix
@@ -302,6 +302,9 @@ def fit_rows(aff: np.ndarray, weight: np.ndarray, m: np.ndarray, coef: np.ndarra
             matrix ``P_l``'s second singular value over its noise level (``k > 1``; ``None``
             when the relaxed solve was not used). One unit carrying two neurons whose rows this
             precision cannot separate but whose output weights differ has a rank-two ``P_l``.
+        factors: a dict kept between calls whose masks and weights are the same (the error
+            estimates' bootstrap refits the same design to new data): the relaxed solve's
+            factors are stored in it and reused.
 
     Returns:
         rows ``(h, d + 1)`` with unit-norm ``w`` parts, coefficients ``(h, k)``, the affine term
@@ -313,7 +316,7 @@ def fit_rows(aff: np.ndarray, weight: np.ndarray, m: np.ndarray, coef: np.ndarra
     h = m.shape[1]
     mf = m.astype(np.float64)
     relaxed = _relaxed_fit(aff, weight, mf, coef if rows is None else None, rows, bias_scale,
-                           refine_steps)
+                           refine_steps, factors)
     if stats is not None:
         stats["rank_two"] = None if relaxed is None else relaxed[4]
     if relaxed is not None:
@@ -380,7 +383,7 @@ def _coef_normal(full: "_Moments", bias: Optional["_Moments"], rows: np.ndarray,
 
 def _relaxed_fit(aff: np.ndarray, weight: np.ndarray, mf: np.ndarray,
                  coef: Optional[np.ndarray], rows: Optional[np.ndarray],
-                 bias_scale: Optional[np.ndarray], steps: int):
+                 bias_scale: Optional[np.ndarray], steps: int, factors: Optional[dict] = None):
     """The relaxed fit of :func:`fit_rows`: ``(rows, coef, aff0, sigma, rank_two)``, or ``None``
     when its normal matrix is singular or too ill-conditioned for refinement.
 
@@ -390,14 +393,15 @@ def _relaxed_fit(aff: np.ndarray, weight: np.ndarray, mf: np.ndarray,
     n_reg, k, q = aff.shape
     h = mf.shape[1]
     design = np.concatenate([mf, np.ones((n_reg, 1))], axis=1)
-    full = _relaxed_solve(design, weight ** 2, aff.reshape(n_reg, k * q), steps)
+    full = _relaxed_solve(design, weight ** 2, aff.reshape(n_reg, k * q), steps, factors, "full")
     if full is None:
         return None
     sol, chol = full
     sol = sol.reshape(h + 1, k, q)
     chol_b = chol
     if bias_scale is not None:   # the bias column with its own weights (see fit_rows)
-        bias = _relaxed_solve(design, (weight / bias_scale) ** 2, aff[:, :, -1], 4 * steps)
+        bias = _relaxed_solve(design, (weight / bias_scale) ** 2, aff[:, :, -1], 4 * steps,
+                              factors, "bias")
         if bias is None:
             return None
         sol[:, :, -1], chol_b = bias
@@ -424,7 +428,8 @@ def _relaxed_fit(aff: np.ndarray, weight: np.ndarray, mf: np.ndarray,
     return np.concatenate([w, b[:, None]], axis=1), new_coef, aff0, sigma, rank_two
 
 
-def _relaxed_solve(design: np.ndarray, w2: np.ndarray, data: np.ndarray, steps: int):
+def _relaxed_solve(design: np.ndarray, w2: np.ndarray, data: np.ndarray, steps: int,
+                   factors: Optional[dict] = None, key: str = ""):
     """Weighted least squares ``design @ X ~ data``, refined on the data's residual (as
     :meth:`_Moments.solve`); ``(X, factor)`` with the equilibrated Cholesky factor of the normal
     matrix, or ``None`` when that factor is unusable (singular or too ill-conditioned) or
@@ -437,13 +442,18 @@ def _relaxed_solve(design: np.ndarray, w2: np.ndarray, data: np.ndarray, steps: 
     784-1024-10: 3e-13 instead of 3e-7 before refinement, one step instead of two). The
     Cholesky factor still judges the conditioning and gives the standard errors.
     """
-    normal = design.T @ (design * w2[:, None])
-    chol = _Cholesky.of(normal)
-    if chol is None or design.shape[0] < design.shape[1]:
-        return None
-    root = np.sqrt(w2)
-    q, r = np.linalg.qr(design * root[:, None])
-    gain = scipy.linalg.solve_triangular(r, q.T * root[None, :])      # (h + 1, R)
+    if factors is not None and key in factors:
+        chol, gain = factors[key]
+    else:
+        normal = design.T @ (design * w2[:, None])
+        chol = _Cholesky.of(normal)
+        if chol is None or design.shape[0] < design.shape[1]:
+            return None
+        root = np.sqrt(w2)
+        q, r = np.linalg.qr(design * root[:, None])
+        gain = scipy.linalg.solve_triangular(r, q.T * root[None, :])      # (h + 1, R)
+        if factors is not None:
+            factors[key] = (chol, gain)
     sol = gain @ data
     last = None
     for _ in range(max(steps, 1)):
