@@ -1,7 +1,9 @@
 """How precise each unit of the current model is: error estimates from the fit and the regions.
 
-Used to choose which units to measure again (:mod:`fidelity.polish`), to tell twins from
-neighbours (:mod:`fidelity.twins`) and to report ``NeuronInfo.error_estimate``.
+The conservative ones (:func:`ls_error`, :func:`unit_error`) choose which units to measure
+again (:mod:`fidelity.polish`) and tell twins from neighbours (:mod:`fidelity.twins`); the
+reported one (:func:`reported_error`, ``NeuronInfo.error_estimate``) is a bootstrap of the last
+fit, calibrated to bound the actual error within 100x.
 """
 
 from __future__ import annotations

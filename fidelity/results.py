@@ -82,8 +82,9 @@ class NeuronInfo:
     fit_residual: float     # weighted residual of the regions it is active in
     out_weight: float       # max |A2[:, i]| * |w_i| (its size as seen at the outputs)
     error_estimate: float   # estimated error of its normalised row and output weights:
-                            # float64, a multiple of the LS standard errors (see
-                            # fidelity.estimates.reported_error); noisy answers, the
+                            # float64, from a bootstrap of the last fit (see
+                            # fidelity.estimates.reported_error; flag_estimate where the model
+                            # was not fitted from the current regions); noisy answers, the
                             # regression's calibrated estimate; mp, see mp.refine
     anchored: bool          # its bias comes from a kink located near the origin
     flag_estimate: float = float("nan")   # float64: the polish's conservative estimate
