@@ -111,12 +111,12 @@ def final_inputs(run: Run):
         return None
     regions = ev.all_regions()
     correction, crosses, weight = _crossings(run, regions, model.rows, model.coef)
-    tol = np.where(crosses, 0.0, common_mode_tol(run, regions))
-    aff = regions.affine(correction, tol)
+    common = recover.common_mode(regions, correction,
+                                 np.where(crosses, 0.0, common_mode_tol(run, regions)))
+    aff = regions.affine(correction, common)
     m = recover.masks(model.rows, regions, np.array([j.line for j in ev.jumps], int),
                       np.array([j.t for j in ev.jumps]))
-    read = recover.common_mode(regions, correction, tol) != 0
-    return aff, weight, m, 1.0 + np.linalg.norm(regions.base, axis=1), read
+    return aff, weight, m, 1.0 + np.linalg.norm(regions.base, axis=1), common != 0
 
 
 def _fit_once(run: Run, cfg: FitConfig, final: bool):
@@ -155,7 +155,8 @@ def _fit_once(run: Run, cfg: FitConfig, final: bool):
         if not rows.shape[0]:
             break
         prev = rows.copy()
-        aff = regions.affine(correction, np.where(crosses, 0.0, common_tol))
+        aff = regions.affine(correction, recover.common_mode(
+            regions, correction, np.where(crosses, 0.0, common_tol)))
         m = recover.masks(rows, regions, unit_line, unit_t)
         fit_in = (aff, weight, m)   # later passes start from the rows of the one before
         rows, coef, aff0, _, sigma = recover.fit_rows(

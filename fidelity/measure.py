@@ -260,7 +260,7 @@ COMMON_MODE_TOL = 64.0
 
 def common_mode_tol(run: Run, regions: Regions) -> np.ndarray:
     """``(R,)`` the largest shared rounding of a region's gradient entries that
-    :func:`fidelity.recover.common_mode` takes out (``Regions.affine(correction, tol)``)."""
+    :func:`fidelity.recover.common_mode` takes out."""
     return COMMON_MODE_TOL * run.nf.sigma(regions.scale())
 
 

@@ -49,16 +49,12 @@ class Regions:
         return self.base.shape[0]
 
     def affine(self, correction: Optional[np.ndarray] = None,
-               common_tol: Optional[np.ndarray] = None) -> np.ndarray:
+               common: Optional[np.ndarray] = None) -> np.ndarray:
         """``[G_j, e_j]`` per region, ``(R, k, d + 1)``; ``correction`` (R, d, k) is subtracted
-        from the probe differences first (see :func:`fidelity.refine.crossing_correction`).
-
-        With ``common_tol`` (``(R,)``) the rounding that all ``d`` differences of a region
-        share is read from its diagonal probe and taken out where it is at most
-        ``common_tol`` (see :func:`common_mode`; 0 or NaN: left in)."""
-        f_base = self.f_base
-        if common_tol is not None:
-            f_base = f_base + common_mode(self, correction, common_tol)
+        from the probe differences first (see :func:`fidelity.refine.crossing_correction`),
+        and ``common`` (R, k), the rounding that all ``d`` differences of a region share
+        (:func:`common_mode`), is taken out of them."""
+        f_base = self.f_base if common is None else self.f_base + common
         diff = self.f_probe - f_base[:, None, :]
         if correction is not None:
             diff = diff - correction

@@ -84,12 +84,13 @@ def test_wide_regions_get_a_diagonal_probe_that_reads_their_shared_rounding(d):
                             t_lo=regions.t_lo, t_hi=regions.t_hi, f_diag=regions.f_diag + eps0)
     common = recover.common_mode(noisy, None, np.full(3, 1e-6))
     np.testing.assert_allclose(common, eps.mean(1) - eps0, atol=1e-13)   # (f's own rounding)
-    grad_err = noisy.affine(None, np.full(3, 1e-6))[:, :, :-1] - G
+    grad_err = noisy.affine(None, common)[:, :, :-1] - G
     assert np.abs(grad_err.mean(2)).max() < 1e-11          # no shared part left
     assert np.abs((noisy.affine()[:, :, :-1] - G).mean(2)).max() > 1e-8   # (1e-7 before)
     # above the tolerance (a probe that crossed a hyperplane) nothing is taken out
     assert not recover.common_mode(noisy, None, np.full(3, 1e-12)).any()
-    np.testing.assert_array_equal(noisy.affine(None, np.zeros(3)), noisy.affine())
+    np.testing.assert_array_equal(
+        noisy.affine(None, recover.common_mode(noisy, None, np.zeros(3))), noisy.affine())
 
 
 def test_signs_are_resolved_from_the_affine_term():
