@@ -45,6 +45,7 @@ from .results import Kind
 
 PAIR_REACH = 4.0      # see _explained
 MAX_RETRIES = 2       # a layer searched again when nothing fits the layer after it
+MAX_BACKTRACKS = 1    # ... or the layer before it, when that did not help
 MAX_AIMED = 2         # ... or from lines through the inputs where the check failed
 AIM_LINES = 4         # ... at most this many of them, wrong by more than AIM_ABOVE times
 AIM_ABOVE = 100.0     # the check's tolerance: a unit missing, not rows a little off (random
@@ -91,6 +92,7 @@ def _layers(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, state: Stat
                                  run.oracle.queries - q0, ()))
     below, retries = [], 0         # the models one layer shallower, for a retry
     aimed = 0                      # searches aimed at a failed check's inputs
+    backtracks = 0                 # layers searched again one layer further back
     while True:
         layered = _polish(run, layered, state)
         out = _output(run, cfg, layered, state)
@@ -145,6 +147,24 @@ def _layers(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, state: Stat
             continue
         if not below:
             return None                # no kink fits a second layer: the one-layer verdict
+        if retries >= MAX_RETRIES and len(below) >= 2 and backtracks < MAX_BACKTRACKS:
+            # nothing fits layer m + 1 however long layer m was searched: layer m - 1 more
+            # likely misses a unit (random 40-20-10-10-1 s6: a layer-2 unit on for 3.9% of
+            # inputs; every layer-3 row read without it was wrong). It is searched again.
+            backtracks += 1
+            retries = 0
+            del state.infos[-2:]
+            below.pop()
+            run.note(Kind.LAYER_INCOMPLETE, f"nothing fits layer {layered.depth + 1} nor "
+                     f"completes layer {layered.depth}: layer {layered.depth - 1} is searched "
+                     f"again with {RETRY_PATIENCE}x the patience", layer=layered.depth - 1)
+            layered = next_layer(run, cfg, mcfg, use_jit, below[-1], state,
+                                 RETRY_PATIENCE * cfg.layer_patience)
+            if layered is None:
+                raise UnsupportedArchitecture(
+                    f"layer {below[-1].depth + 1}: no unit left when its kinks were searched "
+                    "again")
+            continue
         if retries >= MAX_RETRIES:
             raise UnsupportedArchitecture(
                 f"layer {layered.depth + 1}: no unit found among {len(state.points)} kinks "
