@@ -44,6 +44,8 @@ from .peel import few_unexplained, next_layer
 from .results import Kind
 
 PAIR_REACH = 4.0      # see _explained
+MERGED = 0.1          # a found kink within this share of a close group's span of where the
+                      # outer pieces' lines meet is that group, located as one (_merged)
 MAX_RETRIES = 2       # a layer searched again when nothing fits the layer after it
 MAX_BACKTRACKS = 1    # ... or the layer before it, when that did not help
 MAX_AIMED = 2         # ... or from lines through the inputs where the check failed
@@ -227,10 +229,6 @@ def _unexplained_kinks(run: Run, net: ReLUNetwork, state: State) -> float:
                  "lines are not where the recovered network kinks: it is not exact",
                  kinks=missed)
     return missed / max(total, 1)
-
-
-MERGED = 0.1          # a found kink within this share of a close group's span of where the
-                      # outer pieces' lines meet is that group, located as one (_merged)
 
 
 def _merged(net: ReLUNetwork, line, found: np.ndarray, t: np.ndarray) -> np.ndarray:
