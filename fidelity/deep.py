@@ -48,6 +48,8 @@ MERGED = 0.1          # a found kink within this share of a close group's span o
                       # outer pieces' lines meet is that group, located as one (_merged)
 MAX_RETRIES = 2       # a layer searched again when nothing fits the layer after it
 MAX_BACKTRACKS = 1    # ... or the layer before it, when that did not help
+BACKTRACK_PATIENCE = 1  # ... with this many times the patience (3 found the same units of
+                        # random 40-20-10-10-1 s5 and s6 with 40k more queries each)
 MAX_AIMED = 2         # ... or from lines through the inputs where the check failed
 AIM_LINES = 4         # ... at most this many of them, wrong by more than AIM_ABOVE times
 AIM_ABOVE = 100.0     # the check's tolerance: a unit missing, not rows a little off (random
@@ -159,9 +161,9 @@ def _layers(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, state: Stat
             below.pop()
             run.note(Kind.LAYER_INCOMPLETE, f"nothing fits layer {layered.depth + 1} nor "
                      f"completes layer {layered.depth}: layer {layered.depth - 1} is searched "
-                     f"again with {RETRY_PATIENCE}x the patience", layer=layered.depth - 1)
+                     f"again with {BACKTRACK_PATIENCE}x the patience", layer=layered.depth - 1)
             layered = next_layer(run, cfg, mcfg, use_jit, below[-1], state,
-                                 RETRY_PATIENCE * cfg.layer_patience)
+                                 BACKTRACK_PATIENCE * cfg.layer_patience)
             if layered is None:
                 raise UnsupportedArchitecture(
                     f"layer {below[-1].depth + 1}: no unit left when its kinks were searched "
