@@ -100,6 +100,15 @@ def _crossings(run: Run, regions: Regions, rows: np.ndarray, coef: np.ndarray):
     return correction, crosses, weights(run, regions, exposure)
 
 
+def _affine(run: Run, regions: Regions, correction, crosses: np.ndarray):
+    """``(aff, common)``: the regions' gradients and intercepts as the fit takes them, with
+    the crossing terms ``correction`` subtracted and the shared rounding ``common`` (R, k)
+    that the diagonal probes read taken out, except where a probe ``crosses`` a hyperplane."""
+    common = recover.common_mode(regions, correction,
+                                 np.where(crosses, 0.0, common_mode_tol(run, regions)))
+    return regions.affine(correction, common), common
+
+
 def final_inputs(run: Run):
     """The data of the current model's last fit, read again: ``(aff, weight, masks,
     bias_scale)`` as :func:`fidelity.recover.fit_rows` takes them, and ``(R, k)`` where the
@@ -111,9 +120,7 @@ def final_inputs(run: Run):
         return None
     regions = ev.all_regions()
     correction, crosses, weight = _crossings(run, regions, model.rows, model.coef)
-    common = recover.common_mode(regions, correction,
-                                 np.where(crosses, 0.0, common_mode_tol(run, regions)))
-    aff = regions.affine(correction, common)
+    aff, common = _affine(run, regions, correction, crosses)
     m = recover.masks(model.rows, regions, np.array([j.line for j in ev.jumps], int),
                       np.array([j.t for j in ev.jumps]))
     return aff, weight, m, 1.0 + np.linalg.norm(regions.base, axis=1), common != 0
@@ -142,7 +149,6 @@ def _fit_once(run: Run, cfg: FitConfig, final: bool):
     else:   # same units as the current model: start from its crossing terms
         rows, coef = old.rows, old.coef
         correction, crosses, weight = _crossings(run, regions, rows, coef)
-    common_tol = common_mode_tol(run, regions)
     unit_line = np.array([j.line for j in ev.jumps], int)
     unit_t = np.array([j.t for j in ev.jumps])
     row_change = np.full(rows.shape[0], np.nan)
@@ -155,8 +161,7 @@ def _fit_once(run: Run, cfg: FitConfig, final: bool):
         if not rows.shape[0]:
             break
         prev = rows.copy()
-        aff = regions.affine(correction, recover.common_mode(
-            regions, correction, np.where(crosses, 0.0, common_tol)))
+        aff, _ = _affine(run, regions, correction, crosses)
         m = recover.masks(rows, regions, unit_line, unit_t)
         fit_in = (aff, weight, m)   # later passes start from the rows of the one before
         rows, coef, aff0, _, sigma = recover.fit_rows(

@@ -55,12 +55,17 @@ class Regions:
         and ``common`` (R, k), the rounding that all ``d`` differences of a region share
         (:func:`common_mode`), is taken out of them."""
         f_base = self.f_base if common is None else self.f_base + common
-        diff = self.f_probe - f_base[:, None, :]
-        if correction is not None:
-            diff = diff - correction
+        diff = self.differences(correction, f_base)
         g = np.transpose(diff, (0, 2, 1)) / self.step[:, None, :]
         e = f_base - np.einsum("rkd,rd->rk", g, self.base)
         return np.concatenate([g, e[:, :, None]], axis=2)
+
+    def differences(self, correction: Optional[np.ndarray] = None,
+                    f_base: Optional[np.ndarray] = None) -> np.ndarray:
+        """``(R, d, k)`` each probe's answer minus its region's base answer (``f_base``, by
+        default the one measured), less ``correction`` (R, d, k) where given."""
+        diff = self.f_probe - (self.f_base if f_base is None else f_base)[:, None, :]
+        return diff if correction is None else diff - correction
 
     def scale(self) -> np.ndarray:
         """``(R,)`` largest answer magnitude per region (sets its rounding-noise level)."""
@@ -144,9 +149,7 @@ def common_mode(regions: Regions, correction: Optional[np.ndarray],
     d = regions.base.shape[1]
     if d < 2:
         return np.zeros((R, k))
-    diff = regions.f_probe - regions.f_base[:, None, :]          # (R, d, k)
-    if correction is not None:
-        diff = diff - correction
+    diff = regions.differences(correction)                       # (R, d, k)
     seen = regions.f_diag - regions.f_base
     common = (diff.sum(1) / np.sqrt(d) - seen) / np.sqrt(d)
     ok = np.isfinite(common) & (np.abs(common) <= np.asarray(tol)[:, None])
