@@ -31,7 +31,7 @@ from typing import Optional
 
 import numpy as np
 
-from . import pin, recover
+from . import pin, recover, search
 from .checks import POINT_RADII, fresh_points, point_error
 from .context import Run
 from .deepstate import (IN_RANGE, MATCH, PAIR, DeepConfig, LayerInfo, Line, Point, State,
@@ -108,7 +108,8 @@ def _layers(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, state: Stat
         if last_resort:                 # a unit that never switches: the linear part fitted
             out = _output(run, cfg, layered, state, linear=True)
         if out is not None:
-            net, err = _pinned(run, cfg, layered, state, out, linear=bool(last_resort))
+            net, err = _pinned(run, cfg, mcfg, layered, state, out,
+                               linear=bool(last_resort))
             err = max(err, _unexplained_kinks(run, net, state))
             if last_resort and state.left_out:
                 # the linear part stands for a unit that never switched; a group of kinks
@@ -485,6 +486,9 @@ def _polish(run: Run, layered: Layered, state: State) -> Layered:
     for l in range(1, layered.depth + 1):
         w, b = layered.weights[l - 1], layered.biases[l - 1]
         theta = np.concatenate([w, b[:, None]], 1)
+        if l == 1 and w.shape[1] > MAX_PIN_FAN_IN:
+            layered = _wide_layer_one(layered, state)
+            continue
         eqs = _equations(layered, state, l)
         new = theta.copy()
         for u in range(theta.shape[0]):
@@ -500,6 +504,132 @@ def _polish(run: Run, layered: Layered, state: State) -> Layered:
     return layered
 
 
+def _sharpened(run: Run, mcfg: MeasureConfig, layered: Layered, net: ReLUNetwork,
+               state: State, reserve: int) -> int:
+    """Layer 1 of a wide input with the rows that line 0 measured worst measured again where
+    the network says their jump reads best (``2 (d + 1)`` queries each).
+
+    A row read from a derivative jump is off by about ``eps |f| / (step |c|)`` per entry
+    (``f`` the answers beside the kink, ``step`` the probes' step, which a crowded region
+    shortens, ``c`` the jump of the outputs' derivative along the unit's output; on trained
+    digits 784-64-32-10 the actual errors were 5-10x this, for every unit). Where that is above
+    :data:`SHARPEN_ABOVE` at line 0's crossing, :data:`SHARPEN_TRIES` lines through the plane
+    near the origin are drawn (the model only) and the best is asked if it promises
+    :data:`SHARPEN_GAIN` times better; the new row replaces the old when the two agree to
+    :data:`SHARPEN_AGREE` (a probe that crossed a boundary would not). Worst first, while the
+    budget leaves ``reserve`` rows. The new rows go to ``state.sharpened`` (by unit), which the
+    polish applies (:func:`_wide_layer_one`); returns how many."""
+    line = state.lines[0]
+    w = layered.weights[0]
+    each = 2 * recover.region_queries(run.d, diagonal=False)
+    hidden = Layered(net.weights[:-1], net.biases[:-1])
+    q0 = np.array([_jump_noise(run, mcfg, hidden, net, line.x0, line.v, u)[0]
+                   for u in range(w.shape[0])])
+    spent, redone = 0, 0
+    for u in np.argsort(-q0):
+        if not q0[u] > SHARPEN_ABOVE:
+            break
+        if u in state.sharpened:
+            continue
+        state.sharpened[int(u)] = None            # tried: not again
+        if run.remaining is not None and spent + each > (
+                run.remaining - run.check_reserve - reserve):
+            break
+        best = (q0[u] / SHARPEN_GAIN, None)
+        norm = np.linalg.norm(w[u])
+        foot = -layered.biases[0][u] * w[u] / norm ** 2
+        for n in range(SHARPEN_TRIES):
+            side = run.rng.normal(size=run.d)
+            side -= (side @ w[u]) * w[u] / norm ** 2
+            x0 = foot + side / np.linalg.norm(side) * run.input_scale * n / SHARPEN_TRIES
+            v = run.rng.normal(size=run.d)
+            v /= np.linalg.norm(v)
+            q, plan = _jump_noise(run, mcfg, hidden, net, x0, v, u)
+            if q < best[0]:
+                best = (q, (x0, v) + plan)
+        if best[1] is None:
+            continue
+        x0, v, lo, hi, step, t = best[1]
+        regions, _ = recover.measure_regions(run.query("gradients"), x0, v, len(state.lines),
+                                             lo, hi, 0.5 * (lo + hi), step, remaining=None,
+                                             diagonal=False)
+        spent += each
+        aff = regions.affine()
+        jumps = recover.jumps_to_rows(aff[:1], aff[1:], v, 0, np.array([t]), np.zeros(1))
+        if not jumps:
+            continue
+        row = jumps[0].row / np.linalg.norm(jumps[0].row[:-1])
+        row *= np.sign(row[:-1] @ w[u])
+        if abs(row[:-1] @ w[u]) / norm >= 1.0 - SHARPEN_AGREE:
+            state.sharpened[int(u)] = row * norm
+            redone += 1
+    if spent:
+        run.note(Kind.POLISHED, f"layer 1: {redone} of {int((q0 > SHARPEN_ABOVE).sum())} rows "
+                 f"read worse than {SHARPEN_ABOVE:.0e} at line 0 measured again "
+                 f"({spent} queries)", rows=redone, answers=spent)
+    return redone
+
+
+def _jump_noise(run: Run, mcfg: MeasureConfig, hidden: Layered, net: ReLUNetwork,
+                x0: np.ndarray, v: np.ndarray, u: int) -> tuple:
+    """``(error, plan)``: the expected error of layer-1 unit ``u``'s row read from the jump
+    where line ``x0 + t v`` crosses its plane (see :func:`_sharpened`), and the two regions
+    beside it as ``(lo, hi, step, t)``; ``(inf, None)`` where it does not cross."""
+    t, layer, unit = hidden.kinks(x0, v, run.t_max)
+    at = np.flatnonzero((layer == 1) & (unit == u))
+    if not at.size:
+        return np.inf, None
+    k = int(at[0])
+    bounds = np.concatenate([[-run.t_max], t, [run.t_max]])
+    lo, hi = bounds[k:k + 2], bounds[k + 1:k + 3]
+    step = np.minimum(mcfg.step_frac * 0.5 * (hi - lo), run.step_cap)
+    mid = x0 + 0.5 * (lo + hi)[:, None] * v
+    size = np.abs(np.asarray(net(mid))).max()
+    # the outputs' derivative along unit u, beside its plane (the deeper units as there)
+    zs = hidden.preacts((x0 + t[k] * v)[None])
+    c = np.zeros(hidden.widths[0])
+    c[u] = np.linalg.norm(hidden.weights[0][u])
+    for l in range(1, hidden.depth):
+        c = (hidden.weights[l] @ c) * (zs[l][0] > 0)
+    c = np.linalg.norm(np.asarray(net.weights[-1]) @ c)
+    if c == 0.0:
+        return np.inf, None
+    return search.EPS * size / (step.min() * c), (lo, hi, step, float(t[k]))
+
+
+SHARPEN_ABOVE = 1e-11  # a layer-1 row whose jump reads worse than this is measured again
+SHARPEN_TRIES = 8      # lines drawn (model only) per such row
+SHARPEN_GAIN = 4.0     # ... the best asked when it promises this many times better
+SHARPEN_AGREE = 1e-8   # the new row replaces the old when their cosine is this close to 1
+
+
+def _wide_layer_one(layered: Layered, state: State) -> Layered:
+    """Layer 1 of a wide input as measured (the rows :func:`_sharpened` measured again in
+    place of line 0's), each bias set by its unit's kink nearest the origin
+    (:func:`fidelity.pin.foot_pins`, or a pin of its own wherever) where there is one.
+
+    Its rows come from derivative jumps on line 0, to about 1e-12; their biases to about
+    1e-11, since line 0 crosses the planes at ``|x|`` of tens to thousands. The searched lines'
+    kinks (good to ~1e-14 of the line, 1e-11 at worst) do not improve such rows: refitted to
+    them, trained digits 784-64-32-10's rows went from a median error of 1.2e-12 to 1.2e-11,
+    and its output layer to 1.0e-7."""
+    w, b = layered.weights[0].copy(), layered.biases[0].copy()
+    for u, row in state.sharpened.items():
+        if row is not None and u < b.size:
+            w[u], b[u] = row[:-1], row[-1]
+    best = np.full(b.size, np.inf)
+    for p in state.pins:
+        if p.layer != 1 or p.unit >= b.size:
+            continue
+        size = np.linalg.norm(p.x)
+        miss = abs(w[p.unit] @ p.x + b[p.unit]) / max(size, 1.0)
+        if miss <= FOOT_MISS and size < best[p.unit]:
+            best[p.unit] = size
+            b[p.unit] = -(w[p.unit] @ p.x)
+    return Layered((w,) + layered.weights[1:], (b,) + layered.biases[1:])
+
+
+FOOT_MISS = 1e-8       # a pin farther than this off a row's plane (relative) is not its unit's
 ROBUST_ROUNDS = 3      # refits of a row with its worst-missed kinks trusted less
 OUTLIER = 100.0        # a kink missing the measured row by this many times the median miss is
                        # trusted at that miss from the start
@@ -508,7 +638,7 @@ MAX_PIN_FAN_IN = 256   # rows with more entries than this are left as measured (
                        # a wide input: d + 1 gradient queries per region measured it in full)
 
 
-def _pinned(run: Run, cfg: DeepConfig, layered: Layered, state: State,
+def _pinned(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, layered: Layered, state: State,
             first: ReLUNetwork, linear: bool = False) -> tuple:
     """``(network, check error)``: the finished network ``first`` again, after every unit whose
     row its pinned kinks do not determine got more (``fidelity.pin``), the layers polished and
@@ -535,14 +665,30 @@ def _pinned(run: Run, cfg: DeepConfig, layered: Layered, state: State,
     reserve = (2 * (2 * h + 1) + cfg.output_points + (4 + 2 * STAND_OUT) * h
                + 2 * cfg.check_points
                + (2 * (2 * h + hp + 1) + cfg.output_points if linear else 0))
-    pins, x, y = pin.pin_kinks(run, layered, need, reserve) if need else ([], None, None)
+    pins, x, y = (pin.pin_kinks(run, layered, need, reserve, _anchors(layered, state, need))
+                  if need else ([], None, None))
+    sharpened = 0
+    if run.d > MAX_PIN_FAN_IN:        # layer 1 of a wide input: rows read again, biases pinned
+        sharpened = _sharpened(run, mcfg, layered, first, state, reserve)
+        have = {p.unit for p in state.pins + pins if p.layer == 1}
+        feet, xf, yf = pin.foot_pins(run, _wide_layer_one(layered, state), first,
+                                     [u for u in range(layered.widths[0]) if u not in have],
+                                     reserve)
+        if feet:
+            pins = pins + feet
+            x, y = (xf, yf) if x is None or not len(x) else (
+                np.concatenate([x, xf]), np.concatenate([y, yf]))
     again = None
-    if pins:
+    if pins or sharpened:
         state.pins.extend(pins)
-        again = _output(run, cfg, _polish(run, layered, state), state, (x, y), linear)
+        polished = _polish(run, layered, state)
+        state.columns = _pinned_columns(polished, state)
+        again = _output(run, cfg, polished, state, (x, y), linear)
+        state.columns = None
     err = None if again is None else _check(run, cfg, again, state)
     if pins:
-        run.note(Kind.POLISHED, f"{len(pins)} kinks of {len(need)} units pinned ({len(x)} "
+        units = len({(p.layer, p.unit) for p in pins})
+        run.note(Kind.POLISHED, f"{len(pins)} kinks of {units} units pinned ({len(x)} "
                  f"answers), layers polished again: check error "
                  f"{'none' if err is None else f'{err:.1e}'}", pins=len(pins), answers=len(x))
     if err is not None and err <= cfg.check_tol:
@@ -551,6 +697,51 @@ def _pinned(run: Run, cfg: DeepConfig, layered: Layered, state: State,
     if err is not None and err < first_err:
         return again, err
     return first, first_err
+
+
+def _pinned_columns(layered: Layered, state: State) -> Optional[np.ndarray]:
+    """``(k, h)`` the output weights of the last layer's units read from their pins (NaN for
+    units with fewer than :data:`COLUMN_PINS`): across a unit's kink the outputs' slope jumps by
+    its output weights times ``|dz/dt|``, whatever its orientation. Random inputs seldom switch
+    a rare unit on, and then barely, so the output fit reads its weights from little (trained
+    digits 784-64-32-10: a unit with 66 pins and a row 1.4e-9 off had its output weights 1.2e-8
+    off)."""
+    m, h = layered.depth, layered.widths[-1]
+    own = [p for p in state.pins if p.layer == m and p.unit < h and p.jump is not None]
+    if not own:
+        return None
+    x = np.array([p.x for p in own])
+    v = np.array([p.v for p in own])
+    zs = layered.preacts(x)
+    d = v @ layered.weights[0].T                       # each layer's slope along the line
+    for l in range(1, m):
+        d = (d * (zs[l - 1] > 0)) @ layered.weights[l].T
+    units = np.array([p.unit for p in own])
+    slope = np.abs(d[np.arange(len(own)), units])
+    jumps = np.array([p.jump for p in own])
+    cols = np.full((jumps.shape[1], h), np.nan)
+    for j in range(h):
+        at = units == j
+        if at.sum() >= COLUMN_PINS:          # least squares of jump = column * slope
+            cols[:, j] = slope[at] @ jumps[at] / (slope[at] @ slope[at])
+    return cols
+
+
+COLUMN_PINS = 3        # pins of a last-layer unit before its output weights are read from them
+
+
+def _anchors(layered: Layered, state: State, keys) -> dict:
+    """Per unit ``(layer, unit)`` of ``keys``, the points where the model puts its kinks on the
+    searched lines: on its boundary, from which :func:`fidelity.pin.pin_kinks` seeks the units
+    that random lines seldom cross."""
+    out = {key: [] for key in keys}
+    for line in state.lines:
+        t, layer, unit = layered.kinks(line.x0, line.v, line.half)
+        for k in range(t.size):
+            key = (int(layer[k]), int(unit[k]))
+            if key in out:
+                out[key].append(line.x0 + t[k] * line.v)
+    return {key: np.array(x) for key, x in out.items() if x}
 
 
 def _refit_row(theta: np.ndarray, feats: np.ndarray, errs: np.ndarray) -> np.ndarray:
@@ -702,17 +893,26 @@ def _output(run: Run, cfg: DeepConfig, layered: Layered, state: State,
         run.note(Kind.ONE_SIDED, f"layer {layered.depth}: units {units} kept one sign on every "
                  "output-fit input; their orientation is what agrees with the answers there",
                  layer=layered.depth, units=units)
-    return _fitted(layered.signed(np.where(flip, -1.0, 1.0)), x, y)
+    return _fitted(layered.signed(np.where(flip, -1.0, 1.0)), x, y, state.columns)
 
 
-def _fitted(signed: Layered, x: np.ndarray, y: np.ndarray) -> ReLUNetwork:
-    """The network of ``signed`` hidden layers with its output layer fitted to ``(x, y)``."""
+def _fitted(signed: Layered, x: np.ndarray, y: np.ndarray,
+            columns: Optional[np.ndarray] = None) -> ReLUNetwork:
+    """The network of ``signed`` hidden layers with its output layer fitted to ``(x, y)``;
+    ``columns`` (k, h), where not NaN, are output weights known already (:func:`_pinned_columns`)."""
     h = signed.widths[-1]
-    zs = signed.preacts(x)[-1]
-    phi = np.concatenate([np.maximum(zs, 0), np.ones((x.shape[0], 1))], 1)
+    zs = np.maximum(signed.preacts(x)[-1], 0)
+    known = np.zeros(h, bool) if columns is None else ~np.isnan(columns).any(0)
+    if known.any():
+        y = y - zs[:, known] @ columns[:, known].T
+    phi = np.concatenate([zs[:, ~known], np.ones((x.shape[0], 1))], 1)
     weight = 1.0 / np.linalg.norm(phi, axis=1, keepdims=True)   # rounding grows with |x|
     coef = np.linalg.lstsq(phi * weight, y * weight, rcond=None)[0]
-    return signed.network(coef[:h].T.copy(), coef[h].copy())
+    a = np.zeros((y.shape[1], h))
+    a[:, ~known] = coef[:-1].T
+    if known.any():
+        a[:, known] = columns[:, known]
+    return signed.network(a, coef[-1].copy())
 
 
 def _output_with_pairs(run: Run, layered: Layered, state: State, x: np.ndarray,

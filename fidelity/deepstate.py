@@ -130,6 +130,8 @@ class State:
     stray_for: Optional[np.ndarray] = None           # layer-1 rows the strays are for
     stray: dict = field(default_factory=dict)      # id(point) -> unexplained part of its jump
     pins: list = field(default_factory=list)       # exact kinks placed by fidelity.pin
+    sharpened: dict = field(default_factory=dict)  # layer-1 rows measured again (deep._sharpened)
+    columns: Optional[np.ndarray] = None   # output weights read from pins (deep._pinned_columns)
     memo: dict = field(default_factory=dict)       # fidelity.peel's analysis, per model
     windows: set = field(default_factory=set)      # (unit, point) of fidelity.peel's windows
     unfitted: Optional[tuple] = None   # (x, y) answers the last output fit could not fit

@@ -13,6 +13,7 @@ Each unit gets such kinks until they alone determine its row, with every entry s
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
@@ -23,9 +24,12 @@ from .layered import Layered
 MARGIN = 1            # kinks asked beyond a row's unknowns
 PER_ENTRY = 2         # kinks asked where each entry of the row is on
 DRAWS = 400           # bound on random lines drawn (the model only, no queries) per call
+ANCHOR_DRAWS = 400    # ... and on lines through points beside a rare unit's boundary
 MIN_GAP = 1e-6        # (times t_max) neighbouring kinks closer than this leave no room
 AGREE = 0.25          # the kink found lies within this fraction of the step of the predicted
 VISIBLE = 1e6         # the slopes must differ by this many rounding errors of the answers
+FOOT_TRIES = 8        # lines tried per unit for a kink near the origin (foot_pins)
+FOOT_ROOM = 1e-3      # (times input_scale) the least room either side of such a kink
 
 
 @dataclass(frozen=True)
@@ -35,10 +39,12 @@ class Pin:
     layer: int
     unit: int
     x: np.ndarray
+    v: Optional[np.ndarray] = None      # the line's direction
+    jump: Optional[np.ndarray] = None   # the outputs' slope along v, right of x less left
 
 
-def pin_kinks(run: Run, layered: Layered, need: dict,
-              reserve: int = 0) -> tuple[list, np.ndarray, np.ndarray]:
+def pin_kinks(run: Run, layered: Layered, need: dict, reserve: int = 0,
+              anchors: Optional[dict] = None) -> tuple[list, np.ndarray, np.ndarray]:
     """Kinks of the units in ``need`` on random lines, where the model predicts them;
     ``(pins, inputs asked, answers)``. ``need[(layer, unit)] = (kinks, per_entry)``: how many more
     kinks the unit wants, and per entry of its row (an earlier unit) how many more where that
@@ -53,7 +59,13 @@ def pin_kinks(run: Run, layered: Layered, need: dict,
     come back where lines rarely cross a unit (``DRAWS`` bounds the lines), a kink is invisible
     in the outputs, or the budget is short (the lines that fit are asked, the rest dropped:
     ``reserve`` rows are kept back for what follows the pins, besides the run's check
-    reserve)."""
+    reserve).
+
+    A unit that random lines seldom cross (on for a few inputs in a thousand) is sought from
+    ``anchors[(layer, unit)]``, points on its boundary (its kinks on the searched lines): up to
+    :data:`ANCHOR_DRAWS` more lines through points beside them, at distances spread over
+    ``input_scale / 10`` to ``input_scale`` (trained digits 784-64-32-10: a layer-2 unit had 5
+    pins and its output weights were 1.2e-8 off)."""
     want = {k: (int(n), np.array(e, int)) for k, (n, e) in need.items()
             if n > 0 or (np.asarray(e) > 0).any()}
     plans = []                       # (x0, v, piece edges, chosen kinks [(index, key)])
@@ -61,40 +73,100 @@ def pin_kinks(run: Run, layered: Layered, need: dict,
         if not want:
             break
         x0 = run.rng.normal(size=run.d) * run.input_scale
-        v = run.rng.normal(size=run.d)
-        v /= np.linalg.norm(v)
-        t, layer, unit = layered.kinks(x0, v, run.t_max)
-        if not t.size:
+        _plan_line(run, layered, x0, need, want, plans)
+    anchors = {k: a for k, a in (anchors or {}).items() if len(a)}
+    for n in range(ANCHOR_DRAWS):
+        keys = [k for k in want if k in anchors]
+        if not keys:
+            break
+        at = anchors[keys[n % len(keys)]]
+        scale = run.input_scale * 10.0 ** -run.rng.uniform(0.0, 1.0)
+        x0 = at[run.rng.integers(len(at))] + run.rng.normal(size=run.d) * scale / np.sqrt(run.d)
+        _plan_line(run, layered, x0, need, want, plans)
+    return _asked(run, plans, reserve)
+
+
+def _plan_line(run: Run, layered: Layered, x0: np.ndarray, need: dict, want: dict,
+               plans: list) -> None:
+    """The kinks of a random line through ``x0`` that serve ``want`` (counted off it), with a
+    needed unit's kink between two chosen ones for free, appended to ``plans``."""
+    v = run.rng.normal(size=run.d)
+    v /= np.linalg.norm(v)
+    t, layer, unit = layered.kinks(x0, v, run.t_max)
+    if not t.size:
+        return
+    edges = np.concatenate([[-run.t_max], t, [run.t_max]])
+    zs = layered.preacts(x0 + t[:, None] * v)
+    chosen = []
+    for k in range(t.size):
+        key = (int(layer[k]), int(unit[k]))
+        if key not in want:
             continue
-        edges = np.concatenate([[-run.t_max], t, [run.t_max]])
-        zs = layered.preacts(x0 + t[:, None] * v)
-        chosen = []
-        for k in range(t.size):
-            key = (int(layer[k]), int(unit[k]))
-            if key not in want:
+        if _beside(edges, k) < MIN_GAP * run.t_max:
+            continue
+        total, entries = want[key]
+        on = _on(zs, key, k, entries.size)
+        if total <= 0 and not (on & (entries > 0)).any():
+            continue
+        chosen.append((k, key))
+        _served(want, key, on)
+    # a kink of a unit in ``need`` between two chosen ones has both its pieces asked
+    # already: a free pin
+    picked = {k for k, _ in chosen}
+    for k in range(1, t.size - 1):
+        key = (int(layer[k]), int(unit[k]))
+        if k in picked or key not in need or not {k - 1, k + 1} <= picked:
+            continue
+        if _beside(edges, k) < MIN_GAP * run.t_max:
+            continue
+        chosen.append((k, key))
+        if key in want:
+            _served(want, key, _on(zs, key, k, want[key][1].size))
+    if chosen:
+        plans.append((x0, v, edges, chosen))
+
+
+def foot_pins(run: Run, layered: Layered, net, units, reserve: int = 0) -> tuple:
+    """A kink of each of ``units`` of layer 1 close to the origin: the bias follows from it as
+    ``-w . x``, with the row's error entering only as ``|x|`` times it (line 0 crosses the
+    planes at ``|x|`` of tens to thousands). Each line passes through the unit's plane at
+    ``|x|`` about ``input_scale`` or less (its foot ``-b w / |w|^2``, then points beside it
+    along the plane) in a random direction; the first of :data:`FOOT_TRIES` where the model
+    leaves the kink room and ``net`` says it shows in the outputs is asked. ``(pins, inputs
+    asked, answers)`` as :func:`pin_kinks`."""
+    plans = []
+    for u in units:
+        w = layered.weights[0][u]
+        norm = np.linalg.norm(w)
+        foot = -layered.biases[0][u] * w / norm ** 2
+        for n in range(FOOT_TRIES):
+            side = run.rng.normal(size=run.d)
+            side -= (side @ w) * w / norm ** 2
+            x0 = foot + side / np.linalg.norm(side) * run.input_scale * n / FOOT_TRIES
+            v = run.rng.normal(size=run.d)
+            v /= np.linalg.norm(v)
+            t, layer, unit = layered.kinks(x0, v, run.t_max)
+            at = np.flatnonzero((layer == 1) & (unit == u))
+            if not at.size:
                 continue
-            if _beside(edges, k) < MIN_GAP * run.t_max:
+            k = int(at[0])
+            edges = np.concatenate([[-run.t_max], t, [run.t_max]])
+            if _beside(edges, k) < FOOT_ROOM * run.input_scale:
                 continue
-            total, entries = want[key]
-            on = _on(zs, key, k, entries.size)
-            if total <= 0 and not (on & (entries > 0)).any():
+            step = _step(run, edges, k)
+            ts = t[k] + step * np.array([-2.0, -1.0, 1.0, 2.0])
+            y = np.asarray(net(x0 + ts[:, None] * v))
+            diff = (y[3] - y[2] - y[1] + y[0]) / step
+            if np.linalg.norm(diff) <= VISIBLE * search.EPS * np.abs(y).max() / step:
                 continue
-            chosen.append((k, key))
-            _served(want, key, on)
-        # a kink of a unit in ``need`` between two chosen ones has both its pieces asked
-        # already: a free pin
-        picked = {k for k, _ in chosen}
-        for k in range(1, t.size - 1):
-            key = (int(layer[k]), int(unit[k]))
-            if k in picked or key not in need or not {k - 1, k + 1} <= picked:
-                continue
-            if _beside(edges, k) < MIN_GAP * run.t_max:
-                continue
-            chosen.append((k, key))
-            if key in want:
-                _served(want, key, _on(zs, key, k, want[key][1].size))
-        if chosen:
-            plans.append((x0, v, edges, chosen))
+            plans.append((x0, v, edges, [(k, (1, int(u)))]))
+            break
+    return _asked(run, plans, reserve)
+
+
+def _asked(run: Run, plans: list, reserve: int) -> tuple:
+    """The answers beside the chosen kinks of ``plans`` (``(x0, v, piece edges, [(kink
+    index, (layer, unit))])``, asked as :func:`pin_kinks` says), and the pins they give."""
     x, asks, spent = [], [], 0
     for x0, v, edges, chosen in plans:
         pairs = {}                   # each kink's two pieces, asked at two points each
@@ -142,7 +214,7 @@ def pin_kinks(run: Run, layered: Layered, need: dict,
             t = float(diff @ rhs / (diff @ diff))
             if abs(t - edges[k + 1]) > AGREE * step:
                 continue
-            pins.append(Pin(key[0], key[1], x0 + t * v))
+            pins.append(Pin(key[0], key[1], x0 + t * v, v, sb - sa))
     return pins, x, y
 
 

@@ -739,3 +739,64 @@ def test_pins_share_the_pieces_between_chosen_kinks():
     _exact(victim, result, rel=1e-9, param=1e-9)
     assert result.stage_queries["precision"] <= 10_000
     assert result.queries <= 50_500                  # 10x fewer than Carlini et al.
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_output_weights_read_from_pins_are_the_victims_in_either_orientation(k):
+    """Across a last-layer unit's kink the outputs' slope jumps by its output weights times
+    ``|dz/dt|``: with the victim's hidden layers as the model, the pins give its output layer,
+    and a unit flipped in the model (``relu(-z)``) gets the same column."""
+    from fidelity import deep, pin
+    from fidelity.context import Run
+    from fidelity.deepstate import State
+    victim = F.ReLUNetwork.random(3, [8, 6, 5, k])
+    model = Layered(tuple(np.asarray(a) for a in victim.weights[:-1]),
+                    tuple(np.asarray(a) for a in victim.biases[:-1]))
+    run = Run(F.Oracle(victim), seed=0, t_max=30.0, input_scale=1.0, step_cap=1e-3,
+              check_reserve=0, crossing_rel_error=1e-9)
+    need = {(2, u): (deep.COLUMN_PINS, np.zeros(6, int)) for u in range(5)}
+    pins, _, _ = pin.pin_kinks(run, model, need)
+    state = State(lines=[], points=[], infos=[], pins=pins)
+    want = np.asarray(victim.weights[-1])
+    for flip in (np.ones(5), np.array([1.0, -1.0, 1.0, -1.0, -1.0])):
+        cols = deep._pinned_columns(model.signed(flip), state)
+        seen = ~np.isnan(cols).any(0)
+        assert seen.sum() >= 4
+        np.testing.assert_allclose(cols[:, seen], want[:, seen], rtol=0,
+                                   atol=1e-11 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("seed, sizes", [(0, [300, 16, 8, 3]), (2, [260, 12, 6, 1]),
+                                         (1, [400, 10, 10, 2])])
+def test_a_wide_deep_victims_layer_one_biases_come_from_kinks_near_the_origin(seed, sizes):
+    """Layer 1 of a wide input is read from line 0's derivative jumps (fan-in too large to
+    pin), which leave its biases ~1e-10 off where line 0 crosses far out; a kink of each unit
+    near the origin gives them to the last bits (before: 3.6e-11 to 2.4e-10 on 300-16-8-3)."""
+    victim = F.ReLUNetwork.random(seed, sizes)
+    result = F.extract(F.Oracle(victim), seed=0, throw=False)
+    assert result.status == "ok"
+    _exact(victim, result, rel=1e-9, param=1e-9)
+    vw, vb = np.asarray(victim.weights[0]), np.asarray(victim.biases[0])
+    ew, eb = np.asarray(result.network.weights[0]), np.asarray(result.network.biases[0])
+    vn, en = np.linalg.norm(vw, axis=1), np.linalg.norm(ew, axis=1)
+    match = ((ew / en[:, None]) @ (vw / vn[:, None]).T).argmax(0)
+    assert np.abs(eb[match] / en[match] - vb / vn).max() <= 1e-13
+
+
+def test_layer_one_rows_measured_again_stay_exact(monkeypatch):
+    """Every layer-1 row of a wide victim measured again (as rows line 0 read badly are):
+    2 (d + 1) queries each, and the rows stay exact."""
+    from fidelity import deep
+    monkeypatch.setattr(deep, "SHARPEN_ABOVE", 0.0)
+    monkeypatch.setattr(deep, "SHARPEN_GAIN", 1e-9)       # wherever the line is
+    victim = F.ReLUNetwork.random(0, [300, 16, 8, 3])
+    result = F.extract(F.Oracle(victim), seed=0, throw=False)
+    assert result.status == "ok"
+    again = [e for e in result.events if "measured again (" in e.message]
+    assert again and again[0].data["rows"] >= 12
+    assert again[0].data["answers"] % (2 * 301) == 0
+    assert again[0].data["rows"] * 2 * 301 <= again[0].data["answers"] <= 16 * 2 * 301
+    _exact(victim, result, rel=1e-9, param=1e-9)
+    vw, ew = np.asarray(victim.weights[0]), np.asarray(result.network.weights[0])
+    vw, ew = (a / np.linalg.norm(a, axis=1, keepdims=True) for a in (vw, ew))
+    assert np.abs(ew[(ew @ vw.T).argmax(0)] - vw).max() <= 1e-11
