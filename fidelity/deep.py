@@ -693,7 +693,23 @@ def _pinned(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, layered: Layered, st
                  f"{'none' if err is None else f'{err:.1e}'}", pins=len(pins), answers=len(x))
     if err is not None and err <= cfg.check_tol:
         return again, err
+    seen = [] if again is None else [state.checked]
+    if x is not None and len(x):
+        seen.append((x, y))
     first_err = _check(run, cfg, first, state)
+    for xs, ys in seen:
+        # the refit's check answers and the pins' are answers too: a network far off them is
+        # missing a unit that its own check's inputs did not switch on (random 12-6-6-2
+        # s3406 came back 'ok', 5.2e-2 off, with 5 of 6 layer-2 units: the refit checked at
+        # 9e-3, the network before it at 8e-12 on other inputs, and was returned); they aim
+        # the search like the check's own
+        off = np.abs(np.asarray(first(xs)) - ys).max(1) / max(float(np.abs(ys).max()), 1e-300)
+        if off.max() > first_err:
+            first_err = float(off.max())
+            wrong = np.argsort(-off)[:int((off > AIM_ABOVE * cfg.check_tol).sum())]
+            if wrong.size:
+                state.missed = np.concatenate([state.missed.reshape(-1, run.d), xs[wrong]])
+                state.unfitted = (xs, ys)
     if err is not None and err < first_err:
         return again, err
     return first, first_err
@@ -944,6 +960,7 @@ def _check(run: Run, cfg: DeepConfig, net: ReLUNetwork, state: State) -> float:
     if state.linear is not None:
         xc = np.concatenate([xc, _linear_extremes(run, net, state.linear)])
     yc, err = point_error(run, net, xc, cfg.check_tol)
+    state.checked = (xc, yc)
     wrong = np.argsort(-err)[:int((err > AIM_ABOVE * cfg.check_tol).sum())]
     state.missed = xc[wrong]
     if wrong.size:

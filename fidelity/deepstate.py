@@ -132,6 +132,7 @@ class State:
     pins: list = field(default_factory=list)       # exact kinks placed by fidelity.pin
     sharpened: dict = field(default_factory=dict)  # layer-1 rows measured again (deep._sharpened)
     columns: Optional[np.ndarray] = None   # output weights read from pins (deep._pinned_columns)
+    checked: Optional[tuple] = None   # (x, y) the last check's answers (deep._check)
     memo: dict = field(default_factory=dict)       # fidelity.peel's analysis, per model
     windows: set = field(default_factory=set)      # (unit, point) of fidelity.peel's windows
     unfitted: Optional[tuple] = None   # (x, y) answers the last output fit could not fit
