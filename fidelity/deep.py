@@ -485,10 +485,10 @@ def _polish(run: Run, layered: Layered, state: State) -> Layered:
     a prior."""
     for l in range(1, layered.depth + 1):
         w, b = layered.weights[l - 1], layered.biases[l - 1]
-        theta = np.concatenate([w, b[:, None]], 1)
         if l == 1 and w.shape[1] > MAX_PIN_FAN_IN:
             layered = _wide_layer_one(layered, state)
             continue
+        theta = np.concatenate([w, b[:, None]], 1)
         eqs = _equations(layered, state, l)
         new = theta.copy()
         for u in range(theta.shape[0]):
@@ -531,10 +531,10 @@ def _sharpened(run: Run, mcfg: MeasureConfig, layered: Layered, net: ReLUNetwork
             break
         if u in state.sharpened:
             continue
-        state.sharpened[int(u)] = None            # tried: not again
         if run.remaining is not None and spent + each > (
                 run.remaining - run.check_reserve - reserve):
             break
+        state.sharpened[int(u)] = None            # tried: not again
         best = (q0[u] / SHARPEN_GAIN, None)
         norm = np.linalg.norm(w[u])
         foot = -layered.biases[0][u] * w[u] / norm ** 2

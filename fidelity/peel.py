@@ -30,7 +30,6 @@ MAX_COND = 1e4        # a Jacobian worse conditioned than this is not inverted a
 FILL_TRIES = 3        # windows that find nothing before a group of kinks is given up
 FEW_UNEXPLAINED = 0.02  # at most this share of kinks unexplained: a unit missing, not a layer
 MAX_REPAIRS = 8       # kinks measured in full to find layer-1 units that line 0 missed
-SAME_READING = 1e-6   # derivatives read again with a shorter step that agree to this (relative)
 WINDOWS_PER_UNIT = 6  # bound on targeted windows per unit of the layer before
 WALK_STEPS = 64       # bound on linear pieces walked along a boundary (see _walk)
 WALK_DOWN = 0.05      # ... or down to this fraction of unit i's pre-activation
@@ -555,7 +554,6 @@ def _measure_unexplained(run: Run, mcfg: MeasureConfig, layered: Layered, state:
         for (i, side), (dv, scale) in got.items():
             if i in widened:                 # probed again along every unit (below)
                 continue
-            before = derivs.get((i, side))
             derivs[i, side] = dv
             scales[i, side] = scale
             k, _, jac, norms, _, wide = plans[i]
@@ -567,16 +565,6 @@ def _measure_unexplained(run: Run, mcfg: MeasureConfig, layered: Layered, state:
             size = np.abs((dv[:n] * norms[:, None]).T * (jac @ line.v)).sum(1).max()
             noise = 1e3 * search.EPS * scale / steps[i, side]
             if np.abs(pred - slope).max() <= 1e-7 * size + noise:
-                continue
-            if (m == 1 and before is not None and before.shape == dv.shape and dv.shape[0] > n
-                    and np.abs(dv[n:]).max() > noise
-                    and np.abs(dv - before).max() <= SAME_READING * np.abs(dv).max() + noise):
-                # the same derivatives with a shorter step, and the probes along what layer 1
-                # cannot see move: no probe crosses a boundary, the slope along the line has a
-                # part layer 1's rows do not span (units it lacks, on here, which the repair
-                # adds: random 260-12-6-1 s1, 5 of 12 invisible on line 0, had every kink of
-                # the other lines dropped as crossed and was refused). Deeper, such readings
-                # stay dropped (accepted at layer 2, 40-20-10-10-1 s6 was refused at layer 4)
                 continue
             if wide is not None:
                 # the units on do not give the slope along the line: something moves along
