@@ -147,7 +147,12 @@ def _layers(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, state: Stat
         if not (below and retries < MAX_RETRIES and few_unexplained(run, layered, state)):
             deeper = next_layer(run, cfg, mcfg, use_jit, layered, state, cfg.layer_patience)
         if deeper is not None:
-            below.append(layered)
+            # layer 1 as the search left it: units it added (a layer-1 unit line 0 missed)
+            # stay for a retry of layer 2 (trained digits 784-64-32-10, training seed 1: the
+            # retry started from line 0's 63 units, lost the 64th, and was refused at layer 3
+            # with 2 layer-2 units)
+            below.append(Layered(deeper.weights[:1], deeper.biases[:1])
+                         if layered.depth == 1 else layered)
             layered = deeper
             continue
         if not below:

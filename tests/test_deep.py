@@ -814,3 +814,18 @@ def test_answers_the_pinned_refit_was_checked_on_also_check_the_network_before_i
     result = F.extract(F.Oracle(victim), seed=3406, throw=False)
     assert result.status == "ok"
     _exact(victim, result, rel=1e-9, param=1e-9)
+
+
+def test_a_layer_one_unit_added_during_layer_two_stays_for_its_retry():
+    """Digits-trained 784-64-32-10 with training seed 1: line 0 gives 63 of its 64 layer-1
+    units, the layer-2 search adds the 64th, and when nothing fits layer 3 layer 2 is searched
+    again. That retry started from line 0's 63 units, lost the 64th, and the victim was
+    refused at layer 3 with 2 layer-2 units; it starts from layer 1 as the search left it."""
+    from fidelity import victims
+    x28, y28 = victims.digits(28)
+    victim = victims.train_classifier(x28, y28, [64, 32], seed=1, steps=1500)
+    result = F.extract(F.Oracle(victim), seed=0, throw=False)
+    assert result.status == "ok"
+    assert any(e.kind == Kind.LAYER_ONE_ADDED for e in result.events)
+    assert result.queries < 5 * 52_650
+    _exact(victim, result, rel=1e-9, param=1e-8)
