@@ -34,8 +34,9 @@ import numpy as np
 from . import pin, recover, search
 from .checks import POINT_RADII, fresh_points, point_error
 from .context import Run
-from .deepstate import (IN_RANGE, MATCH, PAIR, DeepConfig, LayerInfo, Line, Point, State,
-                        affine_fit, either_side, kink_jump, new_line, plane_hits, plane_kinks)
+from .deepstate import (GAP_COND, IN_RANGE, MATCH, PAIR, DeepConfig, LayerInfo, Line, Point,
+                        State, affine_fit, either_side, kink_jump, new_line, plane_hits,
+                        plane_kinks)
 from .errors import QueryBudgetExceeded, UnsupportedArchitecture
 from .layered import Layered
 from .measure import MeasureConfig, region_noise, search_line
@@ -686,7 +687,9 @@ def _pinned(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, layered: Layered, st
     again = None
     if pins or sharpened:
         state.pins.extend(pins)
-        polished = _polish(run, layered, state)
+        polished = _refilled(_polish(run, layered, state), state,
+                             [xy for xy in ((x, y), state.unfitted, state.known)
+                              if xy is not None and xy[0] is not None and len(xy[0])])
         state.columns = _pinned_columns(polished, state)
         again = _output(run, cfg, polished, state, (x, y), linear)
         state.columns = None
@@ -718,6 +721,54 @@ def _pinned(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, layered: Layered, st
     if err is not None and err < first_err:
         return again, err
     return first, first_err
+
+
+REFILL_ROUNDS = 2     # Gauss-Newton steps on the entries read from an output fit
+
+
+def _refilled(layered: Layered, state: State, answers: list) -> Layered:
+    """``layered`` with the last layer's entries that no kink saw (``state.filled``: read from
+    the first output fit, whose layers were as good as their first reading) read again from
+    ``answers`` with the polished layers. Where such an entry's earlier unit is on, its unit
+    keeps one side, and on the side where it is on the outputs move by its output weights
+    times the entry's change times that earlier unit's output: one linear column per entry in
+    the output fit. Unchanged when nothing was filled or the fit does not tell the
+    orientations."""
+    m = layered.depth
+    todo = [(u, e) for layer, u, e in state.filled if layer == m and u < layered.widths[-1]]
+    if not todo or not answers:
+        return layered
+    x = np.concatenate([a[0] for a in answers])
+    y = np.concatenate([a[1] for a in answers])
+    h = layered.widths[-1]
+    for _ in range(REFILL_ROUNDS):
+        zs = layered.preacts(x)
+        z, before = zs[-1], np.maximum(zs[-2], 0.0) if m > 1 else x
+        coef, fits = affine_fit(either_side(z), y)
+        a, b = coef[:h], coef[h:2 * h]
+        if not fits:
+            return layered
+        flip = np.linalg.norm(a + b, axis=1) < np.linalg.norm(b, axis=1)
+        s = np.where(flip, -1.0, 1.0)
+        cols, idx = [], []
+        for u, entries in todo:
+            for i in entries:
+                cols.append((s[u] * before[:, i] * (s[u] * z[:, u] > 0))[:, None])
+                idx.append((u, i))
+        feats = np.concatenate([np.maximum(s * z, 0.0), np.ones((x.shape[0], 1))] + cols, 1)
+        scaled = feats / np.maximum(np.linalg.norm(feats, axis=0), 1e-300)
+        sv = np.linalg.svd(scaled, compute_uv=False)
+        if sv[-1] < GAP_COND * sv[0]:
+            return layered
+        got = np.linalg.lstsq(feats, y, rcond=None)[0]
+        w = layered.weights[-1].copy()
+        for q, (u, i) in enumerate(idx):
+            out = got[u]                                  # the unit's output weights
+            if not out @ out > 0:
+                return layered
+            w[u, i] += got[h + 1 + q] @ out / (out @ out)
+        layered = Layered(layered.weights[:-1] + (w,), layered.biases)
+    return layered
 
 
 def _pinned_columns(layered: Layered, state: State) -> Optional[np.ndarray]:

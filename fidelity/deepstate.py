@@ -112,6 +112,8 @@ class LayerInfo:
     unidentified: tuple  # units of this layer never seen on at a deeper kink
 
 
+SIDE_CLEAR = 1e-3  # a unit's orientation read from a fit: the part linear in z this close to
+                  # 0 or to minus the relu part (relative to the smallest relu part)
 GAP_COND = 1e-8   # an output fit completes entries with features whose singular values are
                   # no smaller than this (relative; see completed)
 UNPROBED = 1e-9   # a unit whose gradient the probes of a kink see below this share of the
@@ -142,6 +144,7 @@ class State:
     aims: list = field(default_factory=list)   # origins of the next lines searched
     known: Optional[tuple] = None   # (x, y) answers every output fit must fit too
     best: Optional[tuple] = None   # (network, check error, infos): the best checked so far
+    filled: tuple = ()   # (layer, unit, entries): entries read from an output fit (peel._completed)
 
 
 def plane_kinks(run: Run, rows: np.ndarray, line: Line):
@@ -277,7 +280,15 @@ def completed(run: Run, signed: Layered, rows: np.ndarray, gapped: list,
     cols = np.concatenate([g for _, g in gapped])
     if np.unique(cols).size < cols.size:          # shared entries: their parts mix
         return None
-    x, y = state.unfitted
+    rows_jointly = _completed_jointly(signed, rows, gapped, *state.unfitted)
+    if rows_jointly is not None:
+        return rows_jointly
+    return _completed_by_parts(signed, rows, gapped, *state.unfitted)
+
+
+def _completed_jointly(signed: Layered, rows: np.ndarray, gapped: list, x: np.ndarray,
+                       y: np.ndarray) -> Optional[np.ndarray]:
+    """:func:`completed` by one affine fit over all the answers."""
     n_full = rows.shape[0]
     model = with_rows(signed, np.concatenate([rows, np.array([r for r, _ in gapped])]))
     z = model.preacts(x)[-1]
@@ -311,3 +322,93 @@ def completed(run: Run, signed: Layered, rows: np.ndarray, gapped: list,
         w_new[n_full + j, gaps] = d @ lin / (lin @ lin)      # least squares over the outputs
         out.append(w_new[n_full + j] / b_new[n_full + j])
     return np.array(out)
+
+
+MAX_NULL = 3      # gap entries' units whose absence an orientation search may resolve
+
+
+def _sides(a: np.ndarray, lin: np.ndarray, null: np.ndarray):
+    """Orientations ``s`` of the units of an affine fit ``relu(z) a + [z, 1] lin`` whose
+    linear part is known up to ``null @ t``: the ``t`` (one per output) that makes each
+    unit's linear part 0 (``s = 1``) or ``-a`` (``s = -1``, as ``relu(-z) = relu(z) - z``).
+    Returns ``(s, lin + null @ t)``, or None unless exactly one choice does."""
+    h, r = a.shape[0], null.shape[1]
+    size = np.linalg.norm(a, axis=1)
+    if (size == 0).any():
+        return None
+    found = []
+    if r == 0:
+        pivots = np.zeros(0, int)
+    else:
+        pivots = np.argsort(-np.linalg.norm(null[:h], axis=1))[:r]
+        if np.linalg.matrix_rank(null[pivots]) < r:
+            return None
+    for choice in range(1 << r):
+        flip = np.array([(choice >> q) & 1 for q in range(r)], bool)
+        target = np.where(flip[:, None], -a[pivots], 0.0) - lin[pivots]
+        t = np.linalg.solve(null[pivots], target) if r else np.zeros((0, lin.shape[1]))
+        got = lin + null @ t
+        off_plus = np.linalg.norm(got[:h], axis=1)
+        off_minus = np.linalg.norm(got[:h] + a, axis=1)
+        if np.minimum(off_plus, off_minus).max() <= SIDE_CLEAR * size.min():
+            found.append((np.where(off_minus < off_plus, -1.0, 1.0), got))
+    return found[0] if len(found) == 1 else None
+
+
+def _completed_by_parts(signed: Layered, rows: np.ndarray, gapped: list, x: np.ndarray,
+                        y: np.ndarray) -> Optional[np.ndarray]:
+    """:func:`completed` in two steps, for a layer as wide as the one before (its ``z`` span
+    every affine function of that layer's outputs, so the entries' parts cannot be told from
+    the orientations' in one fit: random 40-20-10-10-1 s5, a layer-3 unit of 21 kinks with
+    one entry unseen). The answers where every unseen entry's unit is off fit the units with
+    those entries 0 and give each unit's orientation (the part linear in ``z`` is 0 or minus
+    the ``relu`` part); the others then give the entries, linear in them where their unit is
+    on; the completed units must fit every answer."""
+    n_full = rows.shape[0]
+    model = with_rows(signed, np.concatenate([rows, np.array([r for r, _ in gapped])]))
+    z = model.preacts(x)[-1]
+    hm = np.maximum(signed.preacts(x)[-1], 0.0)
+    cols = np.concatenate([g for _, g in gapped])
+    part = (hm[:, cols] == 0).all(1)
+    h = z.shape[1]
+    if part.sum() < 2 * (2 * h + 1) or part.all():
+        return None
+    feats = either_side(z[part])
+    coef, fits = affine_fit(feats, y[part])
+    if not fits:
+        return None
+    # where the entries' units are off, the z and 1 span fewer dimensions than they count:
+    # the part linear in z is known up to their null space, and the orientations pick it
+    lin = feats[:, h:] / np.maximum(np.linalg.norm(feats[:, h:], axis=0), 1e-300)
+    _, sv, vt = np.linalg.svd(lin)
+    null = (vt[np.sum(sv > GAP_COND * sv[0]):] /
+            np.maximum(np.linalg.norm(feats[:, h:], axis=0), 1e-300)).T      # (h + 1, r)
+    if null.shape[1] > MAX_NULL:
+        return None
+    a = coef[:h]
+    sides = _sides(a, coef[h:], null)
+    if sides is None:
+        return None                               # orientations the fit does not tell
+    s, lin_coef = sides
+    resid = y - (np.maximum(z, 0.0) @ a + z @ lin_coef[:h] + lin_coef[h])
+    # unit j on (with its entries 0) where its unseen entries' units are on: there its
+    # relu(s z_j) gains s w . h_gaps, times its output weights
+    feats, idx = [], []
+    for j, (_, gaps) in enumerate(gapped):
+        u = n_full + j
+        on = s[u] * z[:, u] > 0
+        for i in gaps:
+            feats.append((on * s[u] * hm[:, i])[:, None] * a[u][None, :])
+            idx.append((u, int(i)))
+    # one unknown per entry, one equation per answer and output
+    big = np.stack([f.ravel() for f in feats], 1)
+    if np.linalg.matrix_rank(big) < big.shape[1]:
+        return None
+    w_read = np.linalg.lstsq(big, resid.ravel(), rcond=None)[0]
+    w_new, b_new = model.weights[-1].copy(), model.biases[-1].copy()
+    for (u, i), value in zip(idx, w_read):
+        w_new[u, i] = value
+    done = Layered(model.weights[:-1] + (w_new,), model.biases)
+    if not fits_outputs(done, x, y):
+        return None
+    return np.concatenate([rows, w_new[n_full:] / b_new[n_full:, None]])
