@@ -9,6 +9,7 @@ from typing import Optional
 import numpy as np
 
 from . import recover, search
+from .checks import fresh_points
 from .context import Run
 from .layered import Layered
 from .measure import MeasureConfig, search_line
@@ -278,12 +279,40 @@ def completed(run: Run, signed: Layered, rows: np.ndarray, gapped: list,
     if state.unfitted is None:
         return None
     cols = np.concatenate([g for _, g in gapped])
-    if np.unique(cols).size < cols.size:          # shared entries: their parts mix
+    if np.unique(cols).size == cols.size:         # (shared entries: their parts mix there)
+        rows_jointly = _completed_jointly(signed, rows, gapped, *state.unfitted)
+        if rows_jointly is not None:
+            return rows_jointly
+    if np.unique(cols).size > MAX_NULL:
         return None
-    rows_jointly = _completed_jointly(signed, rows, gapped, *state.unfitted)
-    if rows_jointly is not None:
-        return rows_jointly
-    return _completed_by_parts(signed, rows, gapped, *state.unfitted)
+    x, y = _with_part(run, signed, np.unique(cols), rows.shape[0] + len(gapped),
+                      *state.unfitted)
+    state.unfitted = (x, y)
+    return _completed_by_parts(signed, rows, gapped, x, y)
+
+
+PART_RADII = (1.0, 3.0, 10.0, 30.0)   # radii (times input_scale) of the answers drawn there
+PART_POOL = 50                        # model-only draws per answer wanted
+
+
+def _with_part(run: Run, signed: Layered, cols: np.ndarray, h: int, x: np.ndarray,
+               y: np.ndarray) -> tuple:
+    """``(x, y)`` with answers added where the units ``cols`` of the last known layer are all
+    off, until :func:`_completed_by_parts` has ``2 (2 h + 1)`` there (random 40-20-10-10-1
+    s15: three layer-3 units with 5 entries unseen between them, all needed for the fit).
+    Drawn by the model alone; none when the budget is short."""
+    def off(pts):
+        return (signed.preacts(pts)[-1][:, cols] <= 0).all(1)
+
+    want = 2 * (2 * h + 1) - int(off(x).sum())
+    if want <= 0:
+        return x, y
+    pool = fresh_points(run, PART_POOL * want, PART_RADII,
+                        np.random.default_rng([run.seed, 37, len(x)]))
+    more = pool[off(pool)][:want]
+    if not len(more) or not run.room(len(more)):
+        return x, y
+    return np.concatenate([x, more]), np.concatenate([y, run.query("output")(more)])
 
 
 def _completed_jointly(signed: Layered, rows: np.ndarray, gapped: list, x: np.ndarray,
@@ -324,7 +353,7 @@ def _completed_jointly(signed: Layered, rows: np.ndarray, gapped: list, x: np.nd
     return np.array(out)
 
 
-MAX_NULL = 3      # gap entries' units whose absence an orientation search may resolve
+MAX_NULL = 5      # gap entries' units whose absence an orientation search may resolve
 
 
 def _sides(a: np.ndarray, lin: np.ndarray, null: np.ndarray):

@@ -39,7 +39,7 @@ GAP_MEMBERS = 3       # kinks of an incomplete unit before the output fit may co
 ON_SHARE = 1e-3       # ... confirmed by a window where an entry's unit is on by this share
 GAP_KEEP_MEMBERS = 6  # an incomplete unit of this many kinks, on GAP_KEEP_LINES lines or more,
 GAP_KEEP_LINES = 3    # ... and at most MAX_GAP_ENTRIES entries never seen, is completed alone
-MAX_GAP_ENTRIES = 2   # ... when the output fit cannot complete every incomplete unit at once
+MAX_GAP_ENTRIES = 3   # ... when the output fit cannot complete every incomplete unit at once
 
 
 def few_unexplained(run: Run, layered: Layered, state: State) -> bool:

@@ -863,3 +863,15 @@ def test_a_last_layer_unit_with_an_entry_no_kink_saw_is_completed_in_two_fits():
     assert any("read from the output fit" in e.message for e in result.events)
     assert result.queries < 60_000
     _exact(victim, result, rel=1e-10, param=1e-10)
+
+
+def test_answers_are_drawn_where_the_unseen_entries_units_are_off():
+    """Random 10-10-10-1 s7: a layer-2 unit never saw its entry for layer-1 unit 2, and too
+    few of the output fit's answers had that unit off to read the orientations from (the
+    layer was searched again: 6,540 queries). Answers are drawn there by the model alone."""
+    victim = F.ReLUNetwork.random(7, [10, 10, 10, 1])
+    result = F.extract(F.Oracle(victim), seed=0)
+    assert result.status == "ok"
+    assert any("read from the output fit" in n for n in result.notes)
+    assert result.queries < 53_000 / 10
+    _exact(victim, result, rel=1e-12, param=1e-11)
