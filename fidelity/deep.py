@@ -971,7 +971,8 @@ def _output(run: Run, cfg: DeepConfig, layered: Layered, state: State,
 def _fitted(signed: Layered, x: np.ndarray, y: np.ndarray,
             columns: Optional[np.ndarray] = None) -> ReLUNetwork:
     """The network of ``signed`` hidden layers with its output layer fitted to ``(x, y)``;
-    ``columns`` (k, h), where not NaN, are output weights known already (:func:`_pinned_columns`)."""
+    ``columns`` (k, h), where not NaN, are output weights known already
+    (:func:`_pinned_columns`)."""
     h = signed.widths[-1]
     zs = np.maximum(signed.preacts(x)[-1], 0)
     known = np.zeros(h, bool) if columns is None else ~np.isnan(columns).any(0)

@@ -145,7 +145,7 @@ class State:
     aims: list = field(default_factory=list)   # origins of the next lines searched
     known: Optional[tuple] = None   # (x, y) answers every output fit must fit too
     best: Optional[tuple] = None   # (network, check error, infos): the best checked so far
-    filled: tuple = ()   # (layer, unit, entries): entries read from an output fit (peel._completed)
+    filled: tuple = ()   # (layer, unit, entries) read from an output fit (peel._completed)
 
 
 def plane_kinks(run: Run, rows: np.ndarray, line: Line):
@@ -298,9 +298,9 @@ PART_POOL = 50                        # model-only draws per answer wanted
 def _with_part(run: Run, signed: Layered, cols: np.ndarray, h: int, x: np.ndarray,
                y: np.ndarray) -> tuple:
     """``(x, y)`` with answers added where the units ``cols`` of the last known layer are all
-    off, until :func:`_completed_by_parts` has ``2 (2 h + 1)`` there (random 40-20-10-10-1
-    s15: three layer-3 units with 5 entries unseen between them, all needed for the fit).
-    Drawn by the model alone; none when the budget is short."""
+    off, until :func:`_completed_by_parts` has ``2 (2 h + 1)`` there (random 10-10-10-1 s7:
+    17 of 73 had its one unseen entry's unit off, and layer 2 was searched again). Drawn by
+    the model alone; none when the budget is short."""
     def off(pts):
         return (signed.preacts(pts)[-1][:, cols] <= 0).all(1)
 
@@ -389,7 +389,8 @@ def _completed_by_parts(signed: Layered, rows: np.ndarray, gapped: list, x: np.n
     """:func:`completed` in two steps, for a layer as wide as the one before (its ``z`` span
     every affine function of that layer's outputs, so the entries' parts cannot be told from
     the orientations' in one fit: random 40-20-10-10-1 s5, a layer-3 unit of 21 kinks with
-    one entry unseen). The answers where every unseen entry's unit is off fit the units with
+    one entry unseen), or units that share an unseen entry (one fit cannot part them). The
+    answers where every unseen entry's unit is off fit the units with
     those entries 0 and give each unit's orientation (the part linear in ``z`` is 0 or minus
     the ``relu`` part); the others then give the entries, linear in them where their unit is
     on; the completed units must fit every answer."""
