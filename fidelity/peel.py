@@ -37,6 +37,10 @@ WALK_PAST = 0.05      # ... or past unit i's boundary by this fraction of the la
 SAMPLE_LINES = 2000   # random lines (no query) on which a boundary point is sought (_sampled)
 GAP_MEMBERS = 3       # kinks of an incomplete unit before the output fit may complete it
 ON_SHARE = 1e-3       # ... confirmed by a window where an entry's unit is on by this share
+MISS_SHARE = 0.05     # a candidate unit is kept while it misses at most this share of the
+                      # kinks it predicts that it finds (random 40-20-10-10-1 s15: a layer-3
+                      # unit of 80 kinks predicted one 2e-4 beside a kink found on a window,
+                      # 1.5 VERIFY, and was dropped: none of its kinks may be missed below 20)
 GAP_KEEP_MEMBERS = 6  # an incomplete unit of this many kinks, on GAP_KEEP_LINES lines or more,
 GAP_KEEP_LINES = 3    # ... and at most MAX_GAP_ENTRIES entries never seen, is completed alone
 MAX_GAP_ENTRIES = 3   # ... when the output fit cannot complete every incomplete unit at once
@@ -824,8 +828,10 @@ def _verified(run: Run, signed: Layered, state: State, rows: np.ndarray,
     cache = {} if memo is None else memo.setdefault("verified", {})
     keys = [(r.tobytes(), None if gaps is None else tuple(np.asarray(gaps[j]).tolist()))
             for j, r in enumerate(rows)]
-    start = np.array([cache.get(k, 0) for k in keys])      # lines passed; -1: failed
-    keep = start >= 0
+    # per row: lines passed, predicted kinks found, predicted kinks missed
+    start, hits, misses = (np.array(c) for c in zip(*[cache.get(k, (0, 0, 0)) for k in keys])) \
+        if keys else (np.zeros(0, int),) * 3
+    keep = misses <= MISS_SHARE * hits
     for li in range(int(start[keep].min()) if keep.any() else len(state.lines),
                     len(state.lines)):
         todo = np.flatnonzero(keep & (start <= li))
@@ -846,7 +852,9 @@ def _verified(run: Run, signed: Layered, state: State, rows: np.ndarray,
             near = np.abs(t[:, None] - line.t[None, :]).min(1) <= VERIFY * line.half
         else:
             near = np.zeros(t.size, bool)
-        keep[unit[~near]] = False
-    for k, ok in zip(keys, keep):
-        cache[k] = len(state.lines) if ok else -1
+        np.add.at(hits, unit[near], 1)
+        np.add.at(misses, unit[~near], 1)
+        keep = misses <= MISS_SHARE * hits
+    for k, h, m in zip(keys, hits, misses):
+        cache[k] = (len(state.lines), int(h), int(m))
     return keep
