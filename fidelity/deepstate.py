@@ -279,14 +279,14 @@ def completed(run: Run, signed: Layered, rows: np.ndarray, gapped: list,
     if state.unfitted is None:
         return None
     cols = np.concatenate([g for _, g in gapped])
-    if np.unique(cols).size == cols.size:         # (shared entries: their parts mix there)
+    units = np.unique(cols)                       # the earlier units of the unseen entries
+    if units.size == cols.size:                   # (shared entries: their parts mix there)
         rows_jointly = _completed_jointly(signed, rows, gapped, *state.unfitted)
         if rows_jointly is not None:
             return rows_jointly
-    if np.unique(cols).size > MAX_NULL:
+    if units.size > MAX_NULL:
         return None
-    x, y = _with_part(run, signed, np.unique(cols), rows.shape[0] + len(gapped),
-                      *state.unfitted)
+    x, y = _with_part(run, signed, units, rows.shape[0] + len(gapped), *state.unfitted)
     state.unfitted = (x, y)
     return _completed_by_parts(signed, rows, gapped, x, y)
 

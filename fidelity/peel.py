@@ -823,14 +823,16 @@ def _cluster(sigma: np.ndarray, on: np.ndarray, cond: np.ndarray,
 def _verified(run: Run, signed: Layered, state: State, rows: np.ndarray,
               gaps: Optional[list] = None, memo: Optional[dict] = None) -> np.ndarray:
     """Which candidate units' boundaries predict a found kink wherever they cross a line (a
-    unit with unknown entries ``gaps[j]`` only where those earlier units are off). ``memo``
-    remembers, per row, the lines it passed (only later lines are looked at again)."""
+    unit with unknown entries ``gaps[j]`` only where those earlier units are off), but for at
+    most :data:`MISS_SHARE` of the kinks they predict and find. ``memo`` remembers, per row,
+    the lines it passed and its kinks found and missed (only later lines are looked at
+    again)."""
     cache = {} if memo is None else memo.setdefault("verified", {})
     keys = [(r.tobytes(), None if gaps is None else tuple(np.asarray(gaps[j]).tolist()))
             for j, r in enumerate(rows)]
     # per row: lines passed, predicted kinks found, predicted kinks missed
-    start, hits, misses = (np.array(c) for c in zip(*[cache.get(k, (0, 0, 0)) for k in keys])) \
-        if keys else (np.zeros(0, int),) * 3
+    start, hits, misses = np.array([cache.get(k, (0, 0, 0)) for k in keys],
+                                   int).reshape(-1, 3).T
     keep = misses <= MISS_SHARE * hits
     for li in range(int(start[keep].min()) if keep.any() else len(state.lines),
                     len(state.lines)):
