@@ -36,7 +36,7 @@ from .checks import POINT_RADII, fresh_points, point_error
 from .context import Run
 from .deepstate import (GAP_COND, IN_RANGE, MATCH, PAIR, DeepConfig, LayerInfo, Line, Point,
                         State, affine_fit, either_side, kink_jump, new_line, plane_hits,
-                        plane_kinks)
+                        plane_kinks, set_aside)
 from .errors import QueryBudgetExceeded, UnsupportedArchitecture
 from .layered import Layered
 from .measure import MeasureConfig, region_noise, search_line
@@ -130,7 +130,7 @@ def _layers(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, state: Stat
             # inputs); the last layer is searched again from lines through them
             aimed += 1
             state.aims = list(state.missed[:AIM_LINES])
-            state.infos.pop()
+            set_aside(state)
             run.note(Kind.LAYER_INCOMPLETE, f"the check found {state.missed.shape[0]} inputs "
                      f"where the network is wrong: layer {layered.depth} is searched again "
                      f"from lines through {len(state.aims)} of them",
@@ -164,7 +164,7 @@ def _layers(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, state: Stat
             # inputs; every layer-3 row read without it was wrong). It is searched again.
             backtracks += 1
             retries = 0
-            del state.infos[-2:]
+            set_aside(state, 2)
             below.pop()
             run.note(Kind.LAYER_INCOMPLETE, f"nothing fits layer {layered.depth + 1} nor "
                      f"completes layer {layered.depth}: layer {layered.depth - 1} is searched "
@@ -184,7 +184,7 @@ def _layers(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, state: Stat
         # nothing fits a deeper layer: the last layer more likely misses a unit whose
         # boundary few lines cross; its search goes on with more patience (bounded)
         retries += 1
-        state.infos.pop()
+        set_aside(state)
         run.note(Kind.LAYER_INCOMPLETE, f"layer {layered.depth} did not explain the outputs "
                  f"and nothing fits a deeper layer: its search goes on with "
                  f"{RETRY_PATIENCE * retries}x the patience", layer=layered.depth)

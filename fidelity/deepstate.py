@@ -113,6 +113,29 @@ class LayerInfo:
     unidentified: tuple  # units of this layer never seen on at a deeper kink
 
 
+def set_aside(state: "State", count: int = 1) -> None:
+    """Removes the infos of the last ``count`` layers (searched again), keeping what their
+    searches spent for the infos of the searches that replace them (:func:`layer_info`)."""
+    for info in state.infos[len(state.infos) - count:]:
+        spend(state, info.index, info.lines, info.kinks, info.queries)
+    del state.infos[len(state.infos) - count:]
+
+
+def spend(state: "State", index: int, lines: int, kinks: int, queries: int) -> None:
+    """Keeps what a search for layer ``index`` spent for that layer's info (a search that
+    found no unit, or one set aside)."""
+    l0, k0, q0 = state.spent.get(index, (0, 0, 0))
+    state.spent[index] = (l0 + lines, k0 + kinks, q0 + queries)
+
+
+def layer_info(state: "State", index: int, width: int, lines: int, kinks: int,
+               queries: int) -> LayerInfo:
+    """A layer's info, with what its earlier searches spent added (a layer searched again
+    reports every line, kink and query spent on it, not those of the last search alone)."""
+    l0, k0, q0 = state.spent.pop(index, (0, 0, 0))
+    return LayerInfo(index, width, lines + l0, kinks + k0, queries + q0, ())
+
+
 SIDE_CLEAR = 1e-3  # a unit's orientation read from a fit: the part linear in z this close to
                   # 0 or to minus the relu part (relative to the smallest relu part)
 GAP_COND = 1e-8   # an output fit completes entries with features whose singular values are
@@ -146,6 +169,8 @@ class State:
     known: Optional[tuple] = None   # (x, y) answers every output fit must fit too
     best: Optional[tuple] = None   # (network, check error, infos): the best checked so far
     filled: tuple = ()   # (layer, unit, entries) read from an output fit (peel._completed)
+    spent: dict = field(default_factory=dict)   # layer -> (lines, kinks, queries) of its
+                                                # searches set aside for a retry (set_aside)
 
 
 def plane_kinks(run: Run, rows: np.ndarray, line: Line):

@@ -23,12 +23,13 @@ linear equations per unit, solved by least squares and rounded (checked by the r
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import numpy as np
 
 from .context import Run
-from .deepstate import (IN_RANGE, DeepConfig, LayerInfo, State, completed, fits_outputs,
-                        kink_jump, new_line, predicted, window, with_rows)
+from .deepstate import (IN_RANGE, DeepConfig, State, completed, fits_outputs, kink_jump,
+                        layer_info, new_line, predicted, window, with_rows)
 from .errors import UnsupportedArchitecture
 from .layered import Layered
 from .measure import MeasureConfig
@@ -131,13 +132,12 @@ def second_layer(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, layere
              f"layer 1 is expansive ({h} units for {run.d} inputs): layer 2's {len(units)} "
              f"units followed along their boundaries, layer 1's orientations solved from them",
              layer=2, units=len(units))
-    first = state.infos[-1]
-    state.infos[-1] = LayerInfo(1, h, first.lines, first.kinks, first.queries, ())
+    state.infos[-1] = replace(state.infos[-1], width=h, unidentified=())
     layered = Layered((w * sign[:, None], a / norm[:, None]), (b * sign, bias / norm))
     if gapped and state.unfitted is not None and not fits_outputs(layered, *state.unfitted):
         layered = _with_gapped(run, layered, w, b, flip, a, gapped, state)
-    state.infos.append(LayerInfo(2, layered.widths[-1], len(state.lines) - lines0, starts,
-                                 run.oracle.queries - q0, ()))
+    state.infos.append(layer_info(state, 2, layered.widths[-1], len(state.lines) - lines0,
+                                  starts, run.oracle.queries - q0))
     return layered
 
 

@@ -3,16 +3,16 @@ from the kinks the model does not explain (see :mod:`fidelity.deep` for the meth
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple, Optional
 
 import numpy as np
 
 from . import expansive, search
 from .context import Run
-from .deepstate import (IN_RANGE, STRAY, DeepConfig, LayerInfo, Line, Point, State, completed,
-                        fits_outputs, kink_jump, new_line, plane_hits, predicted, read_jump,
-                        window, with_rows)
+from .deepstate import (IN_RANGE, STRAY, DeepConfig, Line, Point, State, completed,
+                        fits_outputs, kink_jump, layer_info, new_line, plane_hits, predicted,
+                        read_jump, spend, window, with_rows)
 from .layered import Layered
 from .measure import MeasureConfig
 from .results import Kind
@@ -136,17 +136,18 @@ def next_layer(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, layered:
                  "kinks agreed like one unit's but could not be completed (a deeper unit seen "
                  "twice in one region, or a unit whose row has entries never observed); left "
                  "out", layer=m + 1, groups=len(found_layer.partial))
-    if rows.shape[0] == 0:
+    if rows.shape[0] == 0:       # reported with layer m + 1 if a later search finds it
+        spend(state, m + 1, len(state.lines) - lines0, len(state.points) - pts0,
+              run.oracle.queries - q0)
         return None
     dead = found_layer.dead
     if dead:
         run.note(Kind.UNIDENTIFIED_UNITS, f"layer {m}: units {list(dead)} were never on at a "
                  f"deeper kink: their weights into layer {m + 1} are unidentified (set to 0)",
                  layer=m, units=list(dead))
-    last = state.infos[-1]
-    state.infos[-1] = LayerInfo(m, h, last.lines, last.kinks, last.queries, tuple(dead))
-    state.infos.append(LayerInfo(m + 1, rows.shape[0], len(state.lines) - lines0,
-                                 len(state.points) - pts0, run.oracle.queries - q0, ()))
+    state.infos[-1] = replace(state.infos[-1], width=h, unidentified=tuple(dead))
+    state.infos.append(layer_info(state, m + 1, rows.shape[0], len(state.lines) - lines0,
+                                  len(state.points) - pts0, run.oracle.queries - q0))
     return _appended(layered, found_layer)
 
 

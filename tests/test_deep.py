@@ -378,6 +378,32 @@ def test_a_layer_is_closed_once_it_explains_every_kink_and_the_outputs():
     assert result.queries <= 6_200
 
 
+def test_a_layer_searched_again_reports_every_query_spent_on_it(monkeypatch):
+    # 10-10-10-1 s1: layer 2 is searched thrice (more patience twice, a layer-3 search that
+    # found nothing between); its info reported the last search alone (3 lines, 114 of about
+    # 3,400 queries)
+    from fidelity import deep
+    spent = {}
+    search = deep.next_layer
+
+    def counted(run, cfg, mcfg, use_jit, layered, state, patience):
+        q, lines = run.oracle.queries, len(state.lines)
+        out = search(run, cfg, mcfg, use_jit, layered, state, patience)
+        got = spent.get(layered.depth + 1, (0, 0))
+        spent[layered.depth + 1] = (got[0] + len(state.lines) - lines,
+                                    got[1] + run.oracle.queries - q)
+        return out
+
+    monkeypatch.setattr(deep, "next_layer", counted)
+    victim = F.ReLUNetwork.random(1, [10, 10, 10, 1])
+    result = F.extract(F.Oracle(victim), seed=0)
+    assert result.status == "ok"
+    assert sum("its search goes on" in e.message for e in result.events) >= 1
+    info = result.layers[1]
+    assert (info.lines, info.queries) == spent[2]
+    assert sum(i.queries for i in result.layers) + spent.get(3, (0, 0))[1] <= result.queries
+
+
 @settings(max_examples=20, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), d=st.integers(5, 60), extra=st.integers(1, 6),
        row_err=st.sampled_from([1e-11, 1e-7]))
