@@ -201,6 +201,7 @@ def _with_gapped(run: Run, layered: Layered, w, b, flip, a, gapped: list,
         run.note(Kind.LAYER_INCOMPLETE, f"layer 2: {len(found)} followed units had entries "
                  "their boundaries never reach, not determined by the answers; left out",
                  layer=2, units=len(found))
+        state.left_out.setdefault(2, []).extend(("row", r / c, g) for r, c, g in found)
     return layered
 
 

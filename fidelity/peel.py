@@ -10,7 +10,7 @@ import numpy as np
 
 from . import expansive, search
 from .context import Run
-from .deepstate import (IN_RANGE, STRAY, DeepConfig, Line, Point, State, completed,
+from .deepstate import (IN_RANGE, MATCH, STRAY, DeepConfig, Line, Point, State, completed,
                         fits_outputs, kink_jump, layer_info, new_line, plane_hits, predicted,
                         read_jump, spend, window, with_rows)
 from .layered import Layered
@@ -130,7 +130,10 @@ def next_layer(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, layered:
     found_layer = _without_explained(run, layered, _completed(run, mcfg, layered,
                                                               found_layer, state), state)
     rows = found_layer.rows
-    state.left_out = len(found_layer.partial)
+    state.left_out.setdefault(m + 1, []).extend(
+        ("points", np.array([p.x for p in c[2]]),
+         np.array([MATCH * max(state.lines[p.line].half, run.input_scale) for p in c[2]]))
+        for c in found_layer.partial)
     if found_layer.partial:
         run.note(Kind.LAYER_INCOMPLETE, f"layer {m + 1}: {len(found_layer.partial)} groups of "
                  "kinks agreed like one unit's but could not be completed (a deeper unit seen "
