@@ -411,8 +411,11 @@ def _first_line(run: Run, mcfg: MeasureConfig, use_jit, state: State) -> list:
     aff = regions.affine()[order]
     noise = region_noise(run, regions)[order]
     kinks_t = t_lo[1:]
+    # the pieces' slopes along the line (from their gradients): where the answers are flat,
+    # no unit's kink can show, and a plane crossing there is no miss (plane_hits)
     state.lines.append(Line(x0, v, kinks_t, None, run.t_max,
-                            measured=set(range(kinks_t.size))))
+                            measured=set(range(kinks_t.size)),
+                            pieces=np.einsum("rkd,d->rk", aff[:, :, :-1], v)))
     if not np.allclose(t_hi[:-1], t_lo[1:]):
         raise UnsupportedArchitecture("the first line's regions do not tile it")
     nz = 4 * np.maximum(noise[:-1], noise[1:])

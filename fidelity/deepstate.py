@@ -67,6 +67,8 @@ class Line:
     verified: Optional[np.ndarray] = None        # kinks located to the search's precision
     measured: set = field(default_factory=set)   # kink indices measured already
     done_for: Optional[object] = None            # the model its kinks were last read with
+    pieces: Optional[np.ndarray] = None   # line 0's slopes, from its pieces' gradients (its
+                                          # kinks are read in full: only _flat_at uses them)
 
 
 @dataclass(frozen=True)
@@ -171,6 +173,8 @@ class State:
     known: Optional[tuple] = None   # (x, y) answers every output fit must fit too
     best: Optional[tuple] = None   # (network, check error, infos): the best checked so far
     filled: tuple = ()   # (layer, unit, entries) read from an output fit (peel._completed)
+    unread: set = field(default_factory=set)   # (line, t) of kinks whose probes in layer 1's
+                                               # coordinates never gave the line's slope
     spent: dict = field(default_factory=dict)   # layer -> (lines, kinks, queries) of its
                                                 # searches set aside for a retry (set_aside)
 
@@ -202,9 +206,10 @@ def _flat_at(line: Line, t: np.ndarray) -> np.ndarray:
     """Whether the answers are constant on ``line`` around each ``t`` (between the found kinks
     on either side): no unit's kink can show there (random 6-3-2-1 s3014: where its only
     layer-2 unit is off, the layer-1 boundaries leave no kink on a line)."""
-    if line.slopes is None or not line.slopes.size:
+    slopes = line.slopes if line.slopes is not None else line.pieces
+    if slopes is None or not slopes.size:
         return np.zeros(t.shape, bool)
-    slope = np.abs(line.slopes).max(1)                    # per linear piece, NaN unknown
+    slope = np.abs(slopes).max(1)                         # per linear piece, NaN unknown
     top = np.nanmax(slope) if np.isfinite(slope).any() else 0.0
     flat = slope <= FLAT * top
     with np.errstate(invalid="ignore"):

@@ -30,6 +30,8 @@ MAX_COND = 1e4        # a Jacobian worse conditioned than this is not inverted a
 FILL_TRIES = 3        # windows that find nothing before a group of kinks is given up
 FEW_UNEXPLAINED = 0.02  # at most this share of kinks unexplained: a unit missing, not a layer
 MAX_REPAIRS = 8       # kinks measured in full to find layer-1 units that line 0 missed
+MAX_UNREAD_REPAIRS = 8   # the same, from kinks the known layer-1 units could not read (per
+                         # layer-1 model; four times that in all)
 WINDOWS_PER_UNIT = 6  # bound on targeted windows per unit of the layer before
 WALK_STEPS = 64       # bound on linear pieces walked along a boundary (see _walk)
 WALK_DOWN = 0.05      # ... or down to this fraction of unit i's pre-activation
@@ -71,7 +73,8 @@ def next_layer(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, layered:
     windows = WINDOWS_PER_UNIT * h     # bound on targeted windows for this layer
     random_lines, searched_random = 0, False
     max_random = cfg.lines_per_layer * max(1, patience // cfg.layer_patience)
-    repairs, repaired = MAX_REPAIRS, set()
+    repairs, unread_tries, repaired = MAX_REPAIRS, MAX_UNREAD_REPAIRS, set()
+    unread_total = 4 * MAX_UNREAD_REPAIRS
     # the points already measured are read first: on a retry (or a search aimed at a failed
     # check) the kinks of the units found are then explained, not measured again (10-10-10-1
     # s1: 108 kinks, 2,387 queries); on a new layer this is the reading the loop's first
@@ -83,12 +86,29 @@ def next_layer(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, layered:
             if line.done_for is not layered:     # a line is read once per model
                 _measure_unexplained(run, mcfg, layered, state, li, line, found_layer)
                 line.done_for = layered
-        grown = False
-        if m == 1 and repairs > 0:
-            layered, tried_once = _repair_layer_one(run, mcfg, layered, state, repaired)
-            repairs -= tried_once
+        grown, stray = False, repairs > 0
+        while m == 1 and not grown:
+            # a kink read with a stray part is tried one a round; then kinks the known units
+            # could not read, until one adds a unit (most are deeper kinks, whose local planes
+            # predict nothing), on a budget of their own: with one budget, unread kinks tried
+            # early in the layer left none for a stray part found later (40-20-10-10-1 s19)
+            layered, kind = _repair_layer_one(run, mcfg, layered, state, repaired,
+                                              stray=stray, unread=unread_tries > 0)
+            if kind is None:
+                break
+            if kind == "stray":
+                repairs, stray = repairs - 1, False
+            else:
+                unread_tries -= 1
             grown = layered.widths[-1] > h
             h = layered.widths[-1]
+        if grown:        # the kinks layer 1 could not read are read again with the new unit,
+            # and those still unread get a budget again
+            unread_total -= MAX_UNREAD_REPAIRS - unread_tries
+            unread_tries = min(MAX_UNREAD_REPAIRS, unread_total)
+            for li, t in state.unread:
+                line = state.lines[li]
+                line.measured.discard(int(np.argmin(np.abs(line.t - t))))
         found_layer = _analyse(run, layered, state)
         size = found_layer.rows.shape[0] + sum(len(c[2]) > 1 for c in found_layer.partial)
         # closed as soon as its units, none left incomplete, explain every kink found and fit
@@ -474,15 +494,17 @@ def _agrees(signed: Layered, p: Point, row: np.ndarray, i: int) -> bool:
 
 
 def _repair_layer_one(run: Run, mcfg: MeasureConfig, layered: Layered, state: State,
-                      tried: set):
+                      tried: set, stray: bool = True, unread: bool = True):
     """A layer-1 unit that line 0 missed (its plane crossed it beyond ``t_max``) shows as kinks
-    whose jumps layer 1 cannot explain. The worst such kink is measured in full; a plane that
-    predicts kinks on the other lines joins layer 1. Returns ``(model, tries spent)``."""
+    whose jumps layer 1 cannot explain, or cannot read at all. The worst such kink (``stray``:
+    one read with a part outside layer 1's rows; else, with ``unread``, one never read) is
+    measured in full; a plane that predicts kinks on the other lines joins layer 1. Returns
+    ``(model, which kind of kink was tried, or None)``."""
     w, b = layered.weights[0], layered.biases[0]
     if state.stray_for is not w:
         state.stray_for, state.stray = w, {}
     worst, at = STRAY, None
-    for p in state.points:
+    for p in state.points if stray else ():
         if p.level < 1 or (p.line, p.t) in tried:
             continue
         if id(p) not in state.stray:
@@ -490,26 +512,35 @@ def _repair_layer_one(run: Run, mcfg: MeasureConfig, layered: Layered, state: St
         resid = state.stray[id(p)]
         if resid > worst:
             worst, at = resid, p
-    if at is None:
-        return layered, 0
-    tried.add((at.line, at.t))
-    k = int(np.argmin(np.abs(state.lines[at.line].t - at.t)))
-    jump = kink_jump(run, mcfg, state, at.line, k, "while measuring a missed layer-1 unit")
+    if at is not None:
+        li, t = at.line, at.t
+    else:        # no kink read with a stray part: one the known units could not read at all,
+        # while such kinks outnumber those read (a unit missing, not a probe that crossed a
+        # boundary beside one kink: a deeper boundary's flat piece predicts kinks too)
+        left = sorted(u for u in state.unread if u not in tried) if unread else []
+        read = sum(p.level >= 1 for p in state.points)
+        if not left or len(state.unread) <= read:
+            return layered, None
+        li, t = left[0]
+    kind = "stray" if at is not None else "unread"
+    tried.add((li, t))
+    k = int(np.argmin(np.abs(state.lines[li].t - t)))
+    jump = kink_jump(run, mcfg, state, li, k, "while measuring a missed layer-1 unit")
     if jump is None:
-        return layered, 1
+        return layered, kind
     row = jump.row[None]
-    hits, misses = plane_hits(run, row, state.lines, np.array([at.line]))
+    hits, misses = plane_hits(run, row, state.lines, np.array([li]))
     # a layer-1 kink shows only where some deeper path is on: its plane may cross a line
     # where nothing kinks (40-20-10-10-1 s8: two missed layer-1 units were measured six
     # times, each plane a true row that predicted 2 to 8 lines and missed line 1, where
     # both are invisible). A deeper unit's local plane predicts few of the lines it crosses.
     if not hits[0] or misses[0] > (0 if hits[0] < 2 else hits[0]):
-        return layered, 1
+        return layered, kind
     run.note(Kind.LAYER_ONE_ADDED, f"layer 1: a unit line 0 did not cross was found at a "
-             f"kink of line {at.line} (its jump left {worst:.1e} unexplained) and added",
-             line=at.line)
+             f"kink of line {li} (" + (f"its jump left {worst:.1e} unexplained" if at is not None
+             else "the known units could not read it") + ") and added", line=li)
     return Layered((np.concatenate([w, row[:, :-1]]),) + layered.weights[1:],
-                   (np.concatenate([b, row[:, -1]]),) + layered.biases[1:]), 1
+                   (np.concatenate([b, row[:, -1]]),) + layered.biases[1:]), kind
 
 
 class _Plan(NamedTuple):
@@ -544,6 +575,7 @@ def _measure_unexplained(run: Run, mcfg: MeasureConfig, layered: Layered, state:
     plans = []
     for k in todo:
         line.measured.add(k)
+        state.unread.discard((li, float(line.t[k])))     # (again when it cannot be read)
         x = line.x0 + line.t[k] * line.v
         jac = layered.jacobian(x, m)
         sv = np.linalg.svd(jac, compute_uv=False)
@@ -607,7 +639,15 @@ def _measure_unexplained(run: Run, mcfg: MeasureConfig, layered: Layered, state:
             todo_sides.append((i, side))
     for i, (k, x, jac, norms, dirs, _) in enumerate(plans):
         if (i, 0) in todo_sides or (i, 1) in todo_sides:
-            continue                                     # a probe kept crossing a boundary
+            # a probe kept crossing a boundary, or the known units do not give the line's
+            # slope there: a layer-1 unit the model lacks moves along the rest (random
+            # 9-6-4-1 s6991: line 0 showed 3 of 6 layer-1 units, every deeper kink was
+            # dropped so, and nothing was left to find the others from). In layer 1's
+            # coordinates such a kink is a candidate for the repair, and read again with
+            # the next model
+            if m == 1:
+                state.unread.add((li, float(line.t[k])))
+            continue
         jump = derivs[i, 1] - derivs[i, 0]
         # (the null probes' part too: a layer-1 unit the model lacks may kink there, with
         # little along the few units on)

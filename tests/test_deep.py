@@ -993,3 +993,17 @@ def test_a_unit_of_many_kinks_survives_one_kink_a_window_missed():
     result = F.extract(F.Oracle(victim), seed=0, throw=False)
     assert result.status == "ok"
     _exact(victim, result, rel=1e-10, param=1e-10)
+
+
+@pytest.mark.parametrize("sizes,seed", [([9, 6, 4, 1], 6991), ([10, 6, 4, 2], 8076)])
+def test_layer_one_units_line_zero_missed_are_found_from_kinks_no_known_unit_reads(sizes, seed):
+    """Random 9-6-4-1 s6991: line 0 shows 3 of its 6 layer-1 units (the others kink where
+    every layer-2 unit is off). On the next lines the known units' probes never give the
+    line's slope at a kink, so every deeper kink was dropped unread and the repair had
+    nothing to measure: refused. Such kinks are candidates for the repair too (on their own
+    budget, while they outnumber the kinks read), and are read again once layer 1 grows."""
+    victim = F.ReLUNetwork.random(seed, sizes)
+    result = F.extract(F.Oracle(victim), seed=seed, throw=False)
+    assert result.status == "ok"
+    assert any(e.kind == Kind.LAYER_ONE_ADDED for e in result.events)
+    _exact(victim, result, rel=1e-9, param=1e-8)
