@@ -291,13 +291,16 @@ def _probability_domain(run: Run, cfg: ExtractConfig, restart: int = 0) -> Extra
         return oracle.scores(x)
 
     rng = np.random.default_rng([run.seed, 2])
-    t_max, scale, info = probabilities.plan_domain(ask, run.d, cfg.input_scale, run.t_max, rng)
+    limit = probabilities.spread_limit(oracle.quantum, oracle.output_dim or 2)
+    t_max, scale, info = probabilities.plan_domain(ask, run.d, cfg.input_scale, run.t_max, rng,
+                                                   limit=limit)
     how = "detected: rows non-negative, summing to 1" if oracle.detected else "declared"
     rounded = f", rounded to steps of {oracle.quantum:g}" if oracle.quantum else ""
     moved = "" if (t_max, scale) == (run.t_max, cfg.input_scale) else (
         f"; lines shortened to half-length {t_max:.3g} (origins at scale {scale:.3g}) to keep "
-        f"the logits' spread below {probabilities.SAFE_SPREAD:g}, where no probability "
-        "underflows")
+        f"the logits' spread below {limit:.3g}, where no probability " + (
+            "underflows" if not oracle.quantum else
+            f"falls below {probabilities.floor(oracle.quantum):.2g}"))
     run.note(Kind.PROBABILITIES,
              f"answers are class probabilities ({how}{rounded}): extracted from their centred "
              "logarithms, so the network's logits equal the victim's minus their mean over "

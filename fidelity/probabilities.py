@@ -55,6 +55,9 @@ ROUNDED_POWER = 0.5
 # the extraction's domain keeps the logits' spread (max - min over classes) below this: a
 # factor ~2.3 under the float64 limit (log P_TINY = -690), for directions the plan did not probe
 SAFE_SPREAD = 300.0
+# rounded probabilities: the plan keeps the spread below this share of log(1 / (k floor)), the
+# spread at which the least probable class reaches the floor, for directions it did not probe
+ROUNDED_SPREAD_SHARE = 0.75
 # rounded probabilities leaving fewer bits than this in the kept logs are refused (rounded
 # logits at 16 bits, 4 decimals, are where the precision ladder stops recovering 784-32-10)
 MIN_BITS = 16.0
@@ -127,6 +130,18 @@ def rounded_noise(nf: NoiseFloor, quantum: float) -> NoiseFloor:
     return dataclasses.replace(nf, absolute=absolute, bits=min(bits, nf.bits), float64=False)
 
 
+def spread_limit(quantum: float, classes: int) -> float:
+    """The logits' spread (max - min over classes) the lines may reach: :data:`SAFE_SPREAD`
+    for unrounded answers; for answers rounded to steps of ``quantum``, a share of the spread
+    at which a class's probability can reach :func:`floor` (``p_min >= exp(-spread) / k``).
+    Planned for 300 there, the trained 8x8 digits classifier's lines reached probabilities
+    below the floor at once, and the restart (4x smaller) left them too short to cross 7 of
+    its 16 units' hyperplanes."""
+    if not quantum:
+        return SAFE_SPREAD
+    return min(SAFE_SPREAD, ROUNDED_SPREAD_SHARE * math.log(1.0 / (classes * floor(quantum))))
+
+
 def centred_logits(p: np.ndarray, floor: float = P_TINY) -> tuple[np.ndarray, np.ndarray]:
     """``log p_i - mean_j log p_j`` per row, and which rows are saturated (some probability
     below ``floor``: its log is not the logit). Saturated rows hold NaN."""
@@ -195,18 +210,19 @@ def centre(net: ReLUNetwork) -> ReLUNetwork:
 
 
 def plan_domain(query, d: int, input_scale: float, t_max: float, rng: np.random.Generator,
-                rays: int = 8, steps: int = 12) -> tuple[float, float, dict]:
+                rays: int = 8, steps: int = 12,
+                limit: float = SAFE_SPREAD) -> tuple[float, float, dict]:
     """Where lines can go before the probabilities saturate.
 
     Along ``rays`` random directions, the centred logits are asked at radii growing
     geometrically up to ``|x0| + t_max`` (``|x0| ~ input_scale sqrt(d)``, the lines' origins);
-    the largest radius at which the logits' spread stays below :data:`SAFE_SPREAD` on every ray
-    bounds the lines. Returns ``(t_max, input_scale, info)``: both unchanged when the whole
+    the largest radius at which the logits' spread stays below ``limit`` (:func:`spread_limit`)
+    on every ray bounds the lines. Returns ``(t_max, input_scale, info)``: both unchanged when the whole
     default domain is safe; otherwise the lines are shortened, and when even the lines' origins
     are too far out, the origins are drawn closer to 0 too.
 
     Raises:
-        OracleError: the logits' spread is beyond :data:`SAFE_SPREAD` already within
+        OracleError: the logits' spread is beyond ``limit`` already within
             ``input_scale / 100`` of the origin (no domain is left).
     """
     origin = input_scale * math.sqrt(d)
@@ -218,21 +234,26 @@ def plan_domain(query, d: int, input_scale: float, t_max: float, rng: np.random.
     z, bad = query(pts)
     spread = np.where(bad, np.inf, np.ptp(np.where(bad[:, None], 0.0, z), axis=1))
     worst = spread.reshape(steps, rays).max(1)
-    ok = worst <= SAFE_SPREAD
+    ok = worst <= limit
     info = dict(queries=int(pts.shape[0]), radii=radii.tolist(), spread=worst.tolist())
     if ok.all():
         return t_max, input_scale, info
     if not ok[0]:
         raise OracleError(
-            f"the victim's logits spread by {worst[0]:.3g} (more than {SAFE_SPREAD:g}) already "
+            f"the victim's logits spread by {worst[0]:.3g} (more than {limit:.3g}) already "
             f"at radius {radii[0]:.3g}: its probabilities saturate everywhere the lines would "
-            "go; pass a smaller input_scale")
-    # the spread is piecewise linear in the radius: extrapolate to SAFE_SPREAD from the last
-    # safe radius (never past the first unsafe one)
+            "go" + ("; pass a smaller input_scale" if limit >= SAFE_SPREAD else
+                    " (a class falls below what its rounding lets a log recover); pass a "
+                    "smaller input_scale, or ask for more decimals"))
+    # the spread is piecewise linear in the radius: interpolated to the limit between the last
+    # safe radius and the first unsafe one (extrapolated from 0 where that one saturated)
     i = int(np.argmin(ok)) - 1
     r_safe = radii[i]
-    if worst[i] > 0:
-        r_safe = min(radii[i + 1], radii[i] * SAFE_SPREAD / worst[i])
+    if np.isfinite(worst[i + 1]):
+        r_safe = radii[i] + (limit - worst[i]) * (radii[i + 1] - radii[i]) / (
+            worst[i + 1] - worst[i])
+    elif worst[i] > 0:
+        r_safe = min(radii[i + 1], radii[i] * limit / worst[i])
     if r_safe >= 3 * origin:
         new_t, new_scale = r_safe - origin, input_scale
     else:                        # the origins go closer in: a third of the safe radius

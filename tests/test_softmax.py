@@ -176,13 +176,31 @@ def test_trained_784_wide_victim_probabilities_agree_to_1e_10():
     assert (p.argmax(1) == ph.argmax(1)).all()
 
 
-def test_probabilities_to_eight_decimals_come_back_with_estimates():
-    # the digits8 classifier's probabilities rounded to 8 decimals end in a model whose rows
-    # no fit of the current regions made: no bootstrap of that fit (it once crashed there);
-    # the estimates stay unknown (NaN), as before the bootstrap, never a small number
+@pytest.mark.parametrize("decimals", [10, 12])
+def test_rounded_probabilities_of_a_trained_classifier_come_back_with_estimates(decimals):
+    # the digits8 classifier's rounded probabilities end in a model whose rows no fit of the
+    # current regions may have made: no bootstrap of that fit (it once crashed there); the
+    # estimates stay unknown (NaN) or positive, never a small number
     x8, y8 = victims.digits(None)
     net = victims.train_classifier(x8, y8, [16], seed=0, steps=1500)
-    result = F.extract(F.Oracle(P.softmax_victim(net, decimals=8), input_dim=64), seed=0,
-                       throw=False)
+    result = F.extract(F.Oracle(P.softmax_victim(net, decimals=decimals), input_dim=64),
+                       seed=0, throw=False)
     assert result.status in ("ok", "unverified") and result.neurons
     assert not any(n.error_estimate <= 0 for n in result.neurons)       # NaN or > 0
+
+
+def test_rounded_probabilities_plan_lines_where_every_class_keeps_its_floor():
+    """Rounded to 12 decimals, a class below 1e-6 is lost; planned for a logit spread of 300
+    (the underflow limit), the 8x8 digits classifier's lines met such rows at once, and the
+    restart 4x smaller left them too short to cross 7 of its 16 units' hyperplanes. The plan
+    now keeps the spread where every class keeps its floor: no row of the search is lost.
+    With 8 decimals (floor 1e-4) no such domain is left around the origin: refused, saying
+    so."""
+    x8, y8 = victims.digits(None)
+    net = victims.train_classifier(x8, y8, [16], seed=0, steps=1500)
+    oracle = F.Oracle(P.softmax_victim(net, decimals=12), input_dim=64)
+    result = F.extract(oracle, seed=0, throw=False)
+    assert not any("restarting" in n for n in result.notes)      # no row of the search lost
+    assert result.network.sizes[1] >= 12
+    with pytest.raises(OracleError, match="saturate"):
+        F.extract(F.Oracle(P.softmax_victim(net, decimals=8), input_dim=64), seed=0)
