@@ -23,6 +23,7 @@ ON = 1e-7             # a signature entry above ON * its largest is nonzero
 AT_BOUNDARY = 1e-9    # a kink whose unit that is on has |z| below this share of the largest
                       # is layer m's own (see _reading)
 SAME_UNIT = 1e-5      # two kinks' signatures agreeing to this (relative) are one unit
+JOIN_GROUPS = 12      # at most this many incomplete groups are tried in pairs (_joined)
 NULL_PROBES = 2       # probes along what layer m cannot see, per side of a kink
 MAX_CANCEL = 1e3      # signatures of kinks whose bias cancels worse than this are compared
                       # at this loose a tolerance (SAME_UNIT times it)
@@ -756,7 +757,51 @@ def _analyse(run: Run, layered: Layered, state: State) -> _Found:
         keep = _verified(run, signed, state, np.array([r for r, _, _ in partial]),
                          [g for _, g, _ in partial], memo=memo)
         partial = [p for p, k in zip(partial, keep) if k]
+    if 1 < len(partial) <= JOIN_GROUPS:
+        partial, joined = _joined(run, signed, state, partial, alive, memo)
+        if joined:
+            rows = np.concatenate([rows, np.array(joined)])
     return _Found(signs, dead, rows, partial)
+
+
+def _joined(run: Run, signed: Layered, state: State, partial: list, alive: np.ndarray,
+            memo: dict) -> tuple[list, list]:
+    """Groups of kinks that share no observed entry are never clustered: in a narrow layer
+    one unit's kinks may each see one earlier unit on (random 6-3-2-1 s9221: a layer-2 unit
+    whose kinks each saw one of the three layer-1 units, as three groups of one entry). Two
+    such groups are joined while the row of both, with the gaps both left, is verified on the
+    lines (it predicts kinks where either alone predicted none); complete ones become units,
+    the others stay groups (the output fit may complete them). Returns ``(partial groups
+    left, rows completed)``."""
+    groups = list(partial)
+    done = []
+    for _ in range(len(groups)):
+        best = None
+        for i in range(len(groups)):
+            for j in range(i + 1, len(groups)):
+                (ri, gi, pi), (rj, gj, pj) = groups[i], groups[j]
+                oi = alive.copy()
+                oi[gi] = False
+                oj = alive.copy()
+                oj[gj] = False
+                if (oi & oj).any():
+                    continue            # they share an entry: clustered apart for a reason
+                row = np.where(oi, ri, rj)
+                gaps = np.intersect1d(gi, gj)
+                if _verified(run, signed, state, row[None], [gaps], memo=memo)[0]:
+                    best = (i, j, row, gaps, pi + pj)
+                    break
+            if best is not None:
+                break
+        if best is None:
+            break
+        i, j, row, gaps, pts = best
+        groups = [g for n, g in enumerate(groups) if n not in (i, j)]
+        if gaps.size:
+            groups.append((row, gaps, pts))
+        else:
+            done.append(row)
+    return groups, done
 
 
 def _memo(state: State, layered: Optional[Layered], signs: np.ndarray) -> dict:

@@ -1007,3 +1007,15 @@ def test_layer_one_units_line_zero_missed_are_found_from_kinks_no_known_unit_rea
     assert result.status == "ok"
     assert any(e.kind == Kind.LAYER_ONE_ADDED for e in result.events)
     _exact(victim, result, rel=1e-9, param=1e-8)
+
+
+@pytest.mark.parametrize("sizes,seed", [([6, 3, 2, 1], 9221)])
+def test_groups_of_kinks_that_share_no_entry_are_joined_when_the_lines_agree(sizes, seed):
+    """Random 6-3-2-1 s9221: one layer-2 unit's kinks each saw one of the three layer-1
+    units on, as three groups of one entry; groups are clustered on two common entries, so
+    they were never joined, nothing completed them, and the victim was refused. Groups that
+    share no observed entry are now joined while the joined row is verified on the lines."""
+    victim = F.ReLUNetwork.random(seed, sizes)
+    result = F.extract(F.Oracle(victim), seed=seed, throw=False)
+    assert result.status == "ok"
+    _exact(victim, result, rel=1e-9, param=1e-8)
