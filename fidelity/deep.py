@@ -57,6 +57,8 @@ AIM_ABOVE = 100.0     # the check's tolerance: a unit missing, not rows a little
                       # 784-64-32-10 s1, checked at 1.6e-8, spent 250k queries searching again)
 RETRY_PATIENCE = 3    # ... with this many times the random lines of patience
 SLOPE_AGREE = 1e-6    # see _slopes_agree
+WEAK_SHARE = 0.5      # a layer-1 plane confirmed by fewer lines than this share of the median
+                      # is dropped when nothing fits a second layer (_without_weak)
 SAME_SLOPE = 1e-7     # a found kink whose slopes either side differ by less (relative to the
                       # steepest on its line) is none: slopes over 1e-5 of the line differ by 1e-9
 
@@ -98,6 +100,7 @@ def _layers(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, state: Stat
                                  run.oracle.queries - q0, ()))
     below, retries = [], 0         # the models one layer shallower, for a retry
     aimed = 0                      # searches aimed at a failed check's inputs
+    dropped = False                # layer-1 planes few lines confirm dropped once
     backtracks = 0                 # layers searched again one layer further back
     while True:
         layered = _polish(run, layered, state)
@@ -161,6 +164,12 @@ def _layers(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, state: Stat
             layered = deeper
             continue
         if not below:
+            if layered.depth == 1 and not dropped:
+                thinner = _without_weak(run, layered, state, full)
+                if thinner is not None:
+                    dropped = True
+                    layered = thinner
+                    continue
             return None                # no kink fits a second layer: the one-layer verdict
         if retries >= MAX_RETRIES and len(below) >= 2 and backtracks < MAX_BACKTRACKS:
             # nothing fits layer m + 1 however long layer m was searched: layer m - 1 more
@@ -198,6 +207,35 @@ def _layers(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, state: Stat
             raise UnsupportedArchitecture(
                 f"layer {below[-1].depth + 1}: no unit left when its kinks were searched again "
                 f"(after layer {below[-1].depth + 2} found nothing that fits)")
+
+
+def _without_weak(run: Run, layered: Layered, state: State, jumps: list) -> Optional[Layered]:
+    """Layer 1 without the planes that far fewer lines confirm than the others, when nothing
+    fits a second layer over it. In a narrow first layer a layer-2 boundary is one plane
+    across a whole region of layer 1, and line 0's piece of it predicts kinks on the few
+    lines that cross it there (and none elsewhere, where the answers are flat): random
+    10-2-2-1 s5005's layer 1 came out with 4 units for 2, the two pieces confirmed by 1 and 2
+    of 9 lines, the true units by 7 and 8. The pieces' kinks on line 0 are read as deeper
+    kinks instead. None when no plane is that weak, or none would be left."""
+    rows = np.concatenate([layered.weights[0], layered.biases[0][:, None]], axis=1)
+    hits, misses = plane_hits(run, rows, state.lines, np.full(rows.shape[0], -1))
+    weak = (hits < WEAK_SHARE * np.median(hits)) | (misses > 0)
+    if not weak.any() or weak.all():
+        return None
+    unit = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+    line = state.lines[0]
+    for jump in jumps:
+        r = jump.row / np.linalg.norm(jump.row)
+        if (np.abs(unit[weak] @ r) > 1 - 1e-6).any():
+            state.points.append(Point(0, jump.t, line.x0 + jump.t * line.v, None,
+                                      np.outer(jump.row[:-1], jump.coef), 0))
+    line.done_for = None
+    run.note(Kind.LAYER_INCOMPLETE, f"layer 1: {int(weak.sum())} of its {rows.shape[0]} planes "
+             f"confirmed by few lines ({hits[weak].tolist()} against a median of "
+             f"{np.median(hits):g}) and nothing fitting a second layer over them: read as "
+             "pieces of deeper boundaries", layer=1, dropped=int(weak.sum()))
+    keep = ~weak
+    return Layered((rows[keep, :-1],), (rows[keep, -1],))
 
 
 def still_left_out(net: ReLUNetwork, layer: int, state: State) -> int:

@@ -1019,3 +1019,18 @@ def test_groups_of_kinks_that_share_no_entry_are_joined_when_the_lines_agree(siz
     result = F.extract(F.Oracle(victim), seed=seed, throw=False)
     assert result.status == "ok"
     _exact(victim, result, rel=1e-9, param=1e-8)
+
+
+@pytest.mark.parametrize("sizes,seed", [([10, 2, 2, 1], 5005), ([11, 3, 3, 1], 456)])
+def test_layer_one_planes_few_lines_confirm_are_dropped_when_nothing_fits_over_them(sizes,
+                                                                                   seed):
+    """In a narrow first layer a layer-2 boundary is one plane across a whole region of
+    layer 1: random 10-2-2-1 s5005's layer 1 came out with 4 units for 2 (the two pieces
+    confirmed by 1 and 2 of 9 lines, the true units by 7 and 8), nothing fit a second layer
+    over them, and the victim was refused. Planes far fewer lines confirm, or that miss a
+    line, are then dropped once and their kinks read as deeper ones."""
+    victim = F.ReLUNetwork.random(seed, sizes)
+    result = F.extract(F.Oracle(victim), seed=seed, throw=False)
+    assert result.status == "ok"
+    assert any("read as pieces of deeper boundaries" in n for n in result.notes)
+    _exact(victim, result, rel=1e-9, param=1e-8)
