@@ -210,13 +210,15 @@ def _layers(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, state: Stat
 
 
 def _without_weak(run: Run, layered: Layered, state: State, jumps: list) -> Optional[Layered]:
-    """Layer 1 without the planes that far fewer lines confirm than the others, when nothing
-    fits a second layer over it. In a narrow first layer a layer-2 boundary is one plane
-    across a whole region of layer 1, and line 0's piece of it predicts kinks on the few
-    lines that cross it there (and none elsewhere, where the answers are flat): random
-    10-2-2-1 s5005's layer 1 came out with 4 units for 2, the two pieces confirmed by 1 and 2
-    of 9 lines, the true units by 7 and 8. The pieces' kinks on line 0 are read as deeper
-    kinks instead. None when no plane is that weak, or none would be left."""
+    """Layer 1 without the planes that far fewer lines confirm than the others (below
+    :data:`WEAK_SHARE` of the median), or that miss a line, when nothing fits a second layer
+    over it. In a narrow first layer a layer-2 boundary is one plane across a whole region of
+    layer 1, and line 0's piece of it predicts kinks on the few lines that cross it there
+    (and none elsewhere, where the answers are flat): random 10-2-2-1 s5005's layer 1 came
+    out with 4 units for 2, the two pieces confirmed by 1 and 2 of 9 lines, the true units by
+    7 and 8; on 11-3-3-1 s456 the piece had as many hits but missed a line the layer-2 search
+    added. The pieces' kinks on line 0 are read as deeper kinks instead. None when no plane
+    is that weak, or none would be left."""
     rows = np.concatenate([layered.weights[0], layered.biases[0][:, None]], axis=1)
     hits, misses = plane_hits(run, rows, state.lines, np.full(rows.shape[0], -1))
     weak = (hits < WEAK_SHARE * np.median(hits)) | (misses > 0)
@@ -231,9 +233,10 @@ def _without_weak(run: Run, layered: Layered, state: State, jumps: list) -> Opti
                                       np.outer(jump.row[:-1], jump.coef), 0))
     line.done_for = None
     run.note(Kind.LAYER_INCOMPLETE, f"layer 1: {int(weak.sum())} of its {rows.shape[0]} planes "
-             f"confirmed by few lines ({hits[weak].tolist()} against a median of "
-             f"{np.median(hits):g}) and nothing fitting a second layer over them: read as "
-             "pieces of deeper boundaries", layer=1, dropped=int(weak.sum()))
+             f"confirmed by few lines or missing one (hits {hits[weak].tolist()} against a "
+             f"median of {np.median(hits):g}, misses {misses[weak].tolist()}) and nothing "
+             "fitting a second layer over them: read as pieces of deeper boundaries",
+             layer=1, dropped=int(weak.sum()))
     keep = ~weak
     return Layered((rows[keep, :-1],), (rows[keep, -1],))
 

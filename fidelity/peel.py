@@ -23,6 +23,7 @@ ON = 1e-7             # a signature entry above ON * its largest is nonzero
 AT_BOUNDARY = 1e-9    # a kink whose unit that is on has |z| below this share of the largest
                       # is layer m's own (see _reading)
 SAME_UNIT = 1e-5      # two kinks' signatures agreeing to this (relative) are one unit
+DUPLICATE = 1e-6      # a repaired layer-1 row this close (1 - |cos|) to a known one is that unit
 JOIN_GROUPS = 12      # at most this many incomplete groups are tried in pairs (_joined)
 NULL_PROBES = 2       # probes along what layer m cannot see, per side of a kink
 MAX_CANCEL = 1e3      # signatures of kinks whose bias cancels worse than this are compared
@@ -530,6 +531,13 @@ def _repair_layer_one(run: Run, mcfg: MeasureConfig, layered: Layered, state: St
     if jump is None:
         return layered, kind
     row = jump.row[None]
+    unit = np.concatenate([w, b[:, None]], axis=1)
+    cos = (unit @ row[0]) / (np.linalg.norm(unit, axis=1) * np.linalg.norm(row[0]))
+    if (np.abs(cos) > 1 - DUPLICATE).any():
+        # a known unit's own plane (its kink was left unexplained): never a second copy, which
+        # makes layer 1's Jacobian singular and every deeper kink unreadable (random 8-4-2-1
+        # s2198: a unit added twice and another missing)
+        return layered, kind
     hits, misses = plane_hits(run, row, state.lines, np.array([li]))
     # a layer-1 kink shows only where some deeper path is on: its plane may cross a line
     # where nothing kinks (40-20-10-10-1 s8: two missed layer-1 units were measured six

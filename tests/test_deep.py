@@ -1034,3 +1034,14 @@ def test_layer_one_planes_few_lines_confirm_are_dropped_when_nothing_fits_over_t
     assert result.status == "ok"
     assert any("read as pieces of deeper boundaries" in n for n in result.notes)
     _exact(victim, result, rel=1e-9, param=1e-8)
+
+
+def test_a_layer_one_repair_never_adds_a_copy_of_a_known_unit():
+    """Random 11-10-2-1 s674: a known layer-1 unit's kink left unexplained was measured by
+    the repair and its own plane added as a new unit; the copy made layer 1's Jacobian
+    singular, every deeper kink unreadable, and the victim was refused. A repaired plane
+    within 1e-6 of a known unit's (either orientation) is now that unit."""
+    victim = F.ReLUNetwork.random(674, [11, 10, 2, 1])
+    result = F.extract(F.Oracle(victim), seed=674, throw=False)
+    assert result.status == "ok"
+    _exact(victim, result, rel=1e-9, param=1e-8)
