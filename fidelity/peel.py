@@ -535,8 +535,8 @@ def _repair_layer_one(run: Run, mcfg: MeasureConfig, layered: Layered, state: St
     cos = (unit @ row[0]) / (np.linalg.norm(unit, axis=1) * np.linalg.norm(row[0]))
     if (np.abs(cos) > 1 - DUPLICATE).any():
         # a known unit's own plane (its kink was left unexplained): never a second copy, which
-        # makes layer 1's Jacobian singular and every deeper kink unreadable (random 8-4-2-1
-        # s2198: a unit added twice and another missing)
+        # makes layer 1's Jacobian singular and every deeper kink unreadable (random 11-10-2-1
+        # s674 was refused so)
         return layered, kind
     hits, misses = plane_hits(run, row, state.lines, np.array([li]))
     # a layer-1 kink shows only where some deeper path is on: its plane may cross a line

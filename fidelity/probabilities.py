@@ -217,9 +217,9 @@ def plan_domain(query, d: int, input_scale: float, t_max: float, rng: np.random.
     Along ``rays`` random directions, the centred logits are asked at radii growing
     geometrically up to ``|x0| + t_max`` (``|x0| ~ input_scale sqrt(d)``, the lines' origins);
     the largest radius at which the logits' spread stays below ``limit`` (:func:`spread_limit`)
-    on every ray bounds the lines. Returns ``(t_max, input_scale, info)``: both unchanged when the whole
-    default domain is safe; otherwise the lines are shortened, and when even the lines' origins
-    are too far out, the origins are drawn closer to 0 too.
+    on every ray bounds the lines. Returns ``(t_max, input_scale, info)``: both unchanged when
+    the whole default domain is safe; otherwise the lines are shortened, and when even the
+    lines' origins are too far out, the origins are drawn closer to 0 too.
 
     Raises:
         OracleError: the logits' spread is beyond ``limit`` already within
