@@ -225,13 +225,11 @@ def _without_weak(run: Run, layered: Layered, state: State, jumps: list) -> Opti
     if not weak.any() or weak.all():
         return None
     unit = rows / np.linalg.norm(rows, axis=1, keepdims=True)
-    line = state.lines[0]
     for jump in jumps:
         r = jump.row / np.linalg.norm(jump.row)
         if (np.abs(unit[weak] @ r) > 1 - 1e-6).any():
-            state.points.append(Point(0, jump.t, line.x0 + jump.t * line.v, None,
-                                      np.outer(jump.row[:-1], jump.coef), 0))
-    line.done_for = None
+            _as_deeper(state, jump)
+    state.lines[0].done_for = None
     run.note(Kind.LAYER_INCOMPLETE, f"layer 1: {int(weak.sum())} of its {rows.shape[0]} planes "
              f"confirmed by few lines or missing one (hits {hits[weak].tolist()} against a "
              f"median of {np.median(hits):g}, misses {misses[weak].tolist()}) and nothing "
@@ -239,6 +237,21 @@ def _without_weak(run: Run, layered: Layered, state: State, jumps: list) -> Opti
              layer=1, dropped=int(weak.sum()))
     keep = ~weak
     return Layered((rows[keep, :-1],), (rows[keep, -1],))
+
+
+def _as_deeper(state: State, jump) -> None:
+    """A kink of line 0 (measured in full) that no layer-1 unit explains, kept as a deeper
+    unit's kink."""
+    line = state.lines[0]
+    state.points.append(Point(0, jump.t, line.x0 + jump.t * line.v, None,
+                              np.outer(jump.row[:-1], jump.coef), 0))
+
+
+def _boundary_distance(hidden: Layered, x: np.ndarray, layer: int) -> np.ndarray:
+    """How far ``x`` lies from each unit of ``layer``'s boundary, to first order:
+    ``|z| / |grad z|``."""
+    z = hidden.preacts(x[None])[layer - 1][0]
+    return np.abs(z) / np.maximum(np.linalg.norm(hidden.jacobian(x, layer), axis=1), 1e-300)
 
 
 def still_left_out(net: ReLUNetwork, layer: int, state: State) -> int:
@@ -253,9 +266,7 @@ def still_left_out(net: ReLUNetwork, layer: int, state: State) -> int:
     left = 0
     for kind, xs, reach in state.left_out.get(layer, []):
         if kind == "points":
-            z = hidden.preacts(xs)[-1]
-            grad = np.array([np.linalg.norm(hidden.jacobian(x, layer), axis=1) for x in xs])
-            dist = np.abs(z) / np.maximum(grad, 1e-300)
+            dist = np.array([_boundary_distance(hidden, x, layer) for x in xs])
             left += not (dist <= reach[:, None]).all(0).any()
         else:
             left += 1
@@ -399,13 +410,8 @@ def _near_boundary(hidden: Layered, line, found: np.ndarray,
     out = np.zeros(found.size, bool)
     for n, tf in enumerate(found):
         x = line.x0 + tf * line.v
-        zs = hidden.preacts(x[None])
-        for l in range(1, hidden.depth + 1):
-            grad = np.linalg.norm(hidden.jacobian(x, l), axis=1)
-            dist = np.abs(zs[l - 1][0]) / np.maximum(grad, 1e-300)
-            if (dist <= reach).any():
-                out[n] = True
-                break
+        out[n] = any((_boundary_distance(hidden, x, l) <= reach).any()
+                     for l in range(1, hidden.depth + 1))
     return out
 
 
@@ -489,8 +495,7 @@ def _layer_one(run: Run, mcfg: MeasureConfig, use_jit, state: State, jumps: list
     keep = misses == 0
     for j, jump in enumerate(jumps):
         if not keep[j]:
-            state.points.append(Point(0, jump.t, state.lines[0].x0 + jump.t * state.lines[0].v,
-                                      None, np.outer(jump.row[:-1], jump.coef), 0))
+            _as_deeper(state, jump)
     rows = rows[keep]
     if rows.shape[0] == 0:
         raise UnsupportedArchitecture("layer 1: no kink of the first line is a hyperplane")

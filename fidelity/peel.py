@@ -781,35 +781,40 @@ def _joined(run: Run, signed: Layered, state: State, partial: list, alive: np.nd
     lines (it predicts kinks where either alone predicted none); complete ones become units,
     the others stay groups (the output fit may complete them). Returns ``(partial groups
     left, rows completed)``."""
-    groups = list(partial)
+    def observed(gaps):
+        seen = alive.copy()
+        seen[gaps] = False
+        return seen
+
+    groups = [(r, g, pts, observed(g)) for r, g, pts in partial]
     done = []
     for _ in range(len(groups)):
-        best = None
-        for i in range(len(groups)):
-            for j in range(i + 1, len(groups)):
-                (ri, gi, pi), (rj, gj, pj) = groups[i], groups[j]
-                oi = alive.copy()
-                oi[gi] = False
-                oj = alive.copy()
-                oj[gj] = False
-                if (oi & oj).any():
-                    continue            # they share an entry: clustered apart for a reason
-                row = np.where(oi, ri, rj)
-                gaps = np.intersect1d(gi, gj)
-                if _verified(run, signed, state, row[None], [gaps], memo=memo)[0]:
-                    best = (i, j, row, gaps, pi + pj)
-                    break
-            if best is not None:
-                break
-        if best is None:
+        pair = _first_join(run, signed, state, groups, memo)
+        if pair is None:
             break
-        i, j, row, gaps, pts = best
+        i, j, row, gaps = pair
+        pts, seen = groups[i][2] + groups[j][2], groups[i][3] | groups[j][3]
         groups = [g for n, g in enumerate(groups) if n not in (i, j)]
         if gaps.size:
-            groups.append((row, gaps, pts))
+            groups.append((row, gaps, pts, seen))
         else:
             done.append(row)
-    return groups, done
+    return [g[:3] for g in groups], done
+
+
+def _first_join(run: Run, signed: Layered, state: State, groups: list, memo: dict):
+    """The first pair of ``groups`` ``(row, gaps, points, observed)`` sharing no observed
+    entry whose joined row is verified on the lines: ``(i, j, row, gaps)``, or None."""
+    for i, (ri, gi, _, oi) in enumerate(groups):
+        for j in range(i + 1, len(groups)):
+            rj, gj, _, oj = groups[j]
+            if (oi & oj).any():
+                continue                # they share an entry: clustered apart for a reason
+            row = np.where(oi, ri, rj)
+            gaps = np.intersect1d(gi, gj)
+            if _verified(run, signed, state, row[None], [gaps], memo=memo)[0]:
+                return i, j, row, gaps
+    return None
 
 
 def _memo(state: State, layered: Optional[Layered], signs: np.ndarray) -> dict:
