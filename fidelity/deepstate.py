@@ -87,14 +87,17 @@ class Point:
     level: int                    # 0: measured in full; m: for the coordinates of layer m
 
 
-def read_jump(p: Point, jac: np.ndarray):
+def read_jump(p: Point, jac: np.ndarray, units: Optional[np.ndarray] = None):
     """``(beta, residual, seen)``: the kink's jump read as ``beta^T jac`` (up to scale), the
     relative part of the jump that ``jac``'s rows cannot explain, and which units the probes
     moved (the others are read as nil: a kink probed along the units that were on there only
-    says nothing about the rest)."""
+    says nothing about the rest). ``units`` (a mask): read on those units alone, the others
+    taken for off there (a layer whose Jacobian has a lower rank than its width)."""
     a = jac.T if p.dirs is None else p.dirs @ jac.T
     reach = np.linalg.norm(a, axis=0)
     seen = reach > UNPROBED * reach.max()
+    if units is not None:
+        seen &= units
     coef = np.zeros((a.shape[1], p.jump.shape[1]))
     coef[seen] = np.linalg.lstsq(a[:, seen], p.jump, rcond=None)[0]
     size = np.linalg.norm(p.jump)
@@ -177,6 +180,11 @@ class State:
                                                # coordinates never gave the line's slope
     spent: dict = field(default_factory=dict)   # layer -> (lines, kinks, queries) of its
                                                 # searches set aside for a retry (set_aside)
+    orient: Optional[tuple] = None   # (model, signs, unknown) the last analysis found for the
+                                     # model's last layer (peel._active)
+    deficient: set = field(default_factory=set)   # (line, kink) skipped for a Jacobian of
+                                                  # too low a rank: read again when more
+                                                  # orientations are known
 
 
 def plane_kinks(run: Run, rows: np.ndarray, line: Line):

@@ -475,11 +475,14 @@ def _sampled(run: Run, model: Layered, signed: Layered, i: int, m: int):
 
 def _agrees(signed: Layered, p: Point, row: np.ndarray, i: int) -> bool:
     """Whether the kink ``p`` belongs to the unit ``row`` and sees its entry ``i``."""
-    beta, resid, seen = read_jump(p, signed.jacobian(p.x, signed.depth))
-    if resid > STRAY:
-        return False
+    jac = signed.jacobian(p.x, signed.depth)
     z = signed.preacts(p.x[None])[-1][0]
     on = z > 0
+    sv = np.linalg.svd(jac, compute_uv=False)
+    # (read on the units on alone where the layer's Jacobian has too low a rank, _active)
+    beta, resid, seen = read_jump(p, jac, on if sv[-1] <= sv[0] / MAX_COND else None)
+    if resid > STRAY:
+        return False
     if (on & ~seen).any():           # probed when a unit's orientation was still the other
         return False
     c = -(beta * np.maximum(z, 0)).sum()
@@ -589,6 +592,12 @@ def _measure_unexplained(run: Run, mcfg: MeasureConfig, layered: Layered, state:
         jac = layered.jacobian(x, m)
         sv = np.linalg.svd(jac, compute_uv=False)
         if h > d or sv[-1] <= sv[0] / MAX_COND:
+            units = _active(layered, state, x, jac) if m > 1 else None
+            if units is None:
+                if m > 1:
+                    state.deficient.add((li, k))
+                continue
+            plans.append(_subset_plan(run, k, x, jac, units))
             continue
         # on_only: the direction pinv e_i moves z_i alone, which moves nothing where unit i
         # is off (read_jump reads its entry as nil); a unit never seen on (no orientation
@@ -668,6 +677,41 @@ def _measure_unexplained(run: Run, mcfg: MeasureConfig, layered: Layered, state:
         state.points.append(Point(li, float(line.t[k]), x, dirs, jump, m))
 
 
+def _active(layered: Layered, state: State, x: np.ndarray,
+            jac: np.ndarray) -> Optional[np.ndarray]:
+    """The units of layer ``m`` a kink at ``x`` is read on when layer ``m``'s Jacobian there
+    (``jac``) has a lower rank than its width (fewer units of layer ``m - 1`` on than units
+    of layer ``m``): those the last analysis oriented and finds on at ``x``, and those it
+    could not orient. A unit off there moves nothing, so only these need to be told apart
+    (random 40-20-10-10-1 s1: layer 2's Jacobian is too ill-conditioned to invert at 43% of
+    random inputs, the rows of the units on there at 3%). None when no analysis
+    oriented any, or these too are dependent there."""
+    orient = state.orient
+    if orient is None or orient[0] is not layered:
+        return None
+    _, signs, unknown = orient
+    z = layered.preacts(x[None])[-1][0]
+    units = ((signs * z) > 0) | unknown
+    if not units.any() or units.all() or units.sum() > jac.shape[1]:
+        return None
+    sv = np.linalg.svd(jac[units], compute_uv=False)
+    return units if sv[-1] > sv[0] / MAX_COND else None
+
+
+def _subset_plan(run: Run, k: int, x: np.ndarray, jac: np.ndarray, units: np.ndarray) -> _Plan:
+    """Probes of a kink along the directions that move one of ``units`` each and leave the
+    others of them still, and :data:`NULL_PROBES` that move none of them (a unit taken for off
+    that is on there shows in those, and the kink is not read)."""
+    sub = jac[units]
+    pinv = np.linalg.pinv(sub)
+    norms = np.linalg.norm(pinv, axis=0)
+    dirs = (pinv / norms).T
+    z = run.rng.normal(size=(min(NULL_PROBES, run.d - sub.shape[0]), run.d))
+    z -= (pinv @ (sub @ z.T)).T
+    dirs = np.concatenate([dirs, z / np.linalg.norm(z, axis=1, keepdims=True)])
+    return _Plan(k, x, sub, norms, dirs)
+
+
 def _probe(run: Run, line: Line, bounds: np.ndarray, plans: list, sides: list,
            steps: dict) -> dict:
     """Directional derivatives at the middle of the regions beside each planned kink:
@@ -699,11 +743,11 @@ def _analyse(run: Run, layered: Layered, state: State) -> _Found:
         state.model, state.readings = layered, {}
     for p in state.points:
         if id(p) not in state.readings:
-            state.readings[id(p)] = _reading(layered, p)
+            state.readings[id(p)] = _reading(layered, p, state)
         read = state.readings[id(p)]
         if read is None:
             continue
-        beta, z, seen = read
+        beta, z, seen, _ = read
         betas.append(beta)
         zs.append(z)
         seens.append(seen)
@@ -716,6 +760,7 @@ def _analyse(run: Run, layered: Layered, state: State) -> _Found:
     neg = (on & (z < 0)).sum(0)
     signs = np.where(neg > pos, -1.0, 1.0)
     dead = tuple(int(i) for i in np.flatnonzero((pos == 0) & (neg == 0)))
+    _oriented(layered, state, signs, (pos == 0) & (neg == 0))
     beta, z = beta * signs, z * signs
     c = -(beta * np.maximum(z, 0)).sum(1)
     ok = ~(on & (z < 0)).any(1)                           # on where the model says off: drop
@@ -770,6 +815,24 @@ def _analyse(run: Run, layered: Layered, state: State) -> _Found:
         if joined:
             rows = np.concatenate([rows, np.array(joined)])
     return _Found(signs, dead, rows, partial)
+
+
+def _oriented(layered: Layered, state: State, signs: np.ndarray, unknown: np.ndarray) -> None:
+    """Keeps the orientations an analysis found for the kinks read on active units only
+    (:func:`_active`); when they change, such readings are made again and the kinks skipped
+    for a Jacobian of too low a rank are measured again where they can be now."""
+    old = state.orient
+    if old is not None and old[0] is layered and np.array_equal(old[1], signs) \
+            and np.array_equal(old[2], unknown):
+        return
+    state.orient = (layered, signs, unknown)
+    for key in [key for key, read in state.readings.items() if read is not None
+                and read[3] is not None]:
+        del state.readings[key]
+    for li, k in state.deficient:
+        state.lines[li].measured.discard(k)
+        state.lines[li].done_for = None
+    state.deficient.clear()
 
 
 def _joined(run: Run, signed: Layered, state: State, partial: list, alive: np.ndarray,
@@ -867,18 +930,26 @@ def _merged_row(beta: np.ndarray, z: np.ndarray, on: np.ndarray, sigma: np.ndarr
     return np.where(cnt > 0, a / c, median)
 
 
-def _reading(layered: Layered, p: Point):
-    """``(beta, z, seen)`` of a kink in the coordinates of the model's last layer (``seen``:
-    the units its probes moved); None where the model cannot read it (a Jacobian too
+def _reading(layered: Layered, p: Point, state: State):
+    """``(beta, z, seen, units)`` of a kink in the coordinates of the model's last layer
+    (``seen``: the units its probes moved; ``units``: those it was read on, None for all,
+    see :func:`_active`); None where the model cannot read it (a Jacobian too
     ill-conditioned, a jump it cannot explain: not a deeper unit's kink, or an earlier unit
     the model lacks is on there), or where a unit it moves is at its boundary: a kink of
     layer m itself, measured before that unit was known (its side is rounding: random
     11-10-9-2 s1287 oriented a layer-2 unit from two such, one each way)."""
     jac = layered.jacobian(p.x, layered.depth)
     sv = np.linalg.svd(jac, compute_uv=False)
+    units = None
     if sv[-1] <= sv[0] / MAX_COND:
-        return None
-    beta, resid, seen = read_jump(p, jac)
+        units = _active(layered, state, p.x, jac) if layered.depth > 1 else None
+        if units is None:
+            return None
+        if p.dirs is not None:          # probed for other units: they may not tell these apart
+            sa = np.linalg.svd(p.dirs @ jac[units].T, compute_uv=False)
+            if sa[-1] <= sa[0] / MAX_COND:
+                return None
+    beta, resid, seen = read_jump(p, jac, units)
     if resid > STRAY:
         return None
     z = layered.preacts(p.x[None])[-1][0]
@@ -887,7 +958,7 @@ def _reading(layered: Layered, p: Point):
     on = np.abs(beta) > ON * np.abs(beta).max()
     if (np.abs(z[on]) <= AT_BOUNDARY * np.abs(z).max()).any():
         return None      # a kink of layer m itself, measured before its unit was known
-    return beta, z, seen
+    return beta, z, seen, units
 
 
 def _cluster(sigma: np.ndarray, on: np.ndarray, cond: np.ndarray,
