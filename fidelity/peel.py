@@ -478,9 +478,8 @@ def _agrees(signed: Layered, p: Point, row: np.ndarray, i: int) -> bool:
     jac = signed.jacobian(p.x, signed.depth)
     z = signed.preacts(p.x[None])[-1][0]
     on = z > 0
-    sv = np.linalg.svd(jac, compute_uv=False)
     # (read on the units on alone where the layer's Jacobian has too low a rank, _active)
-    beta, resid, seen = read_jump(p, jac, on if sv[-1] <= sv[0] / MAX_COND else None)
+    beta, resid, seen = read_jump(p, jac, on if _dependent(jac) else None)
     if resid > STRAY:
         return False
     if (on & ~seen).any():           # probed when a unit's orientation was still the other
@@ -590,14 +589,13 @@ def _measure_unexplained(run: Run, mcfg: MeasureConfig, layered: Layered, state:
         state.unread.discard((li, float(line.t[k])))     # (again when it cannot be read)
         x = line.x0 + line.t[k] * line.v
         jac = layered.jacobian(x, m)
-        sv = np.linalg.svd(jac, compute_uv=False)
-        if h > d or sv[-1] <= sv[0] / MAX_COND:
+        if h > d or _dependent(jac):
             units = _active(layered, state, x, jac) if m > 1 else None
             if units is None:
                 if m > 1:
                     state.deficient.add((li, k))
                 continue
-            plans.append(_subset_plan(run, k, x, jac, units))
+            plans.append(_probes(run, k, x, jac[units]))
             continue
         # on_only: the direction pinv e_i moves z_i alone, which moves nothing where unit i
         # is off (read_jump reads its entry as nil); a unit never seen on (no orientation
@@ -606,14 +604,8 @@ def _measure_unexplained(run: Run, mcfg: MeasureConfig, layered: Layered, state:
         if on_only and found is not None and found.signs.size == h:
             on = found.signs * layered.preacts(x[None])[-1][0] > 0
             on[list(found.dead)] = True
-        pinv = np.linalg.pinv(jac)                               # (d, h)
-        norms = np.linalg.norm(pinv, axis=0)
-        dirs = (pinv / norms).T                                  # (h, d)
-        if h < d:                   # probes the model says cannot move: they catch a unit
-            z = run.rng.normal(size=(min(NULL_PROBES, d - h), d))   # an earlier layer lacks
-            z -= (pinv @ (jac @ z.T)).T
-            dirs = np.concatenate([dirs, z / np.linalg.norm(z, axis=1, keepdims=True)])
-        full = _Plan(k, x, jac, norms, dirs)
+        full = _probes(run, k, x, jac)
+        norms, dirs = full.norms, full.dirs
         keep = np.concatenate([on, np.ones(dirs.shape[0] - h, bool)])
         plans.append(full if on.all() else _Plan(k, x, jac[on], norms[on], dirs[keep], full))
     if not plans:
@@ -694,22 +686,29 @@ def _active(layered: Layered, state: State, x: np.ndarray,
     units = ((signs * z) > 0) | unknown
     if not units.any() or units.all() or units.sum() > jac.shape[1]:
         return None
-    sv = np.linalg.svd(jac[units], compute_uv=False)
-    return units if sv[-1] > sv[0] / MAX_COND else None
+    return None if _dependent(jac[units]) else units
 
 
-def _subset_plan(run: Run, k: int, x: np.ndarray, jac: np.ndarray, units: np.ndarray) -> _Plan:
-    """Probes of a kink along the directions that move one of ``units`` each and leave the
-    others of them still, and :data:`NULL_PROBES` that move none of them (a unit taken for off
-    that is on there shows in those, and the kink is not read)."""
-    sub = jac[units]
-    pinv = np.linalg.pinv(sub)
+def _dependent(jac: np.ndarray) -> bool:
+    """Whether ``jac``'s rows are too close to dependent to invert (beyond :data:`MAX_COND`)."""
+    sv = np.linalg.svd(jac, compute_uv=False)
+    return bool(sv[-1] <= sv[0] / MAX_COND)
+
+
+def _probes(run: Run, k: int, x: np.ndarray, jac: np.ndarray) -> _Plan:
+    """The plan of kink ``k`` at ``x`` along the pinv directions of ``jac``'s rows (each moves
+    one of those units and leaves the others still) and, when ``jac`` has fewer rows than
+    inputs, :data:`NULL_PROBES` that move none of them: a unit the model lacks, or one taken
+    for off that is on there, shows in those, and the kink is not read."""
+    h, d = jac.shape
+    pinv = np.linalg.pinv(jac)                                   # (d, h)
     norms = np.linalg.norm(pinv, axis=0)
-    dirs = (pinv / norms).T
-    z = run.rng.normal(size=(min(NULL_PROBES, run.d - sub.shape[0]), run.d))
-    z -= (pinv @ (sub @ z.T)).T
-    dirs = np.concatenate([dirs, z / np.linalg.norm(z, axis=1, keepdims=True)])
-    return _Plan(k, x, sub, norms, dirs)
+    dirs = (pinv / norms).T                                      # (h, d)
+    if h < d:
+        z = run.rng.normal(size=(min(NULL_PROBES, d - h), d))
+        z -= (pinv @ (jac @ z.T)).T
+        dirs = np.concatenate([dirs, z / np.linalg.norm(z, axis=1, keepdims=True)])
+    return _Plan(k, x, jac, norms, dirs)
 
 
 def _probe(run: Run, line: Line, bounds: np.ndarray, plans: list, sides: list,
@@ -939,16 +938,13 @@ def _reading(layered: Layered, p: Point, state: State):
     layer m itself, measured before that unit was known (its side is rounding: random
     11-10-9-2 s1287 oriented a layer-2 unit from two such, one each way)."""
     jac = layered.jacobian(p.x, layered.depth)
-    sv = np.linalg.svd(jac, compute_uv=False)
     units = None
-    if sv[-1] <= sv[0] / MAX_COND:
+    if _dependent(jac):
         units = _active(layered, state, p.x, jac) if layered.depth > 1 else None
         if units is None:
             return None
-        if p.dirs is not None:          # probed for other units: they may not tell these apart
-            sa = np.linalg.svd(p.dirs @ jac[units].T, compute_uv=False)
-            if sa[-1] <= sa[0] / MAX_COND:
-                return None
+        if p.dirs is not None and _dependent(p.dirs @ jac[units].T):
+            return None             # probed for other units: they do not tell these apart
     beta, resid, seen = read_jump(p, jac, units)
     if resid > STRAY:
         return None
