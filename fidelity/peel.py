@@ -26,6 +26,7 @@ SAME_UNIT = 1e-5      # two kinks' signatures agreeing to this (relative) are on
 DUPLICATE = 1e-6      # a repaired layer-1 row this close (1 - |cos|) to a known one is that unit
 JOIN_GROUPS = 12      # at most this many incomplete groups are tried in pairs (_joined)
 NULL_PROBES = 2       # probes along what layer m cannot see, per side of a kink
+NULL_DRAWS = 8        # ... drawn at most this many times
 MAX_CANCEL = 1e3      # signatures of kinks whose bias cancels worse than this are compared
                       # at this loose a tolerance (SAME_UNIT times it)
 MAX_COND = 1e4        # a Jacobian worse conditioned than this is not inverted at that kink
@@ -556,14 +557,16 @@ def _repair_layer_one(run: Run, mcfg: MeasureConfig, layered: Layered, state: St
 
 class _Plan(NamedTuple):
     """How a kink (index ``k`` on its line, at ``x``) is probed: along ``dirs``, the layer's
-    pinv directions scaled by ``norms`` (rows ``jac`` of the units they move) and the null
-    probes; ``wide``, the plan along every unit when this one takes the units on only."""
+    pinv directions scaled by ``norms`` (rows ``jac`` of the units ``units`` they move) and
+    the null probes; ``wide``, the plan along every unit when this one takes the units on
+    only."""
 
     k: int
     x: np.ndarray
     jac: np.ndarray
     norms: np.ndarray
     dirs: np.ndarray
+    units: np.ndarray
     wide: Optional["_Plan"] = None
 
 
@@ -585,6 +588,7 @@ def _measure_unexplained(run: Run, mcfg: MeasureConfig, layered: Layered, state:
     bounds = np.concatenate([[-line.half], line.t, [line.half]])
     plans = []
     for k in todo:
+        prev = plans[-1] if plans else None
         line.measured.add(k)
         state.unread.discard((li, float(line.t[k])))     # (again when it cannot be read)
         x = line.x0 + line.t[k] * line.v
@@ -595,7 +599,11 @@ def _measure_unexplained(run: Run, mcfg: MeasureConfig, layered: Layered, state:
                 if m > 1:
                     state.deficient.add((li, k))
                 continue
-            plans.append(_probes(run, k, x, jac[units]))
+            units = np.flatnonzero(units)
+            # (every kink draws its null probes, shared or not: the run's random stream, and
+            # the lines it draws later, do not depend on which pieces are shared)
+            own = _probes(run, k, x, jac, units)
+            plans.append(_shared(prev, k, x, jac, units) or own)
             continue
         # on_only: the direction pinv e_i moves z_i alone, which moves nothing where unit i
         # is off (read_jump reads its entry as nil); a unit never seen on (no orientation
@@ -604,51 +612,40 @@ def _measure_unexplained(run: Run, mcfg: MeasureConfig, layered: Layered, state:
         if on_only and found is not None and found.signs.size == h:
             on = found.signs * layered.preacts(x[None])[-1][0] > 0
             on[list(found.dead)] = True
-        full = _probes(run, k, x, jac)
-        norms, dirs = full.norms, full.dirs
-        keep = np.concatenate([on, np.ones(dirs.shape[0] - h, bool)])
-        plans.append(full if on.all() else _Plan(k, x, jac[on], norms[on], dirs[keep], full))
+        own = _probes(run, k, x, jac)
+        if on.all():
+            plans.append(_shared(prev, k, x, jac, np.arange(h)) or own)
+            continue
+        units = np.flatnonzero(on)
+        same = _shared(prev, k, x, jac, units)
+        if same is not None and same.wide is not None:
+            plans.append(same._replace(wide=same.wide._replace(k=k, x=x)))
+            continue
+        full = _shared(prev and prev.wide, k, x, jac, np.arange(h)) or own
+        keep = np.concatenate([on, np.ones(full.dirs.shape[0] - h, bool)])
+        plans.append(_Plan(k, x, jac[on], full.norms[on], full.dirs[keep], units, full))
     if not plans:
         return
-    derivs, steps, scales = {}, {}, {}
+    steps = {}
     for i, plan in enumerate(plans):
-        k = plan.k
         for side in (0, 1):
-            lo, hi = bounds[k + side], bounds[k + side + 1]
+            lo, hi = bounds[plan.k + side], bounds[plan.k + side + 1]
             steps[i, side] = min(mcfg.step_frac * 0.5 * (hi - lo), run.step_cap)
-    todo_sides = list(steps)
-    for _ in range(1 + mcfg.remeasure_rounds):
-        if not todo_sides:
-            break
-        got = _probe(run, line, bounds, plans, todo_sides, steps)
-        todo_sides, widened = [], set()
-        for (i, side), (dv, scale) in got.items():
-            if i in widened:                 # probed again along every unit (below)
-                continue
-            derivs[i, side] = dv
-            scales[i, side] = scale
-            k, _, jac, norms, _, wide = plans[i]
-            slope = None if line.slopes is None else line.slopes[k + side]
-            if slope is None or np.isnan(slope).any():
-                continue
-            n = norms.size
-            pred = (dv[:n] * norms[:, None]).T @ (jac @ line.v)
-            size = np.abs((dv[:n] * norms[:, None]).T * (jac @ line.v)).sum(1).max()
-            noise = 1e3 * search.EPS * scale / steps[i, side]
-            if np.abs(pred - slope).max() <= 1e-7 * size + noise:
-                continue
-            if wide is not None:
-                # the units on do not give the slope along the line: something moves along
-                # the others' directions (a layer-1 unit the model lacks: random 11-7-6-1
-                # s145); both sides are probed along every unit
-                plans[i] = wide
-                widened.add(i)
-                todo_sides.extend(s for s in ((i, 0), (i, 1)) if s not in todo_sides)
-                continue
-            steps[i, side] /= mcfg.remeasure_shrink
-            todo_sides.append((i, side))
-    for i, (k, x, jac, norms, dirs, _) in enumerate(plans):
-        if (i, 0) in todo_sides or (i, 1) in todo_sides:
+    # the side before a kink planned like the kink before it on the line, with only known
+    # kinks between them: the deeper units' pattern is the one after that kink, so the
+    # derivatives there are those, but for units that switched between (_carried)
+    # (a kink a found unit of layer m + 1 explains, or one measured before, is not such)
+    known = predicted(run, layered, line, None)
+    carried = {i: i - 1 for i in range(1, len(plans))
+               if plans[i].dirs is plans[i - 1].dirs and plans[i].k > plans[i - 1].k + 1
+               and known[plans[i - 1].k + 1:plans[i].k].all()}
+    derivs, scales = {}, {}
+    failed = _settled(run, mcfg, line, bounds, plans, [s for s in steps if s[1] or s[0] not in
+                                                       carried], steps, derivs, scales)
+    redo = _carried(run, layered, line, bounds, plans, carried, failed, steps, derivs, scales)
+    failed += _settled(run, mcfg, line, bounds, plans, redo, steps, derivs, scales)
+    for i, (k, x, jac, norms, dirs, _, _) in enumerate(plans):
+        if (i, 0) in failed or (i, 1) in failed:
             # a probe kept crossing a boundary, or the known units do not give the line's
             # slope there: a layer-1 unit the model lacks moves along the rest (random
             # 9-6-4-1 s6991: line 0 showed 3 of 6 layer-1 units, every deeper kink was
@@ -667,6 +664,102 @@ def _measure_unexplained(run: Run, mcfg: MeasureConfig, layered: Layered, state:
         if np.abs(scaled).max() <= noise:
             continue                                                       # no real kink
         state.points.append(Point(li, float(line.t[k]), x, dirs, jump, m))
+
+
+def _settled(run: Run, mcfg: MeasureConfig, line: Line, bounds: np.ndarray, plans: list,
+             sides: list, steps: dict, derivs: dict, scales: dict) -> list:
+    """Probes ``sides`` (``(plan, side)``) into ``derivs`` and ``scales``, again with shorter
+    steps where the derivatives do not give the line's slope there (a probe crossed a
+    boundary), or along every unit where a plan takes the units on only. Returns the sides
+    that never gave it."""
+    todo_sides = list(sides)
+    for _ in range(1 + mcfg.remeasure_rounds):
+        if not todo_sides:
+            break
+        got = _probe(run, line, bounds, plans, todo_sides, steps)
+        todo_sides, widened = [], set()
+        for (i, side), (dv, scale) in got.items():
+            if i in widened:                 # probed again along every unit (below)
+                continue
+            derivs[i, side] = dv
+            scales[i, side] = scale
+            if _gives_slope(line, plans[i], side, dv, 1e3 * search.EPS * scale / steps[i, side]):
+                continue
+            wide = plans[i].wide
+            if wide is not None:
+                # the units on do not give the slope along the line: something moves along
+                # the others' directions (a layer-1 unit the model lacks: random 11-7-6-1
+                # s145); both sides are probed along every unit
+                plans[i] = wide
+                widened.add(i)
+                todo_sides.extend(s for s in ((i, 0), (i, 1)) if s not in todo_sides)
+                continue
+            steps[i, side] /= mcfg.remeasure_shrink
+            todo_sides.append((i, side))
+    return todo_sides
+
+
+def _gives_slope(line: Line, plan: _Plan, side: int, dv: np.ndarray, noise: float) -> bool:
+    """Whether derivatives ``dv`` along ``plan``'s directions give the line's slope on that
+    side of its kink (true when the line has no slopes there)."""
+    slope = None if line.slopes is None else line.slopes[plan.k + side]
+    if slope is None or np.isnan(slope).any():
+        return True
+    n = plan.norms.size
+    pred = (dv[:n] * plan.norms[:, None]).T @ (plan.jac @ line.v)
+    size = np.abs((dv[:n] * plan.norms[:, None]).T * (plan.jac @ line.v)).sum(1).max()
+    return bool(np.abs(pred - slope).max() <= 1e-7 * size + noise)
+
+
+def _carried(run: Run, layered: Layered, line: Line, bounds: np.ndarray, plans: list,
+             carried: dict, failed: list, steps: dict, derivs: dict, scales: dict) -> list:
+    """The derivatives before kink ``i`` from those after kink ``carried[i]``, the kink
+    before it on the line along the same directions: between the two only known units of
+    layer ``m`` and before switch, which moves no deeper unit, so a unit's derivative is
+    the same where it is on on both sides, nil where it turned off, and probed where it
+    turned on (a unit whose pre-activation changed sign, and read as nil before). Random
+    40-20-10-10-1 s1: ~270 of layer 2's ~1,100 sides so, at about two probes each instead of
+    ~22. Returns the sides to probe in full: the slope along the line not given so, or the
+    side they come from not measured."""
+    redo, asks = [], []
+    for i, j in carried.items():
+        plan = plans[i]
+        if (j, 1) in failed or plans[j].dirs is not plan.dirs:
+            redo.append((i, 0))
+            continue
+        mids = [line.x0 + 0.5 * (bounds[p.k + s] + bounds[p.k + s + 1]) * line.v
+                for p, s in ((plans[j], 1), (plan, 0))]
+        z = layered.preacts(np.array(mids))[-1][:, plan.units]
+        dv = derivs[j, 1].copy()
+        n = plan.units.size
+        size = np.abs(dv[:n]).max(1)
+        was_on = size > ON * max(size.max(), 1e-300)
+        flipped = (z[0] > 0) != (z[1] > 0)
+        dv[:n][flipped & was_on] = 0.0
+        need = np.flatnonzero(flipped & ~was_on)
+        steps[i, 0] = min(steps[i, 0], steps[j, 1])
+        asks.append((i, dv, need, mids[1]))
+    rows = [np.concatenate([base[None], base + steps[i, 0] * plans[i].dirs[need]])
+            for i, _, need, base in asks if need.size]
+    y = None
+    if rows:
+        total = sum(r.shape[0] for r in rows)
+        if not run.room(total):
+            raise run.out_of_budget("while measuring deeper kinks")
+        y = run.query("gradients")(np.concatenate(rows))
+    pos = 0
+    for i, dv, need, _ in asks:
+        scale = scales[carried[i], 1]
+        if need.size:
+            block = y[pos:pos + 1 + need.size]
+            pos += 1 + need.size
+            dv[need] = (block[1:] - block[0]) / steps[i, 0]
+            scale = max(scale, np.abs(block).max())
+        if _gives_slope(line, plans[i], 0, dv, 1e3 * search.EPS * scale / steps[i, 0]):
+            derivs[i, 0], scales[i, 0] = dv, scale
+        else:
+            redo.append((i, 0))
+    return redo
 
 
 def _active(layered: Layered, state: State, x: np.ndarray,
@@ -695,29 +788,58 @@ def _dependent(jac: np.ndarray) -> bool:
     return bool(sv[-1] <= sv[0] / MAX_COND)
 
 
-def _probes(run: Run, k: int, x: np.ndarray, jac: np.ndarray) -> _Plan:
+def _probes(run: Run, k: int, x: np.ndarray, jac: np.ndarray,
+            units: Optional[np.ndarray] = None) -> _Plan:
     """The plan of kink ``k`` at ``x`` along the pinv directions of ``jac``'s rows (each moves
     one of those units and leaves the others still) and, when ``jac`` has fewer rows than
     inputs, :data:`NULL_PROBES` that move none of them: a unit the model lacks, or one taken
-    for off that is on there, shows in those, and the kink is not read."""
+    for off that is on there, shows in those, and the kink is not read. ``units``: the rows
+    of ``jac`` taken (all by default)."""
+    units = np.arange(jac.shape[0]) if units is None else units
+    jac = jac[units]
     h, d = jac.shape
     pinv = np.linalg.pinv(jac)                                   # (d, h)
     norms = np.linalg.norm(pinv, axis=0)
     dirs = (pinv / norms).T                                      # (h, d)
     if h < d:
-        z = run.rng.normal(size=(min(NULL_PROBES, d - h), d))
-        z -= (pinv @ (jac @ z.T)).T
-        dirs = np.concatenate([dirs, z / np.linalg.norm(z, axis=1, keepdims=True)])
-    return _Plan(k, x, jac, norms, dirs)
+        n = min(NULL_PROBES, d - h)
+        z = np.zeros((0, d))
+        for _ in range(NULL_DRAWS):
+            # a draw (nearly) in the rows' span leaves rounding, not a direction that moves
+            # none of them: drawn again (a victim drawn from the run's seed has such rows)
+            draw = run.rng.normal(size=(n - z.shape[0], d))
+            rest = draw - (pinv @ (jac @ draw.T)).T
+            size = np.linalg.norm(rest, axis=1)
+            z = np.concatenate([z, (rest / np.maximum(size, 1e-300)[:, None])[
+                size > 1e-3 * np.linalg.norm(draw, axis=1)]])
+            if z.shape[0] == n:
+                break
+        dirs = np.concatenate([dirs, z])
+    return _Plan(k, x, jac, norms, dirs, units)
+
+
+def _shared(prev: Optional[_Plan], k: int, x: np.ndarray, jac: np.ndarray,
+            units: np.ndarray) -> Optional[_Plan]:
+    """``prev``'s plan (the kink before on the line) for kink ``k`` when it takes the same
+    units with the same Jacobian: a piece of line between the two is then probed once for
+    both (:func:`_probe`), or read from the other (:func:`_carried`)."""
+    if prev is None or not np.array_equal(prev.units, units):
+        return None
+    return prev._replace(k=k, x=x) if np.array_equal(prev.jac, jac[units]) else None
 
 
 def _probe(run: Run, line: Line, bounds: np.ndarray, plans: list, sides: list,
            steps: dict) -> dict:
     """Directional derivatives at the middle of the regions beside each planned kink:
-    ``{(plan, side): ((dirs, k) derivatives, answer scale)}``."""
-    rows = []
+    ``{(plan, side): ((dirs, k) derivatives, answer scale)}``. A region beside two kinks
+    planned alike (:func:`_shared`) is asked once."""
+    rows, keys = [], {}
     for i, side in sides:
         k, dirs = plans[i].k, plans[i].dirs
+        key = (k + side, steps[i, side], dirs.shape, hash(dirs.tobytes()))
+        if key in keys:
+            continue
+        keys[key] = sum(r.shape[0] for r in rows)
         base = line.x0 + 0.5 * (bounds[k + side] + bounds[k + side + 1]) * line.v
         rows.append(base[None])
         rows.append(base + steps[i, side] * dirs)
@@ -725,11 +847,11 @@ def _probe(run: Run, line: Line, bounds: np.ndarray, plans: list, sides: list,
     if not run.room(total):
         raise run.out_of_budget("while measuring deeper kinks")
     y = run.query("gradients")(np.concatenate(rows))
-    out, pos = {}, 0
+    out = {}
     for i, side in sides:
-        n = 1 + plans[i].dirs.shape[0]
-        block = y[pos:pos + n]
-        pos += n
+        k, dirs = plans[i].k, plans[i].dirs
+        pos = keys[k + side, steps[i, side], dirs.shape, hash(dirs.tobytes())]
+        block = y[pos:pos + 1 + dirs.shape[0]]
         out[i, side] = ((block[1:] - block[0]) / steps[i, side], np.abs(block).max())
     return out
 

@@ -1094,3 +1094,82 @@ def test_a_deep_victim_whose_kinks_need_reading_on_the_active_units_is_exact():
     result = F.extract(F.Oracle(victim), seed=0, throw=False)
     assert result.status == "ok", result.notes
     _exact(victim, result, rel=1e-9, param=1e-8)
+
+
+def _searched(victim, seed):
+    """A random line through the victim searched for its kinks (no query counted)."""
+    from fidelity.deepstate import Line
+    rng = np.random.default_rng(seed)
+    x0, v = rng.normal(size=victim.sizes[0]), rng.normal(size=victim.sizes[0])
+    v /= np.linalg.norm(v)
+    found = search.search_lines(victim, x0[None], v[None], 30.0, delta=1e-3, min_delta=1e-12,
+                                noise_factor=256.0, max_rounds=200)[0]
+    return Line(x0, v, found.t, found.slopes, 30.0, found.verified)
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck))
+@given(seed=st.integers(0, 10_000), d=st.integers(6, 14), data=st.data())
+def test_deeper_kinks_read_with_shared_and_carried_pieces_are_the_victims(seed, d, data):
+    """The pieces of a line between deeper kinks are probed once for both kinks, or read from
+    the piece before across known layer-1 kinks (only units that turned on probed): every
+    jump so read is the victim's, in fewer queries than each side probed in full."""
+    from fidelity import peel
+    from fidelity.context import Run
+    from fidelity.deepstate import State
+    from fidelity.measure import MeasureConfig
+    h1 = data.draw(st.integers(3, d), label="h1")
+    h2 = data.draw(st.integers(2, 8), label="h2")
+    h3 = data.draw(st.integers(2, 6), label="h3")
+    victim = F.ReLUNetwork.random(seed, [d, h1, h2, h3, 2])
+    model = Layered((np.asarray(victim.weights[0]),), (np.asarray(victim.biases[0]),))
+    oracle = F.Oracle(victim)
+    run = Run(oracle, seed=seed, t_max=30.0, input_scale=1.0, step_cap=1e-3,
+              check_reserve=0, crossing_rel_error=1e-9)
+    mcfg = MeasureConfig()
+    line = _searched(victim, seed)
+    state = State(lines=[line], points=[], infos=[])
+    q0 = oracle.queries
+    peel._measure_unexplained(run, mcfg, model, state, 0, line, None)
+    spent = oracle.queries - q0
+    ws = [np.asarray(w) for w in victim.weights]
+    bs = [np.asarray(b) for b in victim.biases]
+
+    def grad(x):                                   # the victim's input Jacobian at x: (k, d)
+        jac = np.eye(d)
+        for w, b in zip(ws[:-1], bs[:-1]):
+            z = w @ x + b
+            x, jac = np.maximum(z, 0), (z > 0)[:, None] * (w @ jac)
+        return ws[-1] @ jac
+
+    bounds = np.concatenate([[-line.half], line.t, [line.half]])
+    for p in state.points:
+        k = int(np.argmin(np.abs(line.t - p.t)))
+        left, right = (line.x0 + 0.5 * (bounds[k + s] + bounds[k + s + 1]) * line.v
+                       for s in (0, 1))
+        want = p.dirs @ (grad(right) - grad(left)).T
+        assert np.abs(p.jump - want).max() <= 1e-6 * np.abs(want).max()
+    if len(state.points) >= 2:
+        per_side = 1 + h1 + peel.NULL_PROBES
+        assert spent < 2 * len(state.points) * per_side
+
+
+def test_shared_and_carried_pieces_save_two_fifths_of_the_probes_on_a_long_line():
+    """Random 40-20-10-10-1 s1, one line in layer 1's coordinates: its deeper kinks in at
+    most 60% of the queries of probing both sides of each in full (lines 0-5: 53-55%)."""
+    from fidelity import peel
+    from fidelity.context import Run
+    from fidelity.deepstate import State
+    from fidelity.measure import MeasureConfig
+    victim = F.ReLUNetwork.random(1, [40, 20, 10, 10, 1])
+    model = Layered((np.asarray(victim.weights[0]),), (np.asarray(victim.biases[0]),))
+    oracle = F.Oracle(victim)
+    run = Run(oracle, seed=0, t_max=30.0, input_scale=1.0, step_cap=1e-3,
+              check_reserve=0, crossing_rel_error=1e-9)
+    mcfg = MeasureConfig()
+    line = _searched(victim, 0)
+    state = State(lines=[line], points=[], infos=[])
+    q0 = oracle.queries
+    peel._measure_unexplained(run, mcfg, model, state, 0, line, None)
+    n = len(state.points)
+    assert n >= 15
+    assert oracle.queries - q0 <= 0.6 * 2 * n * (1 + 20 + peel.NULL_PROBES)
