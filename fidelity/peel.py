@@ -634,15 +634,16 @@ def _measure_unexplained(run: Run, mcfg: MeasureConfig, layered: Layered, state:
     # the side before a kink planned like the kink before it on the line, with only known
     # kinks between them: the deeper units' pattern is the one after that kink, so the
     # derivatives there are those, but for units that switched between (_carried)
-    # (a kink a found unit of layer m + 1 explains, or one measured before, is not such)
-    known = predicted(run, layered, line, None)
+    # (or kinks of the found units of layer m + 1, whose rows give how they change them; not
+    # a kink measured before)
     carried = {i: i - 1 for i in range(1, len(plans))
                if plans[i].dirs is plans[i - 1].dirs and plans[i].k > plans[i - 1].k + 1
-               and known[plans[i - 1].k + 1:plans[i].k].all()}
+               and explained[plans[i - 1].k + 1:plans[i].k].all()}
     derivs, scales = {}, {}
     failed = _settled(run, mcfg, line, bounds, plans, [s for s in steps if s[1] or s[0] not in
                                                        carried], steps, derivs, scales)
-    redo = _carried(run, layered, line, bounds, plans, carried, failed, steps, derivs, scales)
+    redo = _carried(run, layered, found, line, bounds, plans, carried, failed, steps, derivs,
+                    scales)
     failed += _settled(run, mcfg, line, bounds, plans, redo, steps, derivs, scales)
     for i, (k, x, jac, norms, dirs, _, _) in enumerate(plans):
         if (i, 0) in failed or (i, 1) in failed:
@@ -711,17 +712,24 @@ def _gives_slope(line: Line, plan: _Plan, side: int, dv: np.ndarray, noise: floa
     return bool(np.abs(pred - slope).max() <= 1e-7 * size + noise)
 
 
-def _carried(run: Run, layered: Layered, line: Line, bounds: np.ndarray, plans: list,
-             carried: dict, failed: list, steps: dict, derivs: dict, scales: dict) -> list:
+def _carried(run: Run, layered: Layered, found: Optional[_Found], line: Line,
+             bounds: np.ndarray, plans: list, carried: dict, failed: list, steps: dict,
+             derivs: dict, scales: dict) -> list:
     """The derivatives before kink ``i`` from those after kink ``carried[i]``, the kink
-    before it on the line along the same directions: between the two only known units of
-    layer ``m`` and before switch, which moves no deeper unit, so a unit's derivative is
-    the same where it is on on both sides, nil where it turned off, and probed where it
-    turned on (a unit whose pre-activation changed sign, and read as nil before). Random
+    before it on the line along the same directions: between the two only known units
+    switch (of layer ``m`` or before, or found units of layer ``m + 1``), none deeper, so
+    a unit's derivative is the same where it is on on both sides, nil where it turned off,
+    and probed where it turned on (a unit whose pre-activation changed sign, and read as nil
+    before); a found unit ``r`` of layer ``m + 1`` that switched adds ``c_r w_r`` (its row,
+    ``c_r`` unknown), read from one probe each along a unit on on both sides. Random
     40-20-10-10-1 s1: ~270 of layer 2's ~1,100 sides so, at about two probes each instead of
-    ~22. Returns the sides to probe in full: the slope along the line not given so, or the
-    side they come from not measured."""
+    ~22. Returns the sides to probe in full: the slope along the line not given so, the side
+    they come from not measured, or the found units' changes not told apart."""
     redo, asks = [], []
+    upper = None
+    if found is not None and found.rows.shape[0]:
+        t_up, layer_up, unit_up = _appended(layered, found).kinks(line.x0, line.v, line.half)
+        upper = (t_up[layer_up == layered.depth + 1], unit_up[layer_up == layered.depth + 1])
     for i, j in carried.items():
         plan = plans[i]
         if (j, 1) in failed or plans[j].dirs is not plan.dirs:
@@ -737,10 +745,24 @@ def _carried(run: Run, layered: Layered, line: Line, bounds: np.ndarray, plans: 
         flipped = (z[0] > 0) != (z[1] > 0)
         dv[:n][flipped & was_on] = 0.0
         need = np.flatnonzero(flipped & ~was_on)
+        g = np.zeros((0, dv.shape[0]))
+        if upper is not None:
+            lo, hi = line.t[plans[j].k], line.t[plan.k]
+            switched = np.unique(upper[1][(upper[0] > lo) & (upper[0] < hi)])
+            if switched.size:
+                signs = found.signs[plan.units]
+                on = signs * z[1] > 0
+                g = np.zeros((switched.size, dv.shape[0]))
+                g[:, :n] = found.rows[switched][:, plan.units] * (signs * on / plan.norms)
+                pick = _spread_rows(g[:, :n], on & ~flipped)
+                if pick is None:
+                    redo.append((i, 0))
+                    continue
+                need = np.concatenate([need, pick])
         steps[i, 0] = min(steps[i, 0], steps[j, 1])
-        asks.append((i, dv, need, mids[1]))
+        asks.append((i, dv, need, g, mids[1]))
     rows = [np.concatenate([base[None], base + steps[i, 0] * plans[i].dirs[need]])
-            for i, _, need, base in asks if need.size]
+            for i, _, need, _, base in asks if need.size]
     y = None
     if rows:
         total = sum(r.shape[0] for r in rows)
@@ -748,18 +770,45 @@ def _carried(run: Run, layered: Layered, line: Line, bounds: np.ndarray, plans: 
             raise run.out_of_budget("while measuring deeper kinks")
         y = run.query("gradients")(np.concatenate(rows))
     pos = 0
-    for i, dv, need, _ in asks:
+    for i, dv, need, g, _ in asks:
         scale = scales[carried[i], 1]
         if need.size:
             block = y[pos:pos + 1 + need.size]
             pos += 1 + need.size
-            dv[need] = (block[1:] - block[0]) / steps[i, 0]
+            got = (block[1:] - block[0]) / steps[i, 0]
+            if g.shape[0]:
+                # the last g.shape[0] probes: along units on on both sides, whose change is
+                # the found units' part alone
+                at = need[-g.shape[0]:]
+                coef = np.linalg.solve(g[:, at].T, got[-g.shape[0]:] - dv[at])
+                dv += g.T @ coef
+            dv[need] = got
             scale = max(scale, np.abs(block).max())
         if _gives_slope(line, plans[i], 0, dv, 1e3 * search.EPS * scale / steps[i, 0]):
             derivs[i, 0], scales[i, 0] = dv, scale
         else:
             redo.append((i, 0))
     return redo
+
+
+def _spread_rows(g: np.ndarray, allowed: np.ndarray) -> Optional[np.ndarray]:
+    """One column of ``g`` per row among the ``allowed``, picked greedily so that the square
+    matrix they make is well conditioned (beyond :data:`MAX_COND`: None)."""
+    picked = []
+    rest = g.copy()
+    for _ in range(g.shape[0]):
+        size = np.where(allowed, np.linalg.norm(rest, axis=0), 0.0)
+        size[picked] = 0.0
+        best = int(np.argmax(size))
+        if size[best] <= 0:
+            return None
+        picked.append(best)
+        col = rest[:, best] / size[best]
+        rest -= np.outer(col, col @ rest)
+    sub = g[:, picked]
+    if np.linalg.cond(sub) > MAX_COND:
+        return None
+    return np.array(picked, int)
 
 
 def _active(layered: Layered, state: State, x: np.ndarray,

@@ -1173,3 +1173,70 @@ def test_shared_and_carried_pieces_save_two_fifths_of_the_probes_on_a_long_line(
     n = len(state.points)
     assert n >= 15
     assert oracle.queries - q0 <= 0.6 * 2 * n * (1 + 20 + peel.NULL_PROBES)
+
+
+def _read_across_found_units(seed, d, h1, h2):
+    """Layer 1 and the layer-2 units whose bias is positive of a random victim taken as
+    known and found; one line's deeper kinks measured. Asserts every jump is the victim's;
+    returns how many found units switched between each pair of kinks read across them."""
+    from fidelity import peel
+    from fidelity.context import Run
+    from fidelity.deepstate import State
+    from fidelity.measure import MeasureConfig
+    victim = F.ReLUNetwork.random(seed, [d, h1, h2, 4, 2])
+    ws = [np.asarray(w) for w in victim.weights]
+    bs = [np.asarray(b) for b in victim.biases]
+    model = Layered((ws[0],), (bs[0],))
+    up = np.flatnonzero(bs[1] > 0)
+    found = peel._Found(np.ones(h1), (), ws[1][up] / bs[1][up, None], [])
+    run = Run(F.Oracle(victim), seed=seed + 1, t_max=30.0, input_scale=1.0, step_cap=1e-3,
+              check_reserve=0, crossing_rel_error=1e-9)
+    line = _searched(victim, seed)
+    state = State(lines=[line], points=[], infos=[])
+    calls = []
+    real = peel._spread_rows
+
+    def spy(g, allowed):
+        calls.append(g.shape[0])
+        return real(g, allowed)
+
+    peel._spread_rows = spy
+    try:
+        peel._measure_unexplained(run, MeasureConfig(), model, state, 0, line, found)
+    finally:
+        peel._spread_rows = real
+
+    def grad(x):
+        jac = np.eye(d)
+        for w, b in zip(ws[:-1], bs[:-1]):
+            z = w @ x + b
+            x, jac = np.maximum(z, 0), (z > 0)[:, None] * (w @ jac)
+        return ws[-1] @ jac
+
+    bounds = np.concatenate([[-line.half], line.t, [line.half]])
+    for p in state.points:
+        k = int(np.argmin(np.abs(line.t - p.t)))
+        left, right = (line.x0 + 0.5 * (bounds[k + s] + bounds[k + s + 1]) * line.v
+                       for s in (0, 1))
+        want = p.dirs @ (grad(right) - grad(left)).T
+        assert np.abs(p.jump - want).max() <= 1e-6 * np.abs(want).max()
+    return calls
+
+
+@settings(max_examples=5, deadline=None, suppress_health_check=list(HealthCheck))
+@given(seed=st.integers(0, 10_000), d=st.integers(8, 14), data=st.data())
+def test_deeper_kinks_read_across_found_units_kinks_are_the_victims(seed, d, data):
+    """With units of layer 2 found (here the victim's own), a piece before a deeper kink is
+    read from the one after the kink before it across their kinks too: their switching adds
+    their row times one unknown per output, read from one probe each."""
+    h1 = data.draw(st.integers(4, d), label="h1")
+    h2 = data.draw(st.integers(3, 8), label="h2")
+    _read_across_found_units(seed, d, h1, h2)
+
+
+@pytest.mark.parametrize("seed", [1, 5, 7])
+def test_pieces_are_read_across_one_or_more_found_units(seed):
+    # random 12-10-6-4-2 s1, s5, s7: one line crosses one, two and three found units between
+    # two deeper kinks
+    calls = _read_across_found_units(seed, 12, 10, 6)
+    assert calls and max(calls) >= 2
