@@ -631,11 +631,9 @@ def _measure_unexplained(run: Run, mcfg: MeasureConfig, layered: Layered, state:
         for side in (0, 1):
             lo, hi = bounds[plan.k + side], bounds[plan.k + side + 1]
             steps[i, side] = min(mcfg.step_frac * 0.5 * (hi - lo), run.step_cap)
-    # the side before a kink planned like the kink before it on the line, with only known
-    # kinks between them: the deeper units' pattern is the one after that kink, so the
-    # derivatives there are those, but for units that switched between (_carried)
-    # (or kinks of the found units of layer m + 1, whose rows give how they change them; not
-    # a kink measured before)
+    # the side before a kink planned like the kink before it on the line, with only kinks
+    # of known units between them (layers up to m, or found units of layer m + 1; no kink
+    # measured before): read from the side after that kink (_carried)
     carried = {i: i - 1 for i in range(1, len(plans))
                if plans[i].dirs is plans[i - 1].dirs and plans[i].k > plans[i - 1].k + 1
                and explained[plans[i - 1].k + 1:plans[i].k].all()}
@@ -721,10 +719,11 @@ def _carried(run: Run, layered: Layered, found: Optional[_Found], line: Line,
     a unit's derivative is the same where it is on on both sides, nil where it turned off,
     and probed where it turned on (a unit whose pre-activation changed sign, and read as nil
     before); a found unit ``r`` of layer ``m + 1`` that switched adds ``c_r w_r`` (its row,
-    ``c_r`` unknown), read from one probe each along a unit on on both sides. Random
-    40-20-10-10-1 s1: ~270 of layer 2's ~1,100 sides so, at about two probes each instead of
-    ~22. Returns the sides to probe in full: the slope along the line not given so, the side
-    they come from not measured, or the found units' changes not told apart."""
+    ``c_r`` unknown), read from one probe each along a unit on on both sides (with the
+    sharing of :func:`_probe`, a random line of 40-20-10-10-1 s1 in layer 1's coordinates
+    costs 53-55% of probing both sides of each kink in full). Returns the sides to probe in
+    full: the slope along the line not given so, the side they come from not measured, or
+    the found units' changes not told apart."""
     redo, asks = [], []
     upper = None
     if found is not None and found.rows.shape[0]:

@@ -1096,6 +1096,28 @@ def test_a_deep_victim_whose_kinks_need_reading_on_the_active_units_is_exact():
     _exact(victim, result, rel=1e-9, param=1e-8)
 
 
+def _jumps_are_the_victims(victim, line, points):
+    """Each measured jump equals the victim's: its input Jacobians in the middle of the
+    pieces either side of the kink, along the point's directions, to 1e-6."""
+    ws = [np.asarray(w) for w in victim.weights]
+    bs = [np.asarray(b) for b in victim.biases]
+
+    def grad(x):
+        jac = np.eye(x.size)
+        for w, b in zip(ws[:-1], bs[:-1]):
+            z = w @ x + b
+            x, jac = np.maximum(z, 0), (z > 0)[:, None] * (w @ jac)
+        return ws[-1] @ jac
+
+    bounds = np.concatenate([[-line.half], line.t, [line.half]])
+    for p in points:
+        k = int(np.argmin(np.abs(line.t - p.t)))
+        left, right = (line.x0 + 0.5 * (bounds[k + s] + bounds[k + s + 1]) * line.v
+                       for s in (0, 1))
+        want = p.dirs @ (grad(right) - grad(left)).T
+        assert np.abs(p.jump - want).max() <= 1e-6 * np.abs(want).max()
+
+
 def _searched(victim, seed):
     """A random line through the victim searched for its kinks (no query counted)."""
     from fidelity.deepstate import Line
@@ -1131,23 +1153,7 @@ def test_deeper_kinks_read_with_shared_and_carried_pieces_are_the_victims(seed, 
     q0 = oracle.queries
     peel._measure_unexplained(run, mcfg, model, state, 0, line, None)
     spent = oracle.queries - q0
-    ws = [np.asarray(w) for w in victim.weights]
-    bs = [np.asarray(b) for b in victim.biases]
-
-    def grad(x):                                   # the victim's input Jacobian at x: (k, d)
-        jac = np.eye(d)
-        for w, b in zip(ws[:-1], bs[:-1]):
-            z = w @ x + b
-            x, jac = np.maximum(z, 0), (z > 0)[:, None] * (w @ jac)
-        return ws[-1] @ jac
-
-    bounds = np.concatenate([[-line.half], line.t, [line.half]])
-    for p in state.points:
-        k = int(np.argmin(np.abs(line.t - p.t)))
-        left, right = (line.x0 + 0.5 * (bounds[k + s] + bounds[k + s + 1]) * line.v
-                       for s in (0, 1))
-        want = p.dirs @ (grad(right) - grad(left)).T
-        assert np.abs(p.jump - want).max() <= 1e-6 * np.abs(want).max()
+    _jumps_are_the_victims(victim, line, state.points)
     if len(state.points) >= 2:
         per_side = 1 + h1 + peel.NULL_PROBES
         assert spent < 2 * len(state.points) * per_side
@@ -1205,21 +1211,7 @@ def _read_across_found_units(seed, d, h1, h2):
         peel._measure_unexplained(run, MeasureConfig(), model, state, 0, line, found)
     finally:
         peel._spread_rows = real
-
-    def grad(x):
-        jac = np.eye(d)
-        for w, b in zip(ws[:-1], bs[:-1]):
-            z = w @ x + b
-            x, jac = np.maximum(z, 0), (z > 0)[:, None] * (w @ jac)
-        return ws[-1] @ jac
-
-    bounds = np.concatenate([[-line.half], line.t, [line.half]])
-    for p in state.points:
-        k = int(np.argmin(np.abs(line.t - p.t)))
-        left, right = (line.x0 + 0.5 * (bounds[k + s] + bounds[k + s + 1]) * line.v
-                       for s in (0, 1))
-        want = p.dirs @ (grad(right) - grad(left)).T
-        assert np.abs(p.jump - want).max() <= 1e-6 * np.abs(want).max()
+    _jumps_are_the_victims(victim, line, state.points)
     return calls
 
 
