@@ -880,26 +880,23 @@ def _probe(run: Run, line: Line, bounds: np.ndarray, plans: list, sides: list,
            steps: dict) -> dict:
     """Directional derivatives at the middle of the regions beside each planned kink:
     ``{(plan, side): ((dirs, k) derivatives, answer scale)}``. A region beside two kinks
-    planned alike (:func:`_shared`) is asked once."""
-    rows, keys = [], {}
-    for i, side in sides:
-        k, dirs = plans[i].k, plans[i].dirs
-        key = (k + side, steps[i, side], dirs.shape, hash(dirs.tobytes()))
-        if key in keys:
+    planned alike (:func:`_shared`: the same ``dirs`` object) is asked once."""
+    rows, at, total = [], {}, 0
+    keys = [(plans[i].k + side, steps[i, side], id(plans[i].dirs)) for i, side in sides]
+    for (i, side), key in zip(sides, keys):
+        if key in at:
             continue
-        keys[key] = sum(r.shape[0] for r in rows)
+        at[key] = total
+        k, dirs = plans[i].k, plans[i].dirs
         base = line.x0 + 0.5 * (bounds[k + side] + bounds[k + side + 1]) * line.v
-        rows.append(base[None])
-        rows.append(base + steps[i, side] * dirs)
-    total = sum(r.shape[0] for r in rows)
+        rows += [base[None], base + steps[i, side] * dirs]
+        total += 1 + dirs.shape[0]
     if not run.room(total):
         raise run.out_of_budget("while measuring deeper kinks")
     y = run.query("gradients")(np.concatenate(rows))
     out = {}
-    for i, side in sides:
-        k, dirs = plans[i].k, plans[i].dirs
-        pos = keys[k + side, steps[i, side], dirs.shape, hash(dirs.tobytes())]
-        block = y[pos:pos + 1 + dirs.shape[0]]
+    for (i, side), key in zip(sides, keys):
+        block = y[at[key]:at[key] + 1 + plans[i].dirs.shape[0]]
         out[i, side] = ((block[1:] - block[0]) / steps[i, side], np.abs(block).max())
     return out
 
