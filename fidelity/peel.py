@@ -72,7 +72,7 @@ def next_layer(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, layered:
     if h > run.d and m == 1:        # a deeper kink's jump does not determine its row
         return expansive.second_layer(run, cfg, mcfg, use_jit, layered, state, patience)
     q0, lines0, pts0 = run.oracle.queries, len(state.lines), len(state.points)
-    quiet, found, tried, failed, misses = 0, 0, {}, set(), {}
+    quiet, found, tried, failed, misses, renewed = 0, 0, {}, set(), {}, set()
     windows = WINDOWS_PER_UNIT * h     # bound on targeted windows for this layer
     random_lines, searched_random = 0, False
     max_random = cfg.lines_per_layer * max(1, patience // cfg.layer_patience)
@@ -143,7 +143,7 @@ def next_layer(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, layered:
         searched_random = False
         if open_ and windows > 0:
             windows -= _fill(run, mcfg, layered, found_layer, state, open_, tried, failed,
-                             misses, windows)
+                             misses, windows, renewed)
         elif random_lines < max_random:
             new_line(run, mcfg, use_jit, state)
             random_lines += 1
@@ -311,11 +311,18 @@ def _key(cluster) -> tuple:
 
 
 def _fill(run: Run, mcfg: MeasureConfig, layered: Layered, found: _Found, state: State,
-          clusters: list, tried: dict, failed: set, misses: dict, most: int) -> int:
+          clusters: list, tried: dict, failed: set, misses: dict, most: int,
+          renewed: set) -> int:
     """Follows each incomplete unit's boundary into the side where one of its missing earlier
     units is on, and searches a short line across it there (at most ``most`` windows). A unit
     whose window holds no kink agreeing with it is marked ``failed`` (a deeper unit's kinks
-    that agreed within one region). Returns how many windows were searched."""
+    that agreed within one region). Returns how many windows were searched.
+
+    A group that has grown :func:`_strong` is almost surely a unit: the entries tried while it
+    was weak are tried again (once: ``renewed``), and a straight window of it that misses
+    costs no try: the next round comes to the same place and walks the boundary instead
+    (random 10-10-10-1 s1: a unit of 8 kinks on 6 lines missed a straight window, was left
+    out, and layer 2 searched again with 3x and 6x the patience; 5,655 -> 4,578 queries)."""
     done = 0
     signed = layered.signed(found.signs)
     m = signed.depth
@@ -324,6 +331,10 @@ def _fill(run: Run, mcfg: MeasureConfig, layered: Layered, found: _Found, state:
             break
         row, gaps, members = cluster
         key = _key(cluster)
+        strong = _strong(cluster)
+        if strong and key not in renewed:
+            renewed.add(key)
+            tried.pop(key, None)
         todo = [int(i) for i in gaps if int(i) not in tried.get(key, set())]
         model = signed.appended(row[None], np.ones(1))
         best = None
@@ -346,7 +357,8 @@ def _fill(run: Run, mcfg: MeasureConfig, layered: Layered, found: _Found, state:
         dist, i, q, start = best
         gj = model.jacobian(q, m + 1)[0]
         spot = (i, tuple(np.round(q, 9)))
-        if spot in state.windows:
+        straight = spot not in state.windows
+        if not straight:
             # that window was searched already and found nothing that agrees: the straight
             # step left the boundary where earlier units switch. Walk the boundary instead (or
             # find where unit i is barely on from random lines), and cross it at a constant
@@ -378,6 +390,9 @@ def _fill(run: Run, mcfg: MeasureConfig, layered: Layered, found: _Found, state:
                              on_only=True)
         done += 1
         if not any(_agrees(signed, p, row, i) for p in state.points[before:]):
+            if straight and strong:
+                tried[key].discard(i)
+                continue
             misses[key] = misses.get(key, 0) + 1
             if misses[key] >= (FILL_TRIES if len(members) > 1 else 1):
                 failed.add(key)
