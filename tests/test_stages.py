@@ -1,5 +1,7 @@
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import fidelity as F
 from fidelity import noise, recover, refine, regress, search, solve
@@ -138,6 +140,54 @@ def test_noise_floor_tells_float64_float32_and_rounding_apart():
     # rounding to 6 decimals: uniform error of width 1e-6, standard deviation 2.9e-7
     r6 = _noise_floor(lambda x: np.round(net(x), 6), 64)
     assert not r6.float64 and 1e-7 < r6.absolute < 1e-6
+
+
+def test_noise_floor_of_float64_answers_holds_with_several_kinks_in_a_segment():
+    # random 40-20-10-10-1 s54: three kinks in the segment near the origin spoiled 6 of its
+    # 22 deviations; the 0.75 quantile took one of them, and exact answers read as 22-bit
+    # noise (the victim was refused as too expansive for such answers)
+    victim = F.ReLUNetwork.random(54, [40, 20, 10, 10, 1])
+    rng = np.random.default_rng([0, 1])
+    x, v = rng.normal(size=40), rng.normal(size=40)
+    v /= np.linalg.norm(v)
+    nf = noise.measure(victim, x, x + 100.0 * np.sqrt(40) * v, v, spacing=1e-2, rng=rng)
+    assert nf.float64
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), kinks=st.integers(0, 4),
+       sigma=st.sampled_from([0.0, 1e-10, 1e-7]))
+def test_noise_floor_ignores_up_to_four_kinks_in_a_segment(seed, kinks, sigma):
+    """A piecewise-linear answer with up to four kinks inside each segment: exact answers are
+    read as float64, Gaussian noise to within a factor of two of its size."""
+    rng = np.random.default_rng(seed)
+    d = 6
+    x0, v = rng.normal(size=d), rng.normal(size=d)
+    v /= np.linalg.norm(v)
+    far = x0 + 50.0 * v
+    # units whose boundaries cross each segment (t in [0, 0.24]) at random places
+    rows, biases = [], []
+    for start in (x0, far):
+        for t in rng.uniform(0.01, 0.23, kinks):
+            w = rng.normal(size=d)
+            w *= np.sign(w @ v) or 1.0
+            rows.append(w)
+            biases.append(-w @ (start + t * v))
+    w = np.array(rows).reshape(-1, d)
+    b = np.array(biases)
+    a = rng.normal(size=(w.shape[0], 2))
+    lin = rng.normal(size=(d, 2))
+
+    def query(pts):
+        y = np.maximum(pts @ w.T + b, 0.0) @ a + pts @ lin + 1.0
+        return y + sigma * rng.normal(size=y.shape)
+
+    nf = noise.measure(query, x0, far, v, spacing=1e-2, rng=np.random.default_rng(seed))
+    if sigma == 0.0:
+        assert nf.float64
+    else:
+        assert not nf.float64
+        assert 0.5 * sigma < nf.sigma(1.0) < 2.0 * sigma
 
 
 def test_regression_fits_every_parameter_to_noisy_answers():
