@@ -1179,9 +1179,10 @@ def _verified(run: Run, signed: Layered, state: State, rows: np.ndarray,
               gaps: Optional[list] = None, memo: Optional[dict] = None) -> np.ndarray:
     """Which candidate units' boundaries predict a found kink wherever they cross a line (a
     unit with unknown entries ``gaps[j]`` only where those earlier units are off), but for at
-    most :data:`MISS_SHARE` of the kinks they predict and find. ``memo`` remembers, per row,
-    the lines it passed and its kinks found and missed (only later lines are looked at
-    again)."""
+    most :data:`MISS_SHARE` of the kinks they predict and find. A row over that share is still
+    counted on later lines while it has missed at most :data:`FEW_MISSES`. ``memo``
+    remembers, per row, the lines it passed and its kinks found and missed (only later lines
+    are looked at again)."""
     cache = {} if memo is None else memo.setdefault("verified", {})
     keys = [(r.tobytes(), None if gaps is None else tuple(np.asarray(gaps[j]).tolist()))
             for j, r in enumerate(rows)]
