@@ -1283,3 +1283,14 @@ def test_a_unit_that_missed_one_early_kink_is_kept_once_its_hits_grow(seed):
         # rejected on its first lines; kept with 20 of its kinks found per one missed
         assert later[0] or hits < 30
     assert not later[1]
+
+
+def test_a_check_still_failed_after_the_aimed_searches_sends_the_layer_before_searching():
+    """Random 40-20-10-10-1 s62: the check found inputs where the network was wrong, and two
+    searches of layer 3 from lines through them did not mend it ('unverified', 5.9e-2 off).
+    The layer before is then searched again from lines through them, once: exact."""
+    victim = F.ReLUNetwork.random(62, [40, 20, 10, 10, 1])
+    result = F.extract(F.Oracle(victim), seed=0, throw=False)
+    assert result.status == "ok", result.notes
+    assert any("the check still finds inputs" in e.message for e in result.events)
+    _exact(victim, result, rel=1e-9, param=1e-8)
