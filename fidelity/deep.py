@@ -133,38 +133,30 @@ def _layers(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, state: Stat
                 state.best = (net, err, tuple(state.infos))
             if err <= cfg.check_tol or not below or not state.missed.size:
                 return _reach(run, cfg, state)
-            if aimed >= MAX_AIMED:
-                if aimed_back or len(below) < 2:
-                    return _reach(run, cfg, state)
-                # the last layer searched again from the failed inputs and still wrong there:
-                # a unit of the layer before, switched there, may be missing, and the last
-                # layer's rows a little off where it is on. That layer is searched again from
-                # lines through them, once (random 40-20-10-10-1 s62: 'unverified' after two
-                # searches of layer 3, exact after one of layer 2)
-                aimed_back = True
-                state.aims = list(state.missed[:AIM_LINES])
-                set_aside(state, 2)
-                below.pop()
-                run.note(Kind.LAYER_INCOMPLETE, f"the check still finds inputs where the "
-                         f"network is wrong: layer {layered.depth - 1} is searched again from "
-                         f"lines through {len(state.aims)} of them",
-                         layer=layered.depth - 1, inputs=int(state.missed.shape[0]))
-                again = next_layer(run, cfg, mcfg, use_jit, below[-1], state,
-                                   cfg.layer_patience)
-                if again is None:
-                    return state.best
-                layered = again
-                continue
+            back = aimed >= MAX_AIMED
+            if back and (aimed_back or len(below) < 2):
+                return _reach(run, cfg, state)
             # the check found inputs where the network is wrong: a unit that no searched line
             # crossed is switched there (random 9-9-8-2 s5490: a layer-2 unit on for 0.8% of
-            # inputs); the last layer is searched again from lines through them
-            aimed += 1
+            # inputs); the last layer is searched again from lines through them. Searched so
+            # twice and still wrong there: a unit of the layer before, switched there, may be
+            # missing, and the last layer's rows a little off where it is on; that layer is
+            # searched again from such lines, once (random 40-20-10-10-1 s62: 'unverified'
+            # after two searches of layer 3, exact after one of layer 2)
             state.aims = list(state.missed[:AIM_LINES])
-            set_aside(state)
-            run.note(Kind.LAYER_INCOMPLETE, f"the check found {state.missed.shape[0]} inputs "
-                     f"where the network is wrong: layer {layered.depth} is searched again "
-                     f"from lines through {len(state.aims)} of them",
-                     layer=layered.depth, inputs=int(state.missed.shape[0]))
+            if back:
+                aimed_back = True
+                set_aside(state, 2)
+                below.pop()
+                said = "the check still finds inputs where the network is wrong"
+            else:
+                aimed += 1
+                set_aside(state)
+                said = f"the check found {state.missed.shape[0]} inputs where the network is wrong"
+            layer = layered.depth - back
+            run.note(Kind.LAYER_INCOMPLETE, f"{said}: layer {layer} is searched again from "
+                     f"lines through {len(state.aims)} of them",
+                     layer=layer, inputs=int(state.missed.shape[0]))
             again = next_layer(run, cfg, mcfg, use_jit, below[-1], state, cfg.layer_patience)
             if again is None:
                 return state.best

@@ -745,7 +745,7 @@ def _carried(run: Run, layered: Layered, found: Optional[_Found], line: Line,
     the found units' changes not told apart."""
     redo, asks = [], []
     upper = None
-    if found is not None and found.rows.shape[0]:
+    if carried and found is not None and found.rows.shape[0]:
         t_up, layer_up, unit_up = _appended(layered, found).kinks(line.x0, line.v, line.half)
         upper = (t_up[layer_up == layered.depth + 1], unit_up[layer_up == layered.depth + 1])
     for i, j in carried.items():
