@@ -770,6 +770,56 @@ def test_a_kink_of_the_layer_being_read_is_not_a_deeper_kink():
     assert _reading(layer1, p, State([], [], [])) is not None
 
 
+@pytest.mark.parametrize("seed", [3, 4, 5, 10])
+def test_a_kink_of_the_layer_being_read_is_not_deeper_with_that_layer_slightly_off(seed):
+    # random 40-20-10-10-1 s17 with layer 2 closed early: its rows 1e-10 off put z at its own
+    # kinks at 1e-9-4e-8 of the layer's largest, and 17 of them were read as layer 3's (then
+    # voted a layer-2 unit's orientation the wrong way). A layer read 1e-7 off still knows them
+    from fidelity.deepstate import State
+    from fidelity.peel import _reading
+    net = F.ReLUNetwork.random(seed, [9, 12, 4, 3, 1])
+
+    def every(hidden, x):
+        return np.eye(x.size)
+
+    rng = np.random.default_rng(seed)
+    hidden, p = _kink_point(net, 2, every)
+    w = [np.array(a) for a in hidden.weights[:2]]
+    b = [np.array(a) for a in hidden.biases[:2]]
+    w[1] = w[1] * (1 + 1e-7 * rng.normal(size=w[1].shape))
+    off = Layered(tuple(w), tuple(b))
+    z = off.preacts(p.x[None])[-1][0]
+    assert np.abs(z).min() > 1e-9 * np.abs(z).max()      # what the old bound took as deeper
+    assert _reading(off, p, State([], [], [])) is None
+    _, deeper = _kink_point(net, 3, every)
+    assert _reading(off, deeper, State([], [], [])) is not None
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), units=st.integers(2, 12), on_at=st.integers(3, 12))
+def test_orientations_are_not_outvoted_by_the_noise_of_units_off(seed, units, on_at):
+    # each kink reads noise at 1e-7-2e-6 of its largest entry in the units that are off: a
+    # count of entries over ON voted with that noise (40-20-10-10-1 s17: 8 kinks on against
+    # hundreds of noise)
+    from fidelity.peel import ON, _orientations
+    rng = np.random.default_rng(seed)
+    n, truth = 300, rng.choice([-1.0, 1.0], size=units)
+    z = rng.normal(size=(n, units))                         # the model's z, truth unknown
+    on_true = z * truth > 0
+    on_true[:, 0] = False
+    on_true[rng.choice(n, on_at, replace=False), 0] = True  # unit 0 seen on at a few kinks
+    z[on_true[:, 0], 0] = np.abs(z[on_true[:, 0], 0]) * truth[0]
+    z[~on_true[:, 0], 0] = -np.abs(z[~on_true[:, 0], 0]) * truth[0]
+    beta = np.where(on_true, rng.uniform(1e-2, 1.0, size=(n, units)), 0.0)
+    beta[:, -1] = 1.0
+    on_true[:, -1] = True
+    z[:, -1] = np.abs(z[:, -1]) * truth[-1]
+    noise = rng.uniform(2e-7, 2e-6, size=(n, units)) * rng.choice([-1, 1], size=(n, units))
+    beta = np.where(on_true, beta, noise)
+    on = np.abs(beta) > ON * np.abs(beta).max(1, keepdims=True)
+    assert (_orientations(beta, z, on) == truth).all()
+
+
 def test_a_fill_kink_where_the_units_on_miss_the_slope_is_probed_in_full():
     # random 11-7-6-1 s145: line 0 missed a layer-1 unit; a window's kink probed along the
     # units on only did not give the line's slope (the missing unit moves along the other
