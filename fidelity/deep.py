@@ -55,6 +55,13 @@ MAX_AIMED = 2         # ... or from lines through the inputs where the check fai
 AIM_LINES = 4         # ... at most this many of them, wrong by more than AIM_ABOVE times
 AIM_ABOVE = 100.0     # the check's tolerance: a unit missing, not rows a little off (random
                       # 784-64-32-10 s1, checked at 1.6e-8, spent 250k queries searching again)
+NEAR_RADII = (0.01, 0.03, 0.1)   # radii (times input_scale) of more check inputs, one per
+NEAR_PART = 10                   # this many of the others: beside the terms of a unit far out
+                      # its bias is small, so near the origin a unit seldom on can be on in
+                      # many directions (random 40-20-10-10-1 s59, with layer 3 read a little
+                      # differently: a missing layer-3 unit on for 0.3% of inputs at radius 1,
+                      # 16% at 0.01 and 0.03, 5% at 0.1; the 320 checks at radii 0.3-30
+                      # missed it, as they do with probability 0.42)
 RETRY_PATIENCE = 3    # ... with this many times the random lines of patience
 SLOPE_AGREE = 1e-6    # see _slopes_agree
 WEAK_SHARE = 0.5      # a layer-1 plane confirmed by fewer lines than this share of the median
@@ -292,8 +299,9 @@ def _reach(run: Run, cfg: DeepConfig, state: State) -> tuple:
     """``state.best``, after a note on what its last check could have missed."""
     n, radii = cfg.check_points, POINT_RADII
     run.note(Kind.DEEP, f"checked on {n} fresh inputs at radii {radii[0]:g}-{radii[-1]:g} "
-             f"(times the input scale): a part of the inputs where the network is wrong that "
-             f"holds more than {3 / n:.1%} of such draws would have shown with 95% probability",
+             f"(times the input scale) and {_near_count(cfg)} at {NEAR_RADII[0]:g}-"
+             f"{NEAR_RADII[-1]:g}: a part of the inputs where the network is wrong that holds "
+             f"more than {3 / n:.1%} of the former would have shown with 95% probability",
              check_points=n, reach=3 / n)
     return state.best
 
@@ -1148,9 +1156,12 @@ def _output_with_pairs(run: Run, layered: Layered, state: State, x: np.ndarray,
 
 def _check(run: Run, cfg: DeepConfig, net: ReLUNetwork, state: State) -> float:
     """The network's largest error relative to the largest answer, on ``cfg.check_points``
-    fresh inputs at the radii :data:`POINT_RADII` (and, where pairs carry a linear part,
-    where that part is most extreme: :func:`_linear_extremes`)."""
-    xc = fresh_points(run, cfg.check_points)
+    fresh inputs at the radii :data:`POINT_RADII`, a tenth as many near the origin
+    (:data:`NEAR_RADII`, from a stream of their own) and, where pairs carry a linear part,
+    where that part is most extreme (:func:`_linear_extremes`)."""
+    near = np.random.default_rng([run.seed, 41, len(run.check_log)])   # the run's stream
+    xc = np.concatenate([fresh_points(run, cfg.check_points),          # stays as it was
+                         fresh_points(run, _near_count(cfg), NEAR_RADII, near)])
     if state.linear is not None:
         xc = np.concatenate([xc, _linear_extremes(run, net, state.linear)])
     yc, err = point_error(run, net, xc, cfg.check_tol)
@@ -1160,6 +1171,12 @@ def _check(run: Run, cfg: DeepConfig, net: ReLUNetwork, state: State) -> float:
     if wrong.size:
         state.unfitted = (xc, yc)      # what a layer searched again must fit (fidelity.peel)
     return float(err.max())
+
+
+def _near_count(cfg: DeepConfig) -> int:
+    """How many of the check's inputs lie near the origin (:data:`NEAR_RADII`), beside its
+    ``cfg.check_points``."""
+    return -(-cfg.check_points // NEAR_PART)
 
 
 def _linear_extremes(run: Run, net: ReLUNetwork, dirs: np.ndarray) -> np.ndarray:

@@ -1376,3 +1376,37 @@ def test_a_check_still_failed_after_the_aimed_searches_sends_the_layer_before_se
     assert result.status == "ok", result.notes
     assert any("the check still finds inputs" in e.message for e in result.events)
     _exact(victim, result, rel=1e-9, param=1e-8)
+
+
+def test_the_check_looks_near_the_origin_where_a_unit_seldom_on_is_often_on():
+    """Random 40-20-10-10-1 s59 without its layer-3 unit 2 (on for 0.3% of Gaussian inputs
+    at radius 1, 16% at 0.01): the 320 check inputs at radii 0.3-30 miss it for most run
+    seeds; the tenth as many near the origin find it for every one, without moving the
+    run's own stream."""
+    from fidelity import deep
+    from fidelity.checks import fresh_points
+    from fidelity.context import Run
+    from fidelity.deepstate import DeepConfig, State
+    victim = F.ReLUNetwork.random(59, [40, 20, 10, 10, 1])
+    w = [np.asarray(a) for a in victim.weights]
+    b = [np.asarray(a) for a in victim.biases]
+    keep = np.arange(10) != 2
+    short = F.ReLUNetwork(w[:2] + [w[2][keep], w[3][:, keep]], b[:2] + [b[2][keep], b[3]])
+    cfg, missed_far = DeepConfig(), 0
+    for seed in range(6):
+        def run():
+            return Run(F.Oracle(victim), seed=seed, t_max=30.0, input_scale=1.0,
+                       step_cap=1e-3, check_reserve=0, crossing_rel_error=1e-9)
+        checked, state = run(), State(lines=[], points=[], infos=[])
+        err = deep._check(checked, cfg, short, state)
+        assert err > deep.AIM_ABOVE * cfg.check_tol and state.missed.shape[0] >= 1
+        x, y = state.checked
+        far = np.abs(short(x[:cfg.check_points]) - y[:cfg.check_points]).max()
+        missed_far += far <= cfg.check_tol * np.abs(y).max()
+        before = run()
+        np.testing.assert_array_equal(x[:cfg.check_points],
+                                      fresh_points(before, cfg.check_points))
+        assert checked.rng.normal() == before.rng.normal()
+        near = np.linalg.norm(x[cfg.check_points:], axis=1) / np.sqrt(40)
+        assert near.shape[0] == deep._near_count(cfg) and near.max() < 0.2
+    assert missed_far >= 2
