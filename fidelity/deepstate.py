@@ -33,7 +33,8 @@ class DeepConfig:
         lines_per_layer: bound on lines searched for the kinks of one layer.
         layer_patience: lines that bring no new unit before a layer is closed.
         output_points: answers of the output fit beyond ``2 (2 h + 1)``.
-        check_points: fresh answers the finished network is checked on.
+        check_points: fresh answers the finished network is checked on, at least.
+        check_share: ... or this share of the queries spent, when more (within the budget).
         check_tol: relative tolerance of that check.
         max_kinks: bound on the deeper kinks measured in all (each costs ``2 (h + 3)``
             queries and enters every analysis): past it the layer being searched is closed
@@ -45,6 +46,7 @@ class DeepConfig:
     layer_patience: int = 2
     output_points: int = 32
     check_points: int = 320
+    check_share: float = 0.05
     check_tol: float = 1e-8
     max_kinks: int = 3000
 
@@ -53,6 +55,8 @@ class DeepConfig:
                           ("output_points", 0), ("check_points", 1), ("max_kinks", 1)):
             at_least(self, low, name)
         positive(self, "check_tol")
+        if not 0.0 <= self.check_share < 1.0:
+            raise ValueError(f"check_share must be in [0, 1), got {self.check_share!r}")
 
 
 @dataclass
@@ -165,6 +169,7 @@ class State:
     sharpened: dict = field(default_factory=dict)  # layer-1 rows measured again (deep._sharpened)
     columns: Optional[np.ndarray] = None   # output weights read from pins (deep._pinned_columns)
     checked: Optional[tuple] = None   # (x, y) the last check's answers (deep._check)
+    check_count: int = 0              # ... of which fresh Gaussian ones at POINT_RADII
     memo: dict = field(default_factory=dict)       # fidelity.peel's analysis, per model
     windows: set = field(default_factory=set)      # (unit, point) of fidelity.peel's windows
     unfitted: Optional[tuple] = None   # (x, y) answers the last output fit could not fit

@@ -1368,10 +1368,11 @@ def test_a_unit_that_missed_one_early_kink_is_kept_once_its_hits_grow(seed):
 
 
 def test_a_check_still_failed_after_the_aimed_searches_sends_the_layer_before_searching():
-    """Random 40-20-10-10-1 s62: the check found inputs where the network was wrong, and two
-    searches of layer 3 from lines through them did not mend it ('unverified', 5.9e-2 off).
-    The layer before is then searched again from lines through them, once: exact."""
-    victim = F.ReLUNetwork.random(62, [40, 20, 10, 10, 1])
+    """Random 40-20-10-10-1 s4: the check found inputs where the network was wrong, and two
+    searches of layer 3 from lines through them did not mend it. The layer before is then
+    searched again from lines through them, once: exact (114,096 queries; 'unverified' and
+    3.5e-2 off with checks of 320 inputs, whose other path took s62 here)."""
+    victim = F.ReLUNetwork.random(4, [40, 20, 10, 10, 1])
     result = F.extract(F.Oracle(victim), seed=0, throw=False)
     assert result.status == "ok", result.notes
     assert any("the check still finds inputs" in e.message for e in result.events)
@@ -1410,3 +1411,40 @@ def test_the_check_looks_near_the_origin_where_a_unit_seldom_on_is_often_on():
         near = np.linalg.norm(x[cfg.check_points:], axis=1) / np.sqrt(40)
         assert near.shape[0] == deep._near_count(cfg) and near.max() < 0.2
     assert missed_far >= 2
+
+
+def test_the_check_grows_with_the_queries_spent_within_the_budget():
+    """A unit of the last layer on in a thin cone far out: random 10-20-20-1 s7 without its
+    layer-2 unit 15 (on for about 0.15% of inputs; the run came back 'ok' so at 28,704
+    queries). The check asks 5% of the queries spent (not fewer than 320), and finds it for
+    more run seeds than its first 320 inputs would; a budget caps the growth."""
+    from fidelity import deep
+    from fidelity.context import Run
+    from fidelity.deepstate import DeepConfig, State
+    victim = F.ReLUNetwork.random(7, [10, 20, 20, 1])
+    w = [np.asarray(a) for a in victim.weights]
+    b = [np.asarray(a) for a in victim.biases]
+    keep = np.arange(20) != 15
+    short = F.ReLUNetwork([w[0], w[1][keep], w[2][:, keep]], [b[0], b[1][keep], b[2]])
+    cfg = DeepConfig()
+
+    def run(seed, spent, budget=None):
+        oracle = F.Oracle(victim, budget=budget)
+        oracle.charge(spent)
+        return Run(oracle, seed=seed, t_max=30.0, input_scale=1.0, step_cap=1e-3,
+                   check_reserve=0, crossing_rel_error=1e-9)
+
+    assert deep._check_count(run(0, 1000), cfg) == cfg.check_points
+    assert deep._check_count(run(0, 28704), cfg) == 1436
+    near = deep._near_count(cfg)
+    assert deep._check_count(run(0, 28704, 28704 + 900), cfg) == 900 - near
+    assert deep._check_count(run(0, 28704, 28704 + 100), cfg) == cfg.check_points
+    caught = first = 0
+    for seed in range(12):
+        state = State(lines=[], points=[], infos=[])
+        err = deep._check(run(seed, 28704), cfg, short, state)
+        x, y = state.checked
+        caught += err > deep.AIM_ABOVE * cfg.check_tol
+        first += (np.abs(short(x[:cfg.check_points]) - y[:cfg.check_points]).max()
+                  > deep.AIM_ABOVE * cfg.check_tol * np.abs(y).max())
+    assert caught >= first + 3
