@@ -1370,8 +1370,8 @@ def test_a_unit_that_missed_one_early_kink_is_kept_once_its_hits_grow(seed):
 def test_a_check_still_failed_after_the_aimed_searches_sends_the_layer_before_searching():
     """Random 40-20-10-10-1 s4: the check found inputs where the network was wrong, and two
     searches of layer 3 from lines through them did not mend it. The layer before is then
-    searched again from lines through them, once: exact (114,096 queries; 'unverified' and
-    3.5e-2 off with checks of 320 inputs, whose other path took s62 here)."""
+    searched again from lines through them, once: exact (114,096 queries). With checks of
+    320 inputs s4 ended 'unverified', 3.5e-2 off, and s62 took this path instead."""
     victim = F.ReLUNetwork.random(4, [40, 20, 10, 10, 1])
     result = F.extract(F.Oracle(victim), seed=0, throw=False)
     assert result.status == "ok", result.notes
