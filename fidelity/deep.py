@@ -60,8 +60,8 @@ NEAR_PART = 10                   # this many of the others: beside the terms of 
                       # its bias is small, so near the origin a unit seldom on can be on in
                       # many directions (random 40-20-10-10-1 s59, with layer 3 read a little
                       # differently: a missing layer-3 unit on for 0.3% of inputs at radius 1,
-                      # 16% at 0.01 and 0.03, 5% at 0.1; the 320 checks at radii 0.3-30
-                      # missed it, as they do with probability 0.42)
+                      # 16% at 0.01 and 0.03, 5% at 0.1; with it taken out of the victim,
+                      # the 320 checks at radii 0.3-30 miss it for 7 of 12 run seeds)
 RETRY_PATIENCE = 3    # ... with this many times the random lines of patience
 SLOPE_AGREE = 1e-6    # see _slopes_agree
 WEAK_SHARE = 0.5      # a layer-1 plane confirmed by fewer lines than this share of the median

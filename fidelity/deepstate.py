@@ -13,7 +13,7 @@ from .checks import fresh_points
 from .context import Run
 from .layered import Layered
 from .measure import MeasureConfig, search_line
-from .validation import at_least, positive
+from .validation import at_least, positive, share
 
 LAST_LAYER = 1e-4     # output fit residual (relative) below which layer m is the last
 MATCH = 1e-6          # a found kink within MATCH times the line's half length of a
@@ -55,8 +55,7 @@ class DeepConfig:
                           ("output_points", 0), ("check_points", 1), ("max_kinks", 1)):
             at_least(self, low, name)
         positive(self, "check_tol")
-        if not 0.0 <= self.check_share < 1.0:
-            raise ValueError(f"check_share must be in [0, 1), got {self.check_share!r}")
+        share(self, "check_share")
 
 
 @dataclass

@@ -19,3 +19,11 @@ def at_least(cfg, low: int, *names) -> None:
         value = getattr(cfg, n)
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
             raise ValueError(f"{type(cfg).__name__}.{n} must be an int >= {low}, got {value!r}")
+
+
+def share(cfg, *names) -> None:
+    """Raises ValueError unless each named field of ``cfg`` is in ``[0, 1)``."""
+    for n in names:
+        if not 0.0 <= getattr(cfg, n) < 1.0:
+            raise ValueError(f"{type(cfg).__name__}.{n} must be in [0, 1), got "
+                             f"{getattr(cfg, n)!r}")
