@@ -206,9 +206,13 @@ def _with_gapped(run: Run, layered: Layered, w, b, flip, a, gapped: list,
 
 
 def _parallel(p: np.ndarray, q: np.ndarray, tol: float = 1e-6) -> bool:
-    """Whether two rows are equal up to a positive scale."""
+    """Whether two rows are equal up to a scale of either sign: a walk's row takes the sign
+    of the normal it started from, which depends on the side its line crossed from (random
+    10-20-20-1 s7, lines through a failed check's inputs drawn first: a second walk of a
+    found unit, -0.546 times its row, came back with an entry unreached and was tried as a
+    new unit)."""
     size = np.linalg.norm(p) * np.linalg.norm(q)
-    return bool(size > 0 and 1.0 - p @ q / size <= tol)
+    return bool(size > 0 and 1.0 - abs(p @ q) / size <= tol)
 
 
 def _same(one, other, tol: float = 1e-6) -> bool:
