@@ -119,7 +119,8 @@ def next_layer(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, layered:
                 line.measured.discard(int(np.argmin(np.abs(line.t - t))))
         found_layer = _analyse(run, layered, state)
         confined = _confined(layered, found_layer)
-        size = found_layer.rows.shape[0] + sum(len(c[2]) > 1 and not confined[_key(c)]
+        too_few, confined = confined is None, confined or frozenset()
+        size = found_layer.rows.shape[0] + sum(len(c[2]) > 1 and _key(c) not in confined
                                                for c in found_layer.partial)
         # closed as soon as its units, none left incomplete, explain every kink found and fit
         # the answers that the layer before could not: the random lines of patience would
@@ -142,9 +143,10 @@ def next_layer(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, layered:
                  and set(c[1].tolist()) - tried.get(_key(c), set())]
         # windows go first to the groups whose kinks lie in several regions of the units
         # found: a deeper unit's kinks agree like one unit's only within one region
-        open_.sort(key=lambda c: 2 if confined[_key(c)] else int(len(c[2]) == 1))
+        # (too few units found to tell, every open group keeps it open, as before)
+        open_.sort(key=lambda c: 2 if _key(c) in confined else int(len(c[2]) == 1))
         if quiet >= patience and not any(
-                len(c[2]) > 1 and not confined[_key(c)] or confined.get(None) is None
+                too_few or len(c[2]) > 1 and _key(c) not in confined
                 for c in open_):
             break
         if len(state.points) >= cfg.max_kinks:
@@ -238,9 +240,10 @@ def _completed(run: Run, mcfg: MeasureConfig, layered: Layered, found: _Found,
     return _Found(found.signs, found.dead, rows, rest)
 
 
-def _confined(layered: Layered, found: _Found) -> dict:
-    """Per incomplete group (by :func:`_key`), whether its kinks, two or more, all lie in one
-    region of the complete units found (each on the same side of every one of them). A
+def _confined(layered: Layered, found: _Found) -> Optional[frozenset]:
+    """The keys (:func:`_key`) of the incomplete groups whose kinks, two or more, all lie in
+    one region of the complete units found (each on the same side of every one of them);
+    None while fewer than :data:`CONFINING` units are complete. A
     deeper unit's kinks agree like one unit's only within a region of this layer, so such
     a group is more likely one, and its growth is no sign of a unit of this layer; a unit
     of this layer keeps its row across their regions (random 40-20-10-10-1 s1: layer 2
@@ -250,17 +253,17 @@ def _confined(layered: Layered, found: _Found) -> dict:
     s17 then came back 'ok' and 1e-2 off, a layer-3 unit off for 0.14% of inputs carried
     as a linear part, until the check looked for it in every orientation
     (deep._flipped_parts)."""
-    out = {_key(c): False for c in found.partial}
     if found.rows.shape[0] < CONFINING:
-        return out
-    out[None] = True
+        return None
     model = _appended(layered, found)
+    out = set()
     for c in found.partial:
         if len(c[2]) < 2:
             continue
         z = model.preacts(np.array([p.x for p in c[2]]))[-1]
-        out[_key(c)] = bool(((z > 0).all(0) | (z < 0).all(0)).all())
-    return out
+        if ((z > 0).all(0) | (z < 0).all(0)).all():
+            out.add(_key(c))
+    return frozenset(out)
 
 
 def _strong(cluster) -> bool:
