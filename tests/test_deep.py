@@ -915,6 +915,34 @@ def test_kink_groups_that_a_completed_unit_explains_are_not_left_out():
     assert rep.fidelity == 1.0 and rep.max_rel_error <= 1e-8
 
 
+def test_a_linear_part_is_tried_before_the_last_retry():
+    # random 40-20-10-10-1 s0: once layer 3 explained nearly every kink, it was searched again
+    # with 3x and then 6x the patience before the part of its always-on unit was fitted
+    # (62,054 queries); the linear part is now tried before the retries, and the second
+    # retry is not needed (53,831)
+    victim = F.ReLUNetwork.random(0, [40, 20, 10, 10, 1])
+    result = F.extract(F.Oracle(victim), seed=0, throw=False)
+    assert result.status == "ok", result.notes
+    assert any("3x the patience" in n for n in result.notes)
+    assert not any("6x the patience" in n for n in result.notes)
+    assert len(result.events_of(F.Kind.UNIDENTIFIED_UNITS)) == 1      # said once, when kept
+    rep = F.evaluate(victim, result.network, num_samples=20_000)
+    assert rep.fidelity == 1.0 and rep.max_rel_error <= 1e-8
+
+
+def test_a_linear_part_is_not_tried_early_while_a_group_of_kinks_is_left_out():
+    # random 40-20-10-10-1 s12: layer 3's first search ends with 9 units and a group of kinks
+    # it could not complete; the answers are linear in layer 2's outputs beside those units,
+    # but the group is a tenth unit's (on for few inputs): tried anyway, the pins and the
+    # check (4.5k answers) were spent before the group failed it
+    victim = F.ReLUNetwork.random(12, [40, 20, 10, 10, 1])
+    result = F.extract(F.Oracle(victim), seed=0, throw=False)
+    assert result.status == "ok", result.notes
+    assert not result.events_of(F.Kind.UNIDENTIFIED_UNITS)
+    assert not any("linear part" in n for n in result.notes)
+    _exact(victim, result, rel=1e-9, param=1e-8)
+
+
 def test_a_completion_contradicted_by_a_window_is_not_kept():
     # random 10-9-4-2 s4344: a layer-2 unit completed from the output fit (an entry no kink
     # saw) came back 'ok' and 5e-2 off on 0.1% of the inputs, past the check's 320 points;
@@ -947,7 +975,9 @@ def test_pins_share_the_pieces_between_chosen_kinks():
     assert result.status == "ok"
     _exact(victim, result, rel=1e-9, param=1e-9)
     assert result.stage_queries["precision"] <= 10_000
-    assert result.queries <= 50_500                  # 10x fewer than Carlini et al.
+    # about 10x fewer than Carlini et al.: 49,611 on one machine, 50,526 on another (OpenBLAS
+    # picks its kernels per CPU, and the rounding moves a few of the search's choices)
+    assert result.queries <= 51_000
 
 
 @pytest.mark.parametrize("k", [1, 3])

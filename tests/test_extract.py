@@ -45,8 +45,9 @@ def test_embedded_digits_victim():
     assert rep.fidelity == 1.0 and rep.max_rel_error <= 1e-9
     # output weights from intercepts weighted by their own noise (9.9e-11 when the far
     # regions' intercepts counted at the gradients' weights; 2.2e-11), and the rounding all
-    # of a region's gradient entries share read from its diagonal probe and taken out (8.4e-12)
-    assert rep.param_error <= 1.2e-11
+    # of a region's gradient entries share read from its diagonal probe and taken out (8.4e-12
+    # on one machine, 1.27e-11 on another: OpenBLAS picks its kernels per CPU)
+    assert rep.param_error <= 1.5e-11
 
 
 def test_same_seed_same_queries():
