@@ -119,16 +119,14 @@ def _layers(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, state: Stat
             return None                # nothing bends: one hidden layer, however it went
         few = out is None and bool(below) and few_unexplained(run, layered, state)
         last_resort = few and retries >= MAX_RETRIES
-        tried = (few and not last_resort and layered.depth not in early
-                 and not aimed and not aimed_back)
+        tried = few and not last_resort and layered.depth not in early
         if tried:
             # before the retries: a unit that never switched where searched may be the whole
             # story (random 40-20-10-10-1 s0 spent 3x and 6x the patience on layer 3 before
             # its always-on unit was carried by a pair); a cheap look first, the retries if
-            # it fails there or in the check. Not once a check has failed: the unit it stands
-            # for may switch where no check looks (random 40-20-10-10-1 s81, after a search
-            # aimed at the failed check's inputs: 'ok' and 1e-3 off on 0.02% of inputs,
-            # where its layer-3 unit on for 99.99% is off)
+            # it fails there or in the check (random 40-20-10-10-1 s81, after a search aimed
+            # at a failed check's inputs: its layer-3 unit on for 99.99% of inputs is off
+            # where the check then looks, LINEAR_POOL, and the search aimed there finds it)
             early.add(layered.depth)
             if _linear_fits(layered, *state.unfitted):
                 out = _output(run, cfg, layered, state, state.unfitted, linear=True)
