@@ -1346,7 +1346,7 @@ LINEAR_POOL = 1 << 16  # model-only draws _linear_extremes picks among (fewer wh
                        # for can be off for 0.01-0.03% of inputs (random 40-20-10-10-1 s24, where
                        # 8,192 draws held about one such input at each radius and the network
                        # came back 'unverified'; 65,536: the check finds it, the search aimed
-                       # there recovers the unit, exact at 44,072 queries)
+                       # there recovers the unit, exact at 44,693 queries)
 FLIP_BITS = 10         # last-layer units whose orientation patterns are all tried (2^10)
 FLIP_DRAWS = 1024      # ... random patterns tried beyond that
 
