@@ -1443,6 +1443,36 @@ def test_a_check_still_failed_after_the_aimed_searches_sends_the_layer_before_se
     assert rep.max_rel_error > 1e-8
 
 
+def test_a_network_is_held_against_every_earlier_check_answer():
+    """deep._answered: the largest error on the answers all point checks of the run asked,
+    with no query, and where it is; a network wrong only where an earlier check looked is
+    found wrong there (random 40-20-10-10-1 s24 came back 'ok', 4.7e-4 off at one input of
+    an earlier check)."""
+    from fidelity.checks import point_error
+    from fidelity.context import Run
+    from fidelity.deep import _answered
+    victim = F.ReLUNetwork.random(3, [6, 5, 4, 1])
+    oracle = F.Oracle(victim)
+    run = Run(oracle, seed=3, t_max=30.0, input_scale=1.0, step_cap=1e-3, check_reserve=0,
+              crossing_rel_error=1e-9)
+    rng = np.random.default_rng(0)
+    early, late = rng.normal(size=(50, 6)), rng.normal(size=(50, 6))
+    point_error(run, victim, early, 1e-8)
+    point_error(run, victim, late, 1e-8)
+    q = oracle.queries
+    assert _answered(run, victim)[0] <= 1e-13
+    # the victim with one last-layer unit's output weight moved: wrong wherever it is on
+    w = [np.array(a, float) for a in victim.weights]
+    b = [np.array(a, float) for a in victim.biases]
+    z = np.maximum(np.maximum(early @ w[0].T + b[0], 0) @ w[1].T + b[1], 0)
+    unit = int(np.argmax(z.any(0)))
+    w[2][:, unit] *= 1.5
+    wrong = F.ReLUNetwork(w, b)
+    err, (x, y, off) = _answered(run, wrong)
+    assert oracle.queries == q                               # no query
+    assert err > 1e-3 and off.max() == err and len(x) == len(y) == 50
+
+
 def test_the_check_looks_near_the_origin_where_a_unit_seldom_on_is_often_on():
     """Random 40-20-10-10-1 s59 without its layer-3 unit 2 (on for 0.3% of Gaussian inputs
     at radius 1, 16% at 0.01): the 320 check inputs at radii 0.3-30 miss it for most run
