@@ -145,7 +145,7 @@ def _layers(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, state: Stat
             if past > max(err, AIM_ABOVE * cfg.check_tol) and not state.missed.size:
                 # off where an earlier check asked: the search is aimed there
                 x, y, off = where
-                state.missed = x[np.argsort(-off)[:int((off > AIM_ABOVE * cfg.check_tol).sum())]]
+                state.missed = x[_far_off(off, cfg)]
                 state.unfitted = (x, y)
             err = max(err, past)
             left = still_left_out(net, layered.depth, state) if last_resort else 0
@@ -876,10 +876,10 @@ def _pinned(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, layered: Layered, st
         # s3406 came back 'ok', 5.2e-2 off, with 5 of 6 layer-2 units: the refit checked at
         # 9e-3, the network before it at 8e-12 on other inputs, and was returned); they aim
         # the search like the check's own
-        off = np.abs(np.asarray(first(xs)) - ys).max(1) / max(float(np.abs(ys).max()), 1e-300)
+        off = _off(first, xs, ys)
         if off.max() > first_err:
             first_err = float(off.max())
-            wrong = np.argsort(-off)[:int((off > AIM_ABOVE * cfg.check_tol).sum())]
+            wrong = _far_off(off, cfg)
             if wrong.size:
                 state.missed = np.concatenate([state.missed.reshape(-1, run.d), xs[wrong]])
                 state.unfitted = (xs, ys)
@@ -1221,7 +1221,7 @@ def _check(run: Run, cfg: DeepConfig, net: ReLUNetwork, state: State) -> float:
                                                        state.check_count)])
     yc, err = point_error(run, net, xc, cfg.check_tol)
     state.checked = (xc, yc)
-    wrong = np.argsort(-err)[:int((err > AIM_ABOVE * cfg.check_tol).sum())]
+    wrong = _far_off(err, cfg)
     state.missed = xc[wrong]
     if wrong.size:
         state.unfitted = (xc, yc)      # what a layer searched again must fit (fidelity.peel)
@@ -1253,8 +1253,8 @@ def _holds(run: Run, cfg: DeepConfig, net: ReLUNetwork, state: State) -> bool:
     x = np.concatenate([fresh_points(run, PRECHECK, POINT_RADII, rng),
                         _linear_extremes(run, net, state.linear, PRECHECK)])
     y = run.query("checks")(x)
-    err = np.abs(np.asarray(net(x)) - y).max(1) / max(float(np.abs(y).max()), 1e-300)
-    wrong = np.argsort(-err)[:int((err > AIM_ABOVE * cfg.check_tol).sum())]
+    err = _off(net, x, y)
+    wrong = _far_off(err, cfg)
     if not wrong.size:
         return _answered(run, net)[0] <= AIM_ABOVE * cfg.check_tol
     state.aims = list(x[wrong[:AIM_LINES]])
@@ -1276,10 +1276,22 @@ def _answered(run: Run, net: ReLUNetwork) -> tuple:
     worst, where = 0.0, None
     for group, x, y, _ in run.check_log:
         if group == "points" and len(x):
-            off = np.abs(np.asarray(net(x)) - y).max(1) / max(float(np.abs(y).max()), 1e-300)
+            off = _off(net, x, y)
             if off.max() > worst:
                 worst, where = float(off.max()), (x, y, off)
     return worst, where
+
+
+def _off(net: ReLUNetwork, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Each input's largest error of ``net`` against the answers ``y``, relative to the
+    largest answer (as :func:`fidelity.checks.point_error` measures it, without asking)."""
+    return np.abs(np.asarray(net(x)) - y).max(1) / max(float(np.abs(y).max()), 1e-300)
+
+
+def _far_off(off: np.ndarray, cfg: DeepConfig) -> np.ndarray:
+    """The indices of the errors ``off`` above :data:`AIM_ABOVE` times the check's
+    tolerance (a unit missing, not rows a little off), worst first: where a search aims."""
+    return np.argsort(-off)[:int((off > AIM_ABOVE * cfg.check_tol).sum())]
 
 
 def _check_count(run: Run, cfg: DeepConfig) -> int:
