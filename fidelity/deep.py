@@ -66,6 +66,9 @@ RETRY_PATIENCE = 3    # ... with this many times the random lines of patience
 SLOPE_AGREE = 1e-6    # see _slopes_agree
 WEAK_SHARE = 0.5      # a layer-1 plane confirmed by fewer lines than this share of the median
                       # is dropped when nothing fits a second layer (_without_weak)
+MAX_REGROWN = 2       # searches of layer 2 again over a layer 1 that the last one grew
+CONFIRM_ROUNDS = 1    # when nothing fits a second layer and no layer-1 plane is weak: rounds
+CONFIRM_LINES = 4     # ... of this many more random lines, each followed by another look
 SAME_SLOPE = 1e-7     # a found kink whose slopes either side differ by less (relative to the
                       # steepest on its line) is none: slopes over 1e-5 of the line differ by 1e-9
 
@@ -108,14 +111,18 @@ def _layers(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, state: Stat
     below, retries = [], 0         # the models one layer shallower, for a retry
     aimed = 0                      # searches aimed at a failed check's inputs
     aimed_back = False             # ... and one of the layer before the last, after them
-    dropped = False                # layer-1 planes few lines confirm dropped once
+    looks = 0                      # layer-1 planes looked at again (_without_weak)
+    regrown = 0                    # layer 2 searched again over a layer 1 it grew
     backtracks = 0                 # layers searched again one layer further back
     early = set()                  # depths whose linear part was tried before their retries
     while True:
         layered = _polish(run, layered, state)
         out = _output(run, cfg, layered, state)
+        # layer 1 alone when the outputs are affine in it, or it explains every kink found:
+        # a few left over are a second layer's in a narrow network (random 7-4-2-2-1 s2274:
+        # one of 15 kinks on 3 lines, which passed for 'few', and it was refused)
         if layered.depth == 1 and (out is not None or (
-                state.known is None and few_unexplained(run, layered, state))):
+                state.known is None and few_unexplained(run, layered, state, floor=0))):
             return None                # nothing bends: one hidden layer, however it went
         few = out is None and bool(below) and few_unexplained(run, layered, state)
         last_resort = few and retries >= MAX_RETRIES
@@ -218,12 +225,32 @@ def _layers(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, state: Stat
             layered = deeper
             continue
         if not below:
-            if layered.depth == 1 and not dropped:
+            grown, state.grown = state.grown, None
+            if grown is not None and regrown < MAX_REGROWN:
+                # the search of layer 2 added layer-1 units and found none of its own: it is
+                # searched again over layer 1 so grown (random 11-10-2-1 s8018: 7 units from
+                # line 0, 3 added, then no layer-2 unit within the patience; before, the
+                # added ones were lost)
+                regrown += 1
+                layered = grown
+                continue
+            again = False
+            while layered.depth == 1 and not again and looks <= CONFIRM_ROUNDS:
+                if looks:
+                    # more lines: a piece of a layer-2 boundary across a region of a narrow
+                    # layer 1 can predict the kinks of every line but line 0 while they are
+                    # few (random 9-3-2-1 s7145: 4 planes for 3 units on 3 lines, the fourth
+                    # missed on the sixth), and a layer-1 unit no line crossed yet may cross
+                    # these (layer 2 is searched again over them)
+                    for _ in range(CONFIRM_LINES):
+                        new_line(run, mcfg, use_jit, state)
+                looks += 1
                 thinner = _without_weak(run, layered, state, full)
                 if thinner is not None:
-                    dropped = True
                     layered = thinner
-                    continue
+                again = thinner is not None or looks > 1
+            if again:
+                continue
             return None                # no kink fits a second layer: the one-layer verdict
         if retries >= MAX_RETRIES and len(below) >= 2 and backtracks < MAX_BACKTRACKS:
             # nothing fits layer m + 1 however long layer m was searched: layer m - 1 more

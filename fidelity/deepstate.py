@@ -189,6 +189,8 @@ class State:
     deficient: set = field(default_factory=set)   # (line, kink) skipped for a Jacobian of
                                                   # too low a rank: read again when more
                                                   # orientations are known
+    grown: Optional[Layered] = None   # layer 1 with the units a search of layer 2 that found
+                                      # no unit of its own added (peel.next_layer)
 
 
 def plane_kinks(run: Run, rows: np.ndarray, line: Line):

@@ -56,14 +56,15 @@ GAP_KEEP_LINES = 3    # ... and at most MAX_GAP_ENTRIES entries never seen, is c
 MAX_GAP_ENTRIES = 3   # ... when the output fit cannot complete every incomplete unit at once
 
 
-def few_unexplained(run: Run, layered: Layered, state: State) -> bool:
+def few_unexplained(run: Run, layered: Layered, state: State, floor: int = 3) -> bool:
     """Whether the known layers explain nearly every kink found so far (a deeper layer would
-    leave many): then a layer is missing a unit rather than the network a layer."""
+    leave many): then a layer is missing a unit rather than the network a layer. ``floor``:
+    this many unexplained kinks count as few however few kinks were found."""
     total = missed = 0
     for line in state.lines:
         total += line.t.size
         missed += int((~predicted(run, layered, line, None)).sum())
-    return missed <= max(FEW_UNEXPLAINED * total, 3)
+    return missed <= max(FEW_UNEXPLAINED * total, floor)
 
 
 def next_layer(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, layered: Layered,
@@ -73,7 +74,7 @@ def next_layer(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, layered:
     layer is closed after ``patience`` random lines that bring no new unit, or as soon as it
     explains everything (``state.unfitted``)."""
     m = layered.depth
-    h = layered.widths[-1]
+    h = h0 = layered.widths[-1]
     if h > run.d and m == 1:        # a deeper kink's jump does not determine its row
         return expansive.second_layer(run, cfg, mcfg, use_jit, layered, state, patience)
     q0, lines0, pts0 = run.oracle.queries, len(state.lines), len(state.points)
@@ -177,6 +178,8 @@ def next_layer(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, layered:
                  "twice in one region, or a unit whose row has entries never observed); left "
                  "out", layer=m + 1, groups=len(found_layer.partial))
     if rows.shape[0] == 0:       # reported with layer m + 1 if a later search finds it
+        if m == 1 and layered.widths[0] > h0:
+            state.grown = layered
         spend(state, m + 1, len(state.lines) - lines0, len(state.points) - pts0,
               run.oracle.queries - q0)
         return None

@@ -206,6 +206,28 @@ def test_a_last_layer_unit_that_never_switches_is_carried_exactly(seed):
     assert event.data["layer"] == 2 and event.data["units"] == [9, 10]
 
 
+@pytest.mark.parametrize("sizes, seed, whole", [([12, 2, 2, 1], 8283, True),
+                                                ([12, 4, 2, 2], 2720, True),
+                                                ([7, 4, 2, 2, 1], 2274, False)])
+def test_a_narrow_victim_with_few_kinks_left_unexplained_by_layer_one_is_searched_deeper(
+        sizes, seed, whole):
+    """Narrow random victims that the one-layer engine could not finish (signs not resolved):
+    layer 1 found in full left only 1-3 kinks of the first lines unexplained, which counted as
+    'few' (at most 3 whatever the total), and the deep attempt ended before layer 2 was searched
+    (refused). Layer 1 alone is taken for the whole network only when it explains every kink
+    found. 7-4-2-2-1 s2274's layer 3 has a dead unit and one always on: it comes back with a
+    linear part and says so."""
+    victim = F.ReLUNetwork.random(seed, sizes)
+    result = F.extract(F.Oracle(victim), seed=seed, throw=False)
+    assert result.status == "ok"
+    if whole:
+        _exact(victim, result, rel=1e-9, param=1e-9)
+    else:
+        rep = F.evaluate(victim, result.network, num_samples=20_000)
+        assert rep.fidelity == 1.0 and rep.max_rel_error <= 1e-9
+        assert result.events_of(F.Kind.UNIDENTIFIED_UNITS)
+
+
 def test_deep_victim_answering_probabilities_is_exact_up_to_centring():
     from fidelity import probabilities
     net = F.ReLUNetwork.random(1, [10, 10, 10, 3])
