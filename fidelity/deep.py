@@ -825,6 +825,7 @@ FOOT_MISS = 1e-8       # a pin farther than this off a row's plane (relative) is
 ROBUST_ROUNDS = 3      # refits of a row with its worst-missed kinks trusted less
 OUTLIER = 100.0        # a kink missing the measured row by this many times the median miss is
                        # trusted at that miss from the start
+FAR_OFF = 100.0        # ... or at this many times its miss when beyond the row's own error
 PRECISE_ROW = 1e-9     # ... when the median miss is within this (relative)
 STEP_BOUND = 50.0      # a refit of fewer kinks than entries moving the row more than this
                        # times the measured row's largest miss is not taken (_refit_row;
@@ -1034,7 +1035,13 @@ def _refit_row(theta: np.ndarray, feats: np.ndarray, errs: np.ndarray) -> np.nda
         delta = _weighted_step(theta, unit, errs, prior, gauge, size)
         if (np.abs(unit @ (theta + delta)) / size <= OUTLIER * errs).all():
             far = np.zeros_like(far)
-    errs = np.where(far, np.maximum(errs, miss / 3.0), errs)
+    # one missing it by more than the measured row's own error (PRIOR_ERR) is another unit's:
+    # at a third of its miss it still pulled a row precise to 5.6e-13 to 5.2e-7, and the
+    # row's true kinks then fell outside MATCH and were never matched to it again (random
+    # 80-40-20-1 s7: a layer-1 row with 3 kinks, one a deeper unit's 5.7e-5 off its plane;
+    # layer 2 was searched three times and refused at layer 3 after 216,953 queries)
+    errs = np.where(far, np.maximum(errs, np.where(miss > PRIOR_ERR, FAR_OFF, 1 / 3.0) * miss),
+                    errs)
     worst = float(miss.max()) if miss.size else 0.0
     for _ in range(1 + ROBUST_ROUNDS):
         delta = _weighted_step(theta, unit, errs, prior, gauge, size)

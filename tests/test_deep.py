@@ -500,6 +500,39 @@ def test_kinks_where_a_rare_entry_is_on_correct_it_and_another_units_still_does_
     assert np.linalg.norm(row - truth) <= 1e-10 * np.linalg.norm(truth)
 
 
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), d=st.integers(5, 80), good=st.integers(2, 6),
+       off=st.sampled_from([3e-6, 1e-4, 1e-2]))
+def test_few_kinks_and_one_far_off_leave_a_precise_row_where_it_was(seed, d, good, off):
+    """Random 80-40-20-1 s7: a layer-1 row precise to 5.6e-13 had 3 located kinks at the first
+    polish, one a deeper unit's 5.7e-5 off its plane (a miss of 3.5e-6, beyond the measured
+    row's own error); trusted at a third of its miss it pulled the row to 5.2e-7, the row's
+    true kinks no longer matched it, and the victim was refused after 216,953 queries. Such a
+    kink now barely counts."""
+    from fidelity.deep import _refit_row
+    rng = np.random.default_rng(seed)
+    truth = rng.normal(size=d + 1)
+    w = truth[:-1]
+    x = 3.0 * rng.normal(size=(good + 1, d))
+    x -= np.outer((x @ w + truth[-1]) / (w @ w), w)                    # on its plane
+    # one kink off by more than a measured row's error (PRIOR_ERR, relative)
+    x[-1] += off * np.linalg.norm(np.append(x[-1], 1.0)) * w / np.linalg.norm(w)
+    feats = np.concatenate([x, np.ones((good + 1, 1))], 1)
+    measured = truth * (1 + 1e-13 * rng.normal(size=d + 1))
+    row = _refit_row(measured, feats, np.full(good + 1, 1e-12))
+    row = row / (row @ truth) * (truth @ truth)
+    assert np.linalg.norm(row - truth) <= 1e-9 * np.linalg.norm(truth)
+
+
+def test_a_two_layer_victim_whose_first_polish_met_a_far_kink_is_exact():
+    """The end-to-end case of the test above."""
+    victim = F.ReLUNetwork.random(7, [80, 40, 20, 1])
+    result = F.extract(F.Oracle(victim), seed=0)
+    assert result.status == "ok"
+    _exact(victim, result, rel=1e-10, param=1e-10)
+    assert result.queries <= 50_000
+
+
 def test_a_three_layer_victim_whose_polish_met_a_deeper_kink_is_exact_and_cheap():
     # the end-to-end case of the test above: 148,593 queries before, 52,144 after
     victim = F.ReLUNetwork.random(1, [40, 20, 10, 10, 1])
