@@ -148,7 +148,7 @@ def next_layer(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, layered:
         open_.sort(key=lambda c: 2 if _key(c) in confined else int(len(c[2]) == 1))
         if quiet >= patience and not any(
                 too_few or len(c[2]) > 1 and _key(c) not in confined
-                for c in open_):
+                for c in open_) and not _lone_unit(run, layered, found_layer, state, open_):
             break
         if len(state.points) >= cfg.max_kinks:
             run.note(Kind.LAYER_INCOMPLETE, f"layer {m + 1}: {len(state.points)} deeper kinks "
@@ -330,6 +330,21 @@ def _one_sided_holds(run: Run, mcfg: MeasureConfig, signed: Layered, row: np.nda
     half = max(0.5 * room, 1e-6 * run.input_scale)
     line = window(run, mcfg, state, x, n, half)
     return bool(line.t.size and np.abs(line.t).min() <= VERIFY * half)
+
+
+def _lone_unit(run: Run, layered: Layered, found: _Found, state: State, open_: list) -> bool:
+    """Whether the open groups (of one kink, or confined to one region) likely hold the
+    layer's last unit: the units found
+    do not fit the answers the layer before could not, yet with them the model explains
+    nearly every kink found (no deeper layer shows). Its windows then come before the layer
+    is closed (random 80-40-20-1 s0: the 20th layer-2 unit, on for 20% of inputs, was one
+    kink on the last random line of patience; the layer closed, failed the output fit and
+    was searched again with 3x the patience)."""
+    if not open_ or state.unfitted is None:
+        return False
+    candidate = _appended(layered, found)
+    return not fits_outputs(candidate, *state.unfitted) and few_unexplained(run, candidate,
+                                                                             state)
 
 
 def _appended(layered: Layered, found: _Found) -> Layered:
