@@ -334,13 +334,12 @@ def _one_sided_holds(run: Run, mcfg: MeasureConfig, signed: Layered, row: np.nda
 
 def _lone_unit(run: Run, layered: Layered, found: _Found, state: State, open_: list) -> bool:
     """Whether the open groups (of one kink, or confined to one region) likely hold the
-    layer's last unit: the units found
-    do not fit the answers the layer before could not, yet with them the model explains
-    nearly every kink found (no deeper layer shows). Its windows then come before the layer
-    is closed (random 80-40-20-1 s0: the 20th layer-2 unit, on for 20% of inputs, was one
-    kink on the last random line of patience; the layer closed, failed the output fit and
-    was searched again with 3x the patience)."""
-    if not open_ or state.unfitted is None:
+    layer's last unit: the units found do not fit the answers the layer before could not,
+    yet with them the model explains nearly every kink found (no deeper layer shows). Their
+    windows then come before the layer is closed (random 80-40-20-1 s0: the 20th layer-2
+    unit, on for 20% of inputs, was one kink on the last random line of patience; the layer
+    closed, failed the output fit and was searched again with 3x the patience)."""
+    if not open_ or state.unfitted is None or not found.rows.shape[0]:
         return False
     candidate = _appended(layered, found)
     return not fits_outputs(candidate, *state.unfitted) and few_unexplained(run, candidate,
