@@ -1081,10 +1081,10 @@ def _spread(run: Run, n: int) -> np.ndarray:
     return fresh_points(run, n, SPREAD)
 
 
-def _pool_size(run: Run, least: int) -> int:
-    """How many model-only draws a pick among them takes: :data:`STAND_OUT_POOL`, fewer where
-    they would hold more than :data:`STAND_OUT_FLOATS` numbers, at least ``least``."""
-    return max(least, min(STAND_OUT_POOL, STAND_OUT_FLOATS // run.d))
+def _pool_size(run: Run, least: int, pool: int = STAND_OUT_POOL) -> int:
+    """How many model-only draws a pick among them takes: ``pool``, fewer where they would
+    hold more than :data:`STAND_OUT_FLOATS` numbers, at least ``least``."""
+    return max(least, min(pool, STAND_OUT_FLOATS // run.d))
 
 
 def _standing_out(run: Run, layered: Layered, key: int, z_fit: np.ndarray) -> np.ndarray:
@@ -1362,7 +1362,7 @@ def _linear_extremes(run: Run, net: ReLUNetwork, dirs: np.ndarray, most: int) ->
     in other orientations, those that most of them pick first."""
     rng = np.random.default_rng([run.seed, 29])
     k = len(POINT_RADII)
-    n = max(k, min(LINEAR_POOL, STAND_OUT_FLOATS // run.d))
+    n = _pool_size(run, k, LINEAR_POOL)
     pool = fresh_points(run, n, POINT_RADII, rng)
     # the unit's row is some direction of the span: its axes and random mixtures of them
     mix = rng.normal(size=(2 * dirs.shape[0], dirs.shape[0])) if dirs.shape[0] > 1 else None
