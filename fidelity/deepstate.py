@@ -191,6 +191,8 @@ class State:
                                                   # orientations are known
     grown: Optional[Layered] = None   # layer 1 with the units a search of layer 2 that found
                                       # no unit of its own added (peel.next_layer)
+    followed: Optional[tuple] = None   # (w, b, units, gapped, looked, walks): layer 1 as
+                                       # measured and what fidelity.expansive followed over it
 
 
 def plane_kinks(run: Run, rows: np.ndarray, line: Line):
