@@ -191,6 +191,10 @@ class State:
                                                   # orientations are known
     grown: Optional[Layered] = None   # layer 1 with the units a search of layer 2 that found
                                       # no unit of its own added (peel.next_layer)
+    lacking: set = field(default_factory=set)   # (line, t, m) kinks whose probes in layer m's
+                                                # coordinates (m > 1) never gave the line's
+                                                # slope: read again when an earlier layer is
+                                                # searched again (fidelity.peel.next_layer)
     followed: Optional[tuple] = None   # (w, b, units, gapped, looked, walks): layer 1 as
                                        # measured and what fidelity.expansive followed over it
 

@@ -88,6 +88,7 @@ def next_layer(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, layered:
     # check) the kinks of the units found are then explained, not measured again (10-10-10-1
     # s1: 108 kinks, 2,387 queries); on a new layer this is the reading the loop's first
     # analysis would make anyway (memoised in state.readings)
+    _read_again(state, m)
     found_layer = _analyse(run, layered, state) if state.points else None
     complete = 0
     for _ in range(max_random + WINDOWS_PER_UNIT * h + 1):
@@ -192,6 +193,20 @@ def next_layer(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, layered:
     state.infos.append(layer_info(state, m + 1, rows.shape[0], len(state.lines) - lines0,
                                   len(state.points) - pts0, run.oracle.queries - q0))
     return _appended(layered, found_layer)
+
+
+def _read_again(state: State, m: int) -> None:
+    """Marks for measuring again, in layer ``m``'s coordinates, the kinks that a deeper
+    model could not read: where the known units do not give the line's slope, a unit of an
+    earlier layer is missing, and a search of layer ``m + 1`` again may be the one that finds
+    it (random 40-20-10-10-1 s4: 8 kinks of a layer-2 unit on for 0.69% of inputs, on the
+    lines through a failed check's inputs, were probed for layer 3 only; layer 2 was searched
+    again without them and never found it)."""
+    for li, t, level in [u for u in state.lacking if u[2] > m]:
+        state.lacking.discard((li, t, level))
+        line = state.lines[li]
+        line.measured.discard(int(np.argmin(np.abs(line.t - t))))
+        line.done_for = None
 
 
 def _completed(run: Run, mcfg: MeasureConfig, layered: Layered, found: _Found,
@@ -725,6 +740,8 @@ def _measure_unexplained(run: Run, mcfg: MeasureConfig, layered: Layered, state:
             # the next model
             if m == 1:
                 state.unread.add((li, float(line.t[k])))
+            else:
+                state.lacking.add((li, float(line.t[k]), m))
             continue
         jump = derivs[i, 1] - derivs[i, 0]
         # (the null probes' part too: a layer-1 unit the model lacks may kink there, with
