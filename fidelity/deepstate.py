@@ -195,6 +195,8 @@ class State:
                                                 # coordinates (m > 1) never gave the line's
                                                 # slope: read again when an earlier layer is
                                                 # searched again (fidelity.peel.next_layer)
+    spared: int = 0   # queries fidelity.expansive's readings along few directions saved
+                      # (counted as spent for the size of the check, deep._check_count)
     followed: Optional[tuple] = None   # (w, b, units, gapped, looked, walks): layer 1 as
                                        # measured and what fidelity.expansive followed over it
 
