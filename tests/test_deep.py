@@ -314,7 +314,7 @@ def test_a_missed_layer_one_unit_invisible_on_one_line_is_added(monkeypatch):
     assert widths and widths[0] == 20          # layer 2 is searched with all of layer 1
 
 
-@pytest.mark.parametrize("seed,most", [(3, 31_100), (0, 31_100), (2, 45_000)])
+@pytest.mark.parametrize("seed,most", [(3, 31_100), (0, 24_000), (2, 45_000)])
 def test_an_expansive_first_layer_is_recovered_exactly(seed, most):
     # 10-20-20-1 (Carlini et al.'s 311k queries): a deeper kink's jump does not determine
     # its row when layer 1 has more units than inputs; each layer-2 unit's boundary is followed
@@ -322,7 +322,8 @@ def test_an_expansive_first_layer_is_recovered_exactly(seed, most):
     # 31,100 is 10x fewer than Carlini et al. s2 has a unit whose boundary never meets one
     # plane of layer 1: a search that followed it again from each of its kinks, and followed
     # every unit again on each retry, took 118,099 queries; s0 took 30,968 before a walk
-    # from a kink of such a unit started from the entries known
+    # from a kink of such a unit started from the entries known, and 26,776 before a
+    # crossing's entry was read from the jump along 4 directions (20,924 with it)
     victim = F.ReLUNetwork.random(seed, [10, 20, 20, 1])
     result = F.extract(F.Oracle(victim), seed=0, throw=False)
     assert result.status == "ok", result.notes
