@@ -46,7 +46,7 @@ MISSES = 20           # ... to a found one, at all but one in this many crossing
 SIGN_RESIDUAL = 1e-3  # relative residual of the orientation fit that is accepted
 STALL = 1             # known planes crossed in a row (per unit of layer 1) before the
                       # walk aims elsewhere
-CANDIDATES = 3        # kinks beyond a plane whose normals are measured, at most
+CANDIDATES = 3        # kinks beyond a plane whose jumps are read (_entry_along), at most
 MAX_GAPS = 2          # entries of a followed unit its walk may leave unreached
 MAX_GAPPED = 2        # ... and units of those added to layer 2 (the fewest that fit)
 GAP_WALKS = 3         # walks from kinks of a unit that came back with entries unreached, before
@@ -263,11 +263,12 @@ def _same(one, other, tol: float = 1e-6) -> bool:
 
 
 def _unexplained(run: Run, layered: Layered, units: list, state: State, looked: set) -> list:
-    """``(line, kink)`` of the found kinks that neither layer 1 nor the followed units explain
-    (or not: a unit whose walks left an entry unreached predicts its kinks on the side of
-    that plane they kept, the only side its boundary reaches, once :data:`GAP_WALKS` walks
-    came back so; random 10-20-20-1 s2 followed such a unit again from each of its kinks,
-    60,000 queries, and with one walk s13 found the rest of its unit 9,000 queries later)."""
+    """``(line, kink)`` of the found kinks that neither layer 1 nor ``units`` explain. The
+    caller counts among them a unit whose walks left an entry unreached, once
+    :data:`GAP_WALKS` walks came back so: it predicts its kinks on the side of that plane
+    they kept, the only side its boundary reaches (random 10-20-20-1 s2 followed such a unit
+    again from each of its kinks, 60,000 queries; with one walk, s13 found the rest of its
+    unit 9,000 queries later)."""
     w, b = layered.weights[0], layered.biases[0]
     out = []
     for li, line in enumerate(state.lines):
