@@ -248,6 +248,14 @@ def new_line(run: Run, mcfg: MeasureConfig, use_jit, state: State) -> Line:
     return line
 
 
+def kink_sides(run: Run, mcfg: MeasureConfig, line: Line, k: int) -> tuple:
+    """The pieces of ``line`` before and after kink ``k``: their ends ``(lo, hi)`` (two each)
+    and the step a derivative is measured with on each."""
+    bounds = np.concatenate([[-line.half], line.t, [line.half]])
+    lo, hi = bounds[k:k + 2], bounds[k + 1:k + 3]
+    return lo, hi, np.minimum(mcfg.step_frac * 0.5 * (hi - lo), run.step_cap)
+
+
 def kink_jump(run: Run, mcfg: MeasureConfig, state: State, li: int, k: int, doing: str):
     """The jump across kink ``k`` of searched line ``li``, the regions on both sides measured in
     full (``2 (d + 1)`` queries): a :class:`fidelity.recover.Jump` (its row is the kink's local
@@ -257,9 +265,7 @@ def kink_jump(run: Run, mcfg: MeasureConfig, state: State, li: int, k: int, doin
         QueryBudgetExceeded: the budget does not cover it (``doing`` says what was under way).
     """
     line = state.lines[li]
-    bounds = np.concatenate([[-line.half], line.t, [line.half]])
-    lo, hi = bounds[k:k + 2], bounds[k + 1:k + 3]
-    step = np.minimum(mcfg.step_frac * 0.5 * (hi - lo), run.step_cap)
+    lo, hi, step = kink_sides(run, mcfg, line, k)
     if not run.room(2 * recover.region_queries(run.d, diagonal=False)):
         raise run.out_of_budget(doing)
     regions, _ = recover.measure_regions(run.query("gradients"), line.x0, line.v, li,

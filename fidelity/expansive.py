@@ -30,7 +30,7 @@ import numpy as np
 
 from .context import Run
 from .deepstate import (IN_RANGE, DeepConfig, State, completed, fits_outputs, kink_jump,
-                        layer_info, new_line, predicted, window, with_rows)
+                        kink_sides, layer_info, new_line, predicted, window, with_rows)
 from .errors import UnsupportedArchitecture
 from .layered import Layered
 from .measure import MeasureConfig
@@ -359,16 +359,14 @@ def _entry_along(run: Run, mcfg: MeasureConfig, state: State, li: int, j: int, g
     plane ``k`` adds a multiple of ``wk . e`` to its derivative, which the fit cannot tell
     from ``a``; a jump that is ``wk``'s alone is plane ``k``'s kink, not the boundary's."""
     line = state.lines[li]
-    bounds = np.concatenate([[-line.half], line.t, [line.half]])
-    lo, hi = bounds[j:j + 2], bounds[j + 1:j + 3]
-    step = np.minimum(mcfg.step_frac * 0.5 * (hi - lo), run.step_cap)
+    lo, hi, step = kink_sides(run, mcfg, line, j)
     mid = 0.5 * (lo + hi)
     rng = np.random.default_rng([run.seed, 47, li, j])     # a stream of its own
     dirs = np.concatenate([[wk / np.linalg.norm(wk), g / np.linalg.norm(g)],
                            rng.normal(size=(ALONG - 2, run.d))])
     dirs[2:] /= np.linalg.norm(dirs[2:], axis=1, keepdims=True)
     centres = line.x0 + mid[:, None] * line.v
-    with np.errstate(divide="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore"):
         room = np.abs(centres @ w.T + b)[:, None, :] / np.abs(dirs @ w.T)[None]   # (2, n, h)
     steps = np.minimum(step[:, None], 0.5 * room.min(2))                      # (2, n)
     if not (steps > 0).all():
