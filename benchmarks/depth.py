@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import time
 import traceback
 from pathlib import Path
@@ -25,7 +26,7 @@ import numpy as np
 
 import fidelity as F
 from fidelity import victims
-from sweep import _TimeUp, rss_mb, time_cap
+from sweep import _TimeUp, rss_mb
 
 CARLINI = {   # queries, queries/param, weight error, seconds (their code, 2-core machine)
     "10-10-10-1": (53_000, 229, 3.2e-12, 34),
@@ -63,23 +64,66 @@ def victim_list(quick: bool):
     return out
 
 
+GRACE = 120.0   # seconds an extraction stopped by the time cap gets to return what it has
+
+
+class stop_at:
+    """Context manager that, after ``seconds``, sets the oracle's budget to the rows it has
+    used: the extraction stops at its next batch and returns what it has (the hidden layers
+    recovered so far, in ``QueryBudgetExceeded.result``). :class:`_TimeUp` follows
+    :data:`GRACE` seconds later if no batch comes."""
+
+    def __init__(self, oracle, seconds: float):
+        self.oracle, self.seconds = oracle, seconds
+
+    def __enter__(self):
+        def ring(signum, frame):
+            if self.oracle.budget is None or self.oracle.budget > self.oracle.queries:
+                self.oracle.budget = self.oracle.queries
+                signal.setitimer(signal.ITIMER_REAL, GRACE)
+            else:
+                raise _TimeUp()
+        self._old = signal.signal(signal.SIGALRM, ring)
+        signal.setitimer(signal.ITIMER_REAL, float(self.seconds))
+        return self
+
+    def __exit__(self, *exc):
+        signal.setitimer(signal.ITIMER_REAL, 0.0)
+        signal.signal(signal.SIGALRM, self._old)
+        return False
+
+
+def _so_far(rec: dict, layers, queries: int) -> None:
+    """How far a run that did not finish got: the hidden layers recovered (widths, queries)
+    and the queries spent outside them (the one-layer attempt that comes first, the layer
+    that stopped it)."""
+    rec.update(layers_done=[i.width for i in layers], layer_queries=[i.queries for i in layers],
+               layer_lines=[i.lines for i in layers], layer_kinks=[i.kinks for i in layers],
+               queries_outside=queries - sum(i.queries for i in layers))
+
+
 def run(name, victim, images, samples, timeout):
     oracle = F.Oracle(victim)
     arch = "-".join(map(str, victim.sizes))
     rec = dict(victim=name, arch=arch, params=victim.num_params, depth=len(victim.sizes) - 2)
     t0 = time.perf_counter()
     try:
-        with time_cap(timeout):
+        with stop_at(oracle, timeout):
             res = F.extract(oracle, seed=0, throw=False)
-    except _TimeUp:
-        rec.update(status="timeout", queries=oracle.queries,
+    except (_TimeUp, F.QueryBudgetExceeded) as exc:
+        rec.update(status="timeout", queries=oracle.queries, timeout=timeout,
                    queries_per_param=oracle.queries / victim.num_params,
                    seconds=time.perf_counter() - t0, peak_rss_mb=rss_mb())
+        part = getattr(exc, "result", None)
+        if part is not None:
+            _so_far(rec, part.layers, oracle.queries)
+            rec.update(notes=list(part.notes))
         return rec
     except F.UnsupportedArchitecture as exc:
         rec.update(status="refused", reason=str(exc), queries=oracle.queries,
                    queries_per_param=oracle.queries / victim.num_params,
-                   seconds=time.perf_counter() - t0)
+                   seconds=time.perf_counter() - t0, peak_rss_mb=rss_mb())
+        _so_far(rec, exc.layers, oracle.queries)
         return rec
     seconds = time.perf_counter() - t0
     rep = F.evaluate(victim, res.network, num_samples=samples)
@@ -205,12 +249,23 @@ def table(records) -> str:
         fewer = (f"{r['fewer_queries']:.1f}x fewer" if "fewer_queries" in r
                  and r["status"] == "ok" else "")       # only a finished, verified run counts
         lines.append(
-            f"| {r['victim']} | {r['status']} | {r.get('widths', '')} | {r.get('queries', '')} |"
+            f"| {r['victim']} | {r['status']} | {_widths(r)} | {r.get('queries', '')} |"
             f" {r.get('queries_per_param', float('nan')):.1f} | {fewer} |"
             f" {r.get('fidelity_gauss', float('nan')):.4f} |"
             f" {r.get('max_rel_error', float('nan')):.1e} |"
             f" {r.get('param_error', float('nan')):.1e} | {r.get('seconds', float('nan')):.0f} |")
     return "\n".join(lines)
+
+
+def _widths(r: dict) -> str:
+    """The widths recovered; for a run that did not finish, the layers it recovered first, the
+    queries each took and those spent outside them."""
+    if "widths" in r:
+        return str(r["widths"])
+    if not r.get("layers_done"):
+        return ""
+    per = " + ".join(f"{q:,}" for q in r["layer_queries"])
+    return f"{r['layers_done']} first ({per} queries; {r['queries_outside']:,} outside them)"
 
 
 def plot(records, path: Path) -> None:

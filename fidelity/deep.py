@@ -95,6 +95,8 @@ def extract_layers(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, aims
         raise
     except UnsupportedArchitecture as e:
         if state.best is None:
+            if not e.layers:          # how far it got, for the caller (benchmarks report it)
+                e.layers = tuple(state.infos)
             raise
         run.note(Kind.LAYER_INCOMPLETE, f"searching again after the failed check ended in: {e}; "
                  "the network before it is returned, not verified")

@@ -14,7 +14,16 @@ class OracleError(FidelityError):
 
 
 class UnsupportedArchitecture(FidelityError):
-    """The victim cannot be recovered exactly by this engine (e.g. signs are unidentifiable)."""
+    """The victim cannot be recovered exactly by this engine (e.g. signs are unidentifiable).
+
+    ``.layers`` holds the :class:`~fidelity.deep.LayerInfo` of the hidden layers recovered
+    before a deep victim's refusal (how far the layer-by-layer recovery got; the layer the
+    message names is not among them); empty otherwise.
+    """
+
+    def __init__(self, message: str, *, layers: tuple = ()):
+        super().__init__(message)
+        self.layers = tuple(layers)
 
 
 class QueryBudgetExceeded(FidelityError):

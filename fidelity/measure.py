@@ -125,16 +125,23 @@ def measure_line(run: Run, cfg: MeasureConfig, x0: np.ndarray, v: np.ndarray,
     query = run.query("gradients")
     regions, complete = recover.measure_regions(
         query, x0, v, line, lo[idx], hi[idx], mid[idx], step[idx], remaining=run.remaining)
+    if regions.size == 0:        # (the budget left no room for one region: nothing to add)
+        if not complete:
+            raise run.out_of_budget("while measuring gradients")
+        return 0
     for _ in range(cfg.remeasure_rounds):
+        if not complete:
+            break
         bad = _slope_mismatch(run, regions, v, kinks.slopes[idx[:regions.size]])
-        if not bad.any() or not complete:
+        if not bad.any():
             break
         sel = np.flatnonzero(bad)
         again, complete = recover.measure_regions(
             query, x0, v, line, regions.t_lo[sel], regions.t_hi[sel],
             0.5 * (regions.t_lo[sel] + regions.t_hi[sel]),
             regions.step[sel] / cfg.remeasure_shrink, remaining=run.remaining)
-        regions = regions.replace(sel[:again.size], again)
+        if again.size:           # (none when the budget ran out first)
+            regions = regions.replace(sel[:again.size], again)
     aff = regions.affine()
     noise = region_noise(run, regions)
     measured = idx[:regions.size]

@@ -1715,3 +1715,23 @@ def test_a_layer_searched_again_one_layer_back_reads_what_the_deeper_search_coul
     assert result.status == "ok", result.notes
     _exact(victim, result, rel=1e-9, param=1e-8)
     assert result.queries < 80_000
+
+
+def test_a_refusal_says_how_far_the_layer_by_layer_recovery_got(monkeypatch):
+    # a refused deep victim names the layer that stops it and carries the layers recovered
+    # before it (benchmarks/depth.py reports them for the shapes it cannot finish); here
+    # nothing is allowed to fit a third hidden layer of a 40-20-10-10-1 (exact otherwise)
+    from fidelity import peel
+    real = peel.next_layer
+
+    def blind(run, cfg, mcfg, use_jit, layered, state, patience):
+        return None if layered.depth >= 2 else real(run, cfg, mcfg, use_jit, layered, state,
+                                                    patience)
+
+    monkeypatch.setattr("fidelity.deep.next_layer", blind)
+    victim = F.ReLUNetwork.random(1, [40, 20, 10, 10, 1])
+    with pytest.raises(F.UnsupportedArchitecture, match="^layer 3") as info:
+        F.extract(F.Oracle(victim, budget=200_000), seed=0, throw=False)
+    layers = info.value.layers
+    assert [i.index for i in layers] == [1, 2] and [i.width for i in layers] == [20, 10]
+    assert all(i.queries > 0 for i in layers)

@@ -76,6 +76,21 @@ def test_budget_stop_returns_partial_result():
     assert 0 < partial.hidden_size < 16
 
 
+@pytest.mark.parametrize("budget", [500, 2_400])
+def test_a_budget_that_leaves_a_line_no_region_or_no_second_measurement(budget):
+    # random 40-20-10-10-1 s1: at 500 rows the budget left the first line's measurement no
+    # region at all (the slopes' check then reduced an empty array), at 2,400 its second
+    # measurement of the regions whose slopes disagreed got none (an empty replacement);
+    # both raised ValueError instead of returning the partial result
+    victim = F.ReLUNetwork.random(1, [40, 20, 10, 10, 1])
+    oracle = F.Oracle(victim, budget=budget)
+    with pytest.raises(F.QueryBudgetExceeded) as info:
+        F.extract(oracle, seed=0)
+    partial = info.value.result
+    assert partial is not None and partial.status == "partial"
+    assert partial.queries == oracle.queries <= budget
+
+
 def test_nan_answers_raise_oracle_error():
     net = F.ReLUNetwork.random(0, [8, 4, 2])
     calls = {"n": 0}

@@ -90,3 +90,23 @@ def test_sweep_writes_records_table_and_plots(sweep, tmp_path):
     assert "| fidelity | random 20-6-3 |" in table and "How cost grows" in table
     for png in ("sweep_queries.png", "sweep_time.png"):
         assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_depth_benchmark_stops_a_run_at_its_time_cap_and_says_how_far_it_got(sweep):
+    # benchmarks/depth.py: past its time cap a run's oracle takes no more rows, so the
+    # extraction returns what it has (the hidden layers recovered first), which the row reports
+    import fidelity as F
+
+    depth = importlib.import_module("depth")
+    try:
+        victim = F.ReLUNetwork.random(1, [40, 20, 10, 10, 1])
+        t0 = time.perf_counter()
+        rec = depth.run("random 40-20-10-10-1 s1", victim, None, 1_000, 1.0)
+        assert time.perf_counter() - t0 < 1.0 + depth.GRACE
+        assert rec["status"] == "timeout" and rec["queries"] > 0
+        assert rec["queries_outside"] == rec["queries"] - sum(rec["layer_queries"])
+        row = dict(layers_done=[20, 10], layer_queries=[771, 21_538], queries_outside=9_000)
+        assert depth._widths(row) == "[20, 10] first (771 + 21,538 queries; 9,000 outside them)"
+        assert depth._widths(dict(widths=[20, 10, 10])) == "[20, 10, 10]"
+    finally:
+        sys.modules.pop("depth", None)
