@@ -117,7 +117,7 @@ def run(name, victim, images, samples, timeout):
         part = getattr(exc, "result", None)
         if part is not None:
             _so_far(rec, part.layers, oracle.queries)
-            rec.update(notes=list(part.notes))
+            rec.update(notes=list(part.notes), stage_queries=dict(part.stage_queries))
         return rec
     except F.UnsupportedArchitecture as exc:
         rec.update(status="refused", reason=str(exc), queries=oracle.queries,
