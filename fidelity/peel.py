@@ -31,6 +31,13 @@ NULL_DRAWS = 8        # ... drawn at most this many times
 MAX_CANCEL = 1e3      # signatures of kinks whose bias cancels worse than this are compared
                       # at this loose a tolerance (SAME_UNIT times it)
 MAX_COND = 1e4        # a Jacobian worse conditioned than this is not inverted at that kink
+ORIENT_SHARE = 1e-4   # a unit that carries this share of no kink's jump (the readings' noise
+                      # where a unit is off: 1e-7-3e-6) is oriented the way that has it off
+                      # at most of the kinks its probes moved, and its noise drops no kink
+FULL_RANK_WINDOWS = 6  # lines searched where layer m's Jacobian has full rank, per round,
+FULL_RANK_ROUNDS = 3   # ... while no deeper kink is read (_full_rank_windows)
+FULL_RANK_DRAWS = 64   # ... points drawn (no query) per line at most
+FULL_RANK_DIRS = 8     # ... directions tried through each
 FILL_TRIES = 3        # windows that find nothing before a group of kinks is given up
 FEW_UNEXPLAINED = 0.02  # at most this share of kinks unexplained: a unit missing, not a layer
 MAX_REPAIRS = 8       # kinks measured in full to find layer-1 units that line 0 missed
@@ -90,7 +97,7 @@ def next_layer(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, layered:
     # analysis would make anyway (memoised in state.readings)
     _read_again(state, m)
     found_layer = _analyse(run, layered, state) if state.points else None
-    complete = 0
+    complete = seeded = 0
     for _ in range(max_random + WINDOWS_PER_UNIT * h + 1):
         for li, line in enumerate(state.lines):
             if line.done_for is not layered:     # a line is read once per model
@@ -120,6 +127,18 @@ def next_layer(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, layered:
                 line = state.lines[li]
                 line.measured.discard(int(np.argmin(np.abs(line.t - t))))
         found_layer = _analyse(run, layered, state)
+        if (m > 1 and state.deficient and seeded < FULL_RANK_ROUNDS
+                and (state.orient is None or state.orient[0] is not layered)):
+            # no deeper kink could be read: layer m is wider than the units on before it
+            # wherever the lines went, and none is oriented yet to read them on the units
+            # on (random 49-24-24-11-1 s3604: all 1,695 kinks of three searches of layer 3)
+            seeded += 1
+            n = _full_rank_windows(run, mcfg, layered, state, found_layer, FULL_RANK_WINDOWS)
+            run.note(Kind.DEEP, f"layer {m + 1}: no deeper kink could be read where the lines "
+                     f"went (layer {m} is wider than the units on before it there): {n} short "
+                     f"lines searched where layer {m}'s Jacobian has full rank", layer=m + 1,
+                     lines=n)
+            found_layer = _analyse(run, layered, state)
         confined = _confined(layered, found_layer)
         too_few, confined = confined is None, confined or frozenset()
         size = found_layer.rows.shape[0] + sum(len(c[2]) > 1 and _key(c) not in confined
@@ -193,6 +212,54 @@ def next_layer(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, layered:
     state.infos.append(layer_info(state, m + 1, rows.shape[0], len(state.lines) - lines0,
                                   len(state.points) - pts0, run.oracle.queries - q0))
     return _appended(layered, found_layer)
+
+
+def _full_rank_windows(run: Run, mcfg: MeasureConfig, layered: Layered, state: State,
+                       found: Optional[_Found], count: int) -> int:
+    """Searches ``count`` short lines where the Jacobian of layer ``m`` has full rank, each
+    within one region of the layers before it: their deeper kinks are read on every unit of
+    layer ``m``, on or off, and orient the units seen on there (then the kinks elsewhere are
+    read on the units on, :func:`_active`). The points are drawn without a query: where
+    every unit of the earlier layers is on, at random pre-activations of their usual size
+    (least squares when that asks too much), plus a random part that moves none of them.
+    Returns the number of lines searched."""
+    m, d = layered.depth, run.d
+    below = Layered(layered.weights[:-1], layered.biases[:-1])
+    lin, off, rows, offs = np.eye(d), np.zeros(d), [], []
+    for w, b in zip(below.weights, below.biases):      # layers 1..m-1, all on
+        lin, off = w @ lin, w @ off + b
+        rows.append(lin)
+        offs.append(off)
+    g, off = np.concatenate(rows), np.concatenate(offs)
+    pinv = np.linalg.pinv(g)
+    rng = np.random.default_rng([run.seed, 15, m, len(state.lines)])
+    size = float(np.median(np.abs(below.preacts(
+        rng.normal(size=(FULL_RANK_DRAWS, d)) * run.input_scale)[0])))
+    done = 0
+    for _ in range(count * FULL_RANK_DRAWS):
+        if done >= count:
+            break
+        free = rng.normal(size=d) * run.input_scale
+        x = pinv @ (size * (0.5 + 2.0 * rng.random(g.shape[0])) - off) + free - pinv @ (g @ free)
+        if np.linalg.norm(x) > run.t_max or _dependent(layered.jacobian(x, m)):
+            continue
+        best = None
+        for _ in range(FULL_RANK_DIRS):      # the longest piece through x of a few directions
+            v = rng.normal(size=d)
+            v /= np.linalg.norm(v)
+            t = below.kinks(x, v, run.t_max)[0]
+            lo = float(t[t < 0].max()) if (t < 0).any() else -run.t_max
+            hi = float(t[t > 0].min()) if (t > 0).any() else run.t_max
+            if best is None or hi - lo > best[0]:
+                best = (hi - lo, lo, hi, v)
+        _, lo, hi, v = best
+        centre, half = x + 0.5 * (lo + hi) * v, 0.5 * (hi - lo) * (1 - 1e-6)
+        if half <= 1e-6 * run.input_scale or np.linalg.norm(centre) + half > run.t_max:
+            continue
+        line = window(run, mcfg, state, centre, v, half)
+        _measure_unexplained(run, mcfg, layered, state, len(state.lines) - 1, line, found)
+        done += 1
+    return done
 
 
 def _read_again(state: State, m: int) -> None:
@@ -1019,13 +1086,13 @@ def _analyse(run: Run, layered: Layered, state: State) -> _Found:
         return _Found(np.ones(h), tuple(range(h)), np.zeros((0, h)), [])
     beta, z, seen = np.array(betas), np.array(zs), np.array(seens)
     on = np.abs(beta) > ON * np.abs(beta).max(1, keepdims=True)
-    signs = _orientations(beta, z, on)
+    signs, weak = _orientations(beta, z, on, seen)
     unseen = ~on.any(0)
     dead = tuple(int(i) for i in np.flatnonzero(unseen))
     _oriented(layered, state, signs, unseen)
     beta, z = beta * signs, z * signs
     c = -(beta * np.maximum(z, 0)).sum(1)
-    ok = ~(on & (z < 0)).any(1)                           # on where the model says off: drop
+    ok = ~(on & (z < 0) & ~weak).any(1)                   # on where the model says off: drop
     # probed along the units that were on only, when an orientation was still the other one:
     # a unit on there was not probed, and the signature would be wrong
     ok &= ~((z > 0) & ~seen).any(1)
@@ -1079,15 +1146,23 @@ def _analyse(run: Run, layered: Layered, state: State) -> _Found:
     return _Found(signs, dead, rows, partial)
 
 
-def _orientations(beta: np.ndarray, z: np.ndarray, on: np.ndarray) -> np.ndarray:
+def _orientations(beta: np.ndarray, z: np.ndarray, on: np.ndarray,
+                  seen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The sign (+-1) of each unit of layer m: the side of its boundary where the deeper kinks
     see it, each kink voting with the share of its signature ``beta`` the unit carries. A
     count of the kinks would weigh alike the entries of a unit on (1e-2-1 of the largest) and
     the reading's noise where it is off (1e-7-2e-6): hundreds of the latter outvoted 8 of the
     former (random 40-20-10-10-1 s17 with layer 2 closed early, a layer-2 unit oriented the
-    wrong way and every layer-3 kink where it was on dropped)."""
+    wrong way and every layer-3 kink where it was on dropped). A unit that carries no kink's
+    jump above noise (``weak``, below :data:`ORIENT_SHARE`) is off at every kink its probes
+    moved (``seen``): it is oriented so (its noise alone oriented 5 of 24 layer-2 units of
+    random 49-24-24-11-1 s3604 the wrong way from 13 kinks read in full). Returns
+    ``(signs, weak)``."""
     share = np.where(on, np.abs(beta) / np.abs(beta).max(1, keepdims=True), 0.0)
-    return np.where((share * np.sign(z)).sum(0) < 0, -1.0, 1.0)
+    signs = np.where((share * np.sign(z)).sum(0) < 0, -1.0, 1.0)
+    weak = share.max(0) < ORIENT_SHARE
+    vote = (np.sign(z) * seen).sum(0)
+    return np.where(weak & (vote != 0), -np.sign(vote), signs), weak
 
 
 def _oriented(layered: Layered, state: State, signs: np.ndarray, unknown: np.ndarray) -> None:
