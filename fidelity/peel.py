@@ -97,7 +97,7 @@ def next_layer(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, layered:
     # analysis would make anyway (memoised in state.readings)
     _read_again(state, m)
     found_layer = _analyse(run, layered, state) if state.points else None
-    complete = seeded = 0
+    complete = seeded = full_rank = 0
     for _ in range(max_random + WINDOWS_PER_UNIT * h + 1):
         for li, line in enumerate(state.lines):
             if line.done_for is not layered:     # a line is read once per model
@@ -133,11 +133,8 @@ def next_layer(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, layered:
             # wherever the lines went, and none is oriented yet to read them on the units
             # on (random 49-24-24-11-1 s3604: all 1,695 kinks of three searches of layer 3)
             seeded += 1
-            n = _full_rank_windows(run, mcfg, layered, state, found_layer, FULL_RANK_WINDOWS)
-            run.note(Kind.DEEP, f"layer {m + 1}: no deeper kink could be read where the lines "
-                     f"went (layer {m} is wider than the units on before it there): {n} short "
-                     f"lines searched where layer {m}'s Jacobian has full rank", layer=m + 1,
-                     lines=n)
+            full_rank += _full_rank_windows(run, mcfg, layered, state, found_layer,
+                                            FULL_RANK_WINDOWS)
             found_layer = _analyse(run, layered, state)
         confined = _confined(layered, found_layer)
         too_few, confined = confined is None, confined or frozenset()
@@ -185,6 +182,11 @@ def next_layer(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, layered:
             searched_random = True
         else:
             break
+    if seeded:
+        run.note(Kind.DEEP, f"layer {m + 1}: no deeper kink could be read where the lines went "
+                 f"(layer {m} is wider than the units on before it there): {full_rank} short "
+                 f"lines searched where layer {m}'s Jacobian has full rank", layer=m + 1,
+                 lines=full_rank)
     found_layer = _without_explained(run, layered, _completed(run, mcfg, layered,
                                                               found_layer, state), state)
     rows = found_layer.rows
