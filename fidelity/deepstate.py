@@ -195,6 +195,9 @@ class State:
                                                 # coordinates (m > 1) never gave the line's
                                                 # slope: read again when an earlier layer is
                                                 # searched again (fidelity.peel.next_layer)
+    solved: dict = field(default_factory=dict)   # id(point) -> (model, signs, row): kinks
+                                                 # read against a known row (fidelity.peel)
+    row_only: set = field(default_factory=set)   # id(point) of kinks probed for that alone
     spared: int = 0   # queries fidelity.expansive's readings along few directions saved
                       # (counted as spent for the size of the check, deep._check_count)
     followed: Optional[tuple] = None   # (w, b, units, gapped, looked, walks): layer 1 as

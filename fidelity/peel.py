@@ -38,6 +38,7 @@ FULL_RANK_WINDOWS = 6  # lines searched where layer m's Jacobian has full rank, 
 FULL_RANK_ROUNDS = 3   # ... while no deeper kink is read (_full_rank_windows)
 FULL_RANK_DRAWS = 64   # ... points drawn (no query) per line at most
 FULL_RANK_DIRS = 8     # ... directions tried through each
+AGAINST_ROW = 1e-6    # relative residual of a kink read against a known row (_against_row)
 FILL_TRIES = 3        # windows that find nothing before a group of kinks is given up
 FEW_UNEXPLAINED = 0.02  # at most this share of kinks unexplained: a unit missing, not a layer
 MAX_REPAIRS = 8       # kinks measured in full to find layer-1 units that line 0 missed
@@ -538,7 +539,9 @@ def _fill(run: Run, mcfg: MeasureConfig, layered: Layered, found: _Found, state:
         _measure_unexplained(run, mcfg, layered, state, len(state.lines) - 1, line, found,
                              on_only=True)
         done += 1
-        if not any(_agrees(signed, p, row, i) for p in state.points[before:]):
+        if not any(_against_row(layered, found.signs, state, p, row, gaps, i)
+                   if id(p) in state.row_only else _agrees(signed, p, row, i)
+                   for p in state.points[before:]):
             if straight and strong:
                 tried[key].discard(i)
                 continue
@@ -636,6 +639,48 @@ def _sampled(run: Run, model: Layered, signed: Layered, i: int, m: int):
             if best is None or dist < best[1]:
                 best = (x, dist)
     return best
+
+
+def _against_row(layered: Layered, signs: np.ndarray, state: State, p: Point, row: np.ndarray,
+                 gaps: np.ndarray, i: int) -> bool:
+    """Whether the kink ``p``, which the rank of layer ``m``'s Jacobian there does not let
+    read alone (more units on than it has), is a kink of the unit ``row`` (entries ``gaps``
+    unknown) where its unknown entry ``i`` is on: its jump's direction ``s`` along the probes
+    ``A`` must be ``mu s = A_known row_known + A_gaps x`` for some ``mu`` and the unknown
+    entries on there ``x`` (a least-squares problem with that few unknowns), and the row so
+    completed must vanish at ``p``. Such a kink is then read so (``state.solved``): the
+    analysis sees those entries, and the unit's group is completed like any other."""
+    signed = layered.signed(signs)
+    jac = signed.jacobian(p.x, signed.depth)
+    if not _dependent(jac) or p.dirs is None:
+        return False
+    z = signed.preacts(p.x[None])[-1][0]
+    on = z > 0
+    unknown = np.zeros(row.size, bool)
+    unknown[np.asarray(gaps, int)] = True
+    gap_on, known = on & unknown, on & ~unknown
+    if not on[i] or not unknown[i] or known.sum() < 2:
+        return False
+    a = p.dirs @ jac.T
+    u, sv, _ = np.linalg.svd(p.jump, full_matrices=False)
+    if sv[0] == 0:
+        return False
+    direction = u[:, 0] * sv[0]
+    lhs = np.concatenate([direction[:, None], -a[:, gap_on]], axis=1)
+    rhs = a[:, known] @ row[known]
+    sv_lhs = np.linalg.svd(lhs, compute_uv=False)
+    if sv_lhs[-1] <= sv_lhs[0] / MAX_COND:
+        return False
+    sol = np.linalg.lstsq(lhs, rhs, rcond=None)[0]
+    if np.linalg.norm(lhs @ sol - rhs) > AGAINST_ROW * np.linalg.norm(rhs):
+        return False
+    full = np.where(known, row, 0.0)
+    full[gap_on] = sol[1:]
+    h = np.maximum(z, 0.0)
+    if abs(full @ h + 1.0) > AGAINST_ROW * (np.abs(full * h).sum() + 1.0):
+        return False                 # the completed row does not vanish at its kink
+    state.solved[id(p)] = (layered, signs.copy(), full)
+    return True
 
 
 def _agrees(signed: Layered, p: Point, row: np.ndarray, i: int) -> bool:
@@ -750,7 +795,7 @@ def _measure_unexplained(run: Run, mcfg: MeasureConfig, layered: Layered, state:
         return
     m, h, d = layered.depth, layered.widths[-1], run.d
     bounds = np.concatenate([[-line.half], line.t, [line.half]])
-    plans = []
+    plans, row_only = [], set()
     for k in todo:
         prev = plans[-1] if plans else None
         line.measured.add(k)
@@ -759,6 +804,16 @@ def _measure_unexplained(run: Run, mcfg: MeasureConfig, layered: Layered, state:
         jac = layered.jacobian(x, m)
         if h > d or _dependent(jac):
             units = _active(layered, state, x, jac) if m > 1 else None
+            if units is None and on_only and m > 1 and found is not None \
+                    and found.signs.size == h and h <= d:
+                # a fill window's kink where the units on outnumber the rank: probed along
+                # them all the same, it is read against the row of the unit the window is for
+                # (_against_row)
+                units = found.signs * layered.preacts(x[None])[-1][0] > 0
+                units = units if units.any() else None
+                if units is not None:
+                    row_only.add(k)
+                    state.deficient.add((li, k))     # read in full when orientations change
             if units is None:
                 if m > 1:
                     state.deficient.add((li, k))
@@ -766,7 +821,10 @@ def _measure_unexplained(run: Run, mcfg: MeasureConfig, layered: Layered, state:
             units = np.flatnonzero(units)
             # (every kink draws its null probes, shared or not: the run's random stream, and
             # the lines it draws later, do not depend on which pieces are shared)
-            own = _probes(run, k, x, jac, units)
+            # (a kink probed to be read against a row draws from a stream of its own: the
+            # lines drawn later stay those of a run without it)
+            own = _probes(run, k, x, jac, units, np.random.default_rng(
+                [run.seed, 16, li, k]) if k in row_only else None)
             plans.append(_shared(prev, k, x, jac, units) or own)
             continue
         # on_only: the direction pinv e_i moves z_i alone, which moves nothing where unit i
@@ -829,6 +887,8 @@ def _measure_unexplained(run: Run, mcfg: MeasureConfig, layered: Layered, state:
         if np.abs(scaled).max() <= noise:
             continue                                                       # no real kink
         state.points.append(Point(li, float(line.t[k]), x, dirs, jump, m))
+        if k in row_only:
+            state.row_only.add(id(state.points[-1]))
 
 
 def _settled(run: Run, mcfg: MeasureConfig, line: Line, bounds: np.ndarray, plans: list,
@@ -1003,7 +1063,8 @@ def _dependent(jac: np.ndarray) -> bool:
 
 
 def _probes(run: Run, k: int, x: np.ndarray, jac: np.ndarray,
-            units: Optional[np.ndarray] = None) -> _Plan:
+            units: Optional[np.ndarray] = None,
+            rng: Optional[np.random.Generator] = None) -> _Plan:
     """The plan of kink ``k`` at ``x`` along the pinv directions of ``jac``'s rows (each moves
     one of those units and leaves the others still) and, when ``jac`` has fewer rows than
     inputs, :data:`NULL_PROBES` that move none of them: a unit the model lacks, or one taken
@@ -1021,7 +1082,7 @@ def _probes(run: Run, k: int, x: np.ndarray, jac: np.ndarray,
         for _ in range(NULL_DRAWS):
             # a draw (nearly) in the rows' span leaves rounding, not a direction that moves
             # none of them: drawn again (a victim drawn from the run's seed has such rows)
-            draw = run.rng.normal(size=(n - z.shape[0], d))
+            draw = (run.rng if rng is None else rng).normal(size=(n - z.shape[0], d))
             rest = draw - (pinv @ (jac @ draw.T)).T
             size = np.linalg.norm(rest, axis=1)
             z = np.concatenate([z, (rest / np.maximum(size, 1e-300)[:, None])[
@@ -1288,6 +1349,13 @@ def _reading(layered: Layered, p: Point, state: State):
     the model lacks is on there), or where a unit it moves is at its boundary: a kink of
     layer m itself, measured before that unit was known (its side is rounding: random
     11-10-9-2 s1287 oriented a layer-2 unit from two such, one each way)."""
+    solved = state.solved.get(id(p))
+    if solved is not None and solved[0] is layered and state.orient is not None \
+            and state.orient[0] is layered and np.array_equal(state.orient[1], solved[1]):
+        z = layered.preacts(p.x[None])[-1][0]        # read against a row (_against_row)
+        return solved[2] * solved[1], z, np.ones(z.size, bool), None
+    if id(p) in state.row_only:
+        return None                  # probed to be read against a row only
     jac = layered.jacobian(p.x, layered.depth)
     units = None
     if _dependent(jac):
