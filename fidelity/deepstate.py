@@ -198,6 +198,8 @@ class State:
     solved: dict = field(default_factory=dict)   # id(point) -> (model, signs, row): kinks
                                                  # read against a known row (fidelity.peel)
     row_only: set = field(default_factory=set)   # id(point) of kinks probed for that alone
+    deeper: tuple = (None, {})   # (model, {id(point): 1, 0 or -1}) the verdicts of the
+                                 # last peel._deeper_kinks, for that model
     spared: int = 0   # queries fidelity.expansive's readings along few directions saved
                       # (counted as spent for the size of the check, deep._check_count)
     followed: Optional[tuple] = None   # (w, b, units, gapped, looked, walks): layer 1 as

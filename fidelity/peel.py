@@ -25,6 +25,7 @@ AT_BOUNDARY = 1e-6    # a kink where a unit on has |z| below this share of the s
 SAME_UNIT = 1e-5      # two kinks' signatures agreeing to this (relative) are one unit
 DUPLICATE = 1e-6      # a repaired layer-1 row this close (1 - |cos|) to a known one is that unit
 CONFINING = 4         # complete units found before their regions tell deeper groups apart
+SINGLES = 2           # groups of one kink, times the units found, that show deeper units
 JOIN_GROUPS = 12      # at most this many incomplete groups are tried in pairs (_joined)
 NULL_PROBES = 2       # probes along what layer m cannot see, per side of a kink
 NULL_DRAWS = 8        # ... drawn at most this many times
@@ -164,9 +165,15 @@ def next_layer(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, layered:
         # found: a deeper unit's kinks agree like one unit's only within one region
         # (too few units found to tell, every open group keeps it open, as before)
         open_.sort(key=lambda c: 2 if _key(c) in confined else int(len(c[2]) == 1))
-        if quiet >= patience and not any(
+        # no window once the units found read every kink they do not explain as a deeper
+        # one: the groups left are deeper units', and the random lines of patience close the
+        # layer (random 40-20-10-10-1 s1: its ten layer-2 units at 12,737 queries, the search
+        # closed at 21,643, at 13,775 so)
+        deeper, stray = _deeper_kinks(layered, found_layer, state)
+        reads_all = not stray and deeper >= 2 * found_layer.rows.shape[0] > 0
+        if quiet >= patience and (reads_all or not any(
                 too_few or len(c[2]) > 1 and _key(c) not in confined
-                for c in open_) and not _lone_unit(run, layered, found_layer, state, open_):
+                for c in open_) and not _lone_unit(run, layered, found_layer, state, open_)):
             break
         if len(state.points) >= cfg.max_kinks:
             run.note(Kind.LAYER_INCOMPLETE, f"layer {m + 1}: {len(state.points)} deeper kinks "
@@ -174,6 +181,21 @@ def next_layer(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, layered:
                      layer=m + 1, kinks=len(state.points))
             break
         searched_random = False
+        # once a kink reads as a deeper unit's, or groups of one kink outnumber the units
+        # found (SINGLES times), there are deeper units: their kinks agree like one unit's
+        # within a region of this layer only, and make most groups. Windows go to the groups
+        # of several kinks across regions first, the others wait (random 40-20-10-10-1 s6:
+        # of the layer-2 search's 120 windows, 53 went to groups within one region, 51 of
+        # them deeper units', and a layer-2 unit on for 2.9% of inputs was left with 4 and
+        # missed). Otherwise no group waits (trained digits 784-64-32-10, training seed 1: its
+        # layer-2 units, on sparsely, are often groups within a region or of one kink; made
+        # to wait always, 253k -> 360k queries)
+        singles = sum(len(c[2]) == 1 for c in open_)
+        if deeper or singles > SINGLES * max(rows_now, CONFINING):
+            first = [c for c in open_ if len(c[2]) > 1 and _key(c) not in confined]
+            open_ = first or open_
+        if reads_all:
+            open_ = []
         if open_ and windows > 0:
             windows -= _fill(run, mcfg, layered, found_layer, state, open_, tried, failed,
                              misses, windows, renewed)
@@ -215,6 +237,51 @@ def next_layer(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, layered:
     state.infos.append(layer_info(state, m + 1, rows.shape[0], len(state.lines) - lines0,
                                   len(state.points) - pts0, run.oracle.queries - q0))
     return _appended(layered, found_layer)
+
+
+def _deeper_kinks(layered: Layered, found: _Found, state: State) -> tuple[int, bool]:
+    """``(read, stray)``: how many kinks measured the units found read as a deeper unit's,
+    and whether one jumps outside the span of their gradients. A kink counts where it is at
+    no boundary of theirs or earlier, they are fewer there than the units of layer ``m`` on,
+    and their gradients are independent: then a kink of a unit of layer ``m + 1`` still
+    missing jumps outside that span, and so does a deeper unit's where it is on."""
+    rows = found.rows
+    if not rows.shape[0]:
+        return 0, False
+    model = _appended(layered, found)
+    m = model.depth
+    last, memo = state.deeper
+    if last is None or last.depth != m or not all(np.array_equal(a, b) for a, b in zip(
+            last.weights + last.biases, model.weights + model.biases)):
+        memo = {}
+        state.deeper = (model, memo)
+    read, stray = 0, False
+    for p in state.points:
+        if id(p) not in memo:           # (a verdict for the same model: points only come)
+            memo[id(p)] = _deeper_kink(model, rows.shape[0], p)
+        read += memo[id(p)] == 1
+        stray |= memo[id(p)] == -1
+    return read, stray
+
+
+def _deeper_kink(model: Layered, found: int, p: Point) -> int:
+    """1: ``p`` reads as a deeper unit's kink over ``model``; -1: it jumps outside the span of
+    the gradients of its last layer; 0: it tells neither (see :func:`_deeper_kinks`)."""
+    zs = model.preacts(p.x[None])
+    below = p.x
+    for l, z in enumerate(zs):
+        terms = np.abs(model.weights[l] * below).sum(1) + np.abs(model.biases[l])
+        if (np.abs(z[0]) <= AT_BOUNDARY * terms).any():
+            return 0
+        below = np.maximum(z[0], 0.0)
+    # (where the units found are as many as the units on before them, they span every
+    # direction those move, and a kink reads so whatever it is)
+    if found >= (zs[-2][0] > 0).sum():
+        return 0
+    jac = model.jacobian(p.x, model.depth)
+    if _dependent(jac):
+        return 0
+    return -1 if read_jump(p, jac)[1] > STRAY else 1
 
 
 def _full_rank_windows(run: Run, mcfg: MeasureConfig, layered: Layered, state: State,
