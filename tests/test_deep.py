@@ -1108,8 +1108,8 @@ def test_a_linear_part_is_tried_before_the_last_retry():
     # with 3x and then 6x the patience before the part of its always-on unit was fitted
     # (62,054 queries); the linear part is now tried before the retries, and the second
     # retry was not needed (53,831). Since layer 2 closes once it reads every kink left as a
-    # deeper one, layer 3's first search is followed by the linear part, no retry (24,765:
-    # 13x fewer than Carlini et al.'s 323k)
+    # deeper one, layer 3's first search is followed by the linear part, no retry (29,905:
+    # 10.8x fewer than Carlini et al.'s 323k)
     victim = F.ReLUNetwork.random(0, [40, 20, 10, 10, 1])
     result = F.extract(F.Oracle(victim), seed=0, throw=False)
     assert result.status == "ok", result.notes
@@ -1336,8 +1336,8 @@ def test_a_unit_of_many_kinks_survives_one_kink_a_window_missed():
     predicted one on a fill window 2e-4 beside the kink found there (1.5x the tolerance),
     and every candidate for it was dropped: layer 4 was refused with 9 of layer 3's units.
     A candidate may miss one in 20 of the kinks it predicts and finds. (Since the layer-2
-    search closes once it reads every kink left as a deeper one, fewer kinks are pinned
-    beside the searched ones: parameter error 1.1e-10.)"""
+    search closes once it reads every kink left as a deeper one, fewer searched lines'
+    kinks enter the polish beside the pinned ones: parameter error 1.1e-10.)"""
     victim = F.ReLUNetwork.random(15, [40, 20, 10, 10, 1])
     result = F.extract(F.Oracle(victim), seed=0, throw=False)
     assert result.status == "ok"
