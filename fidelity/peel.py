@@ -168,7 +168,7 @@ def next_layer(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, layered:
         # no window once the units found read every kink they do not explain as a deeper
         # one: the groups left are deeper units', and the random lines of patience close the
         # layer (random 40-20-10-10-1 s1: its ten layer-2 units at 12,737 queries, the search
-        # closed at 21,643, at 13,775 so)
+        # closed at 21,643; at 14,072 so)
         deeper, stray = _deeper_kinks(layered, found_layer, state)
         reads_all = not stray and deeper >= 2 * found_layer.rows.shape[0] > 0
         if quiet >= patience and (reads_all or not any(
