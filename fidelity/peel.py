@@ -270,8 +270,7 @@ def _deeper_kink(model: Layered, found: int, p: Point) -> int:
     zs = model.preacts(p.x[None])
     below = p.x
     for l, z in enumerate(zs):
-        terms = np.abs(model.weights[l] * below).sum(1) + np.abs(model.biases[l])
-        if (np.abs(z[0]) <= AT_BOUNDARY * terms).any():
+        if _at_boundary(model, l, below, z[0]).any():
             return 0
         below = np.maximum(z[0], 0.0)
     # (where the units found are as many as the units on before them, they span every
@@ -1444,10 +1443,16 @@ def _reading(layered: Layered, p: Point, state: State):
     # 40-20-10-10-1 s17 with layer 2 closed early: 17 such kinks read as layer 3's); the
     # deeper kinks' units on were at 9e-4 of their terms and more
     below = np.maximum(zs[-2][0], 0.0) if len(zs) > 1 else p.x
-    terms = np.abs(layered.weights[-1] * below).sum(1) + np.abs(layered.biases[-1])
-    if (np.abs(z[on]) <= AT_BOUNDARY * terms[on]).any():
+    if _at_boundary(layered, -1, below, z)[on].any():
         return None      # a kink of layer m itself, measured before its unit was known
     return beta, z, seen, units
+
+
+def _at_boundary(layered: Layered, l: int, below: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """Which units of layer ``l`` (an index into ``layered``'s layers) have ``|z|`` within
+    :data:`AT_BOUNDARY` of the sizes of the terms that make it from ``below``, its inputs."""
+    terms = np.abs(layered.weights[l] * below).sum(1) + np.abs(layered.biases[l])
+    return np.abs(z) <= AT_BOUNDARY * terms
 
 
 def _cluster(sigma: np.ndarray, on: np.ndarray, cond: np.ndarray,
