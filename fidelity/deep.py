@@ -835,6 +835,8 @@ STEP_BOUND = 50.0      # a refit of fewer kinks than entries moving the row more
                        # with it, 52 without, s20 refused and s59 'unverified')
 CONSISTENT_EQS = 2     # ... unless, with this many times the row's entries in kinks, every
                        # kink trusted as assumed fits within OUTLIER times its assumed error
+APART = 32             # ... or, with fewer (but more than entries), every far kink (this
+                       # many at most) predicted by the others (_predicted_apart)
 MAX_PIN_FAN_IN = 256   # rows with more entries than this are left as measured (layer 1 of
                        # a wide input: d + 1 gradient queries per region measured it in full)
 
@@ -1028,14 +1030,19 @@ def _refit_row(theta: np.ndarray, feats: np.ndarray, errs: np.ndarray) -> np.nda
     miss = np.abs(unit @ theta) / size
     median = np.median(miss)
     far = (miss > OUTLIER * median) & (median <= PRECISE_ROW)
-    if far.any() and miss.size >= CONSISTENT_EQS * theta.size:
+    if far.any():
         # the kinks the measured row misses most may be all of those where an entry that is
         # seldom on is on, the measured row off in that entry alone: they then agree with the
         # rest once it is corrected, which a kink of another unit among many could not
         # (random 40-20-10-10-1 s1 with fewer lines: a layer-3 row 2.8e-8 off in the entry
-        # of a layer-2 unit on at 6 of its 87 kinks, all 6 trusted at their misses)
+        # of a layer-2 unit on at 6 of its 87 kinks, all 6 trusted at their misses). With
+        # fewer kinks a wrong one could be the only one to see an entry and fit alone: each
+        # of a few far kinks must then be predicted by the others too (random 80-40-20-1 s23:
+        # a layer-2 row 6.3e-6 off, 56 kinks for 41 entries, its one far pin true to 9e-13)
         delta = _weighted_step(theta, unit, errs, prior, gauge, size)
-        if (np.abs(unit @ (theta + delta)) / size <= OUTLIER * errs).all():
+        if (np.abs(unit @ (theta + delta)) / size <= OUTLIER * errs).all() and (
+                miss.size >= CONSISTENT_EQS * theta.size
+                or _predicted_apart(theta, unit, errs, prior, gauge, size, far)):
             far = np.zeros_like(far)
     # one missing it by more than the measured row's own error (PRIOR_ERR) is another unit's:
     # at a third of its miss it still pulled a row precise to 5.6e-13 to 5.2e-7, and the
@@ -1056,6 +1063,23 @@ def _refit_row(theta: np.ndarray, feats: np.ndarray, errs: np.ndarray) -> np.nda
         # of them by: kinks that disagree, met only along directions they barely fix
         return theta
     return theta + delta
+
+
+def _predicted_apart(theta: np.ndarray, unit: np.ndarray, errs: np.ndarray, prior: np.ndarray,
+                     gauge: np.ndarray, size: float, far: np.ndarray) -> bool:
+    """Whether each ``far`` kink (at most :data:`APART`, and more kinks than entries) is
+    predicted by the row that the other kinks, trusted as assumed, give, ``OUTLIER`` times
+    closer than the measured row misses it (a kink of another unit stays about as far)."""
+    idx = np.flatnonzero(far)
+    if idx.size > APART or unit.shape[0] <= theta.size:
+        return False
+    for i in idx:
+        keep = np.arange(unit.shape[0]) != i
+        delta = _weighted_step(theta, unit[keep], errs[keep], prior, gauge, size)
+        miss = abs(unit[i] @ (theta + delta)) / size
+        if miss > abs(unit[i] @ theta) / size / OUTLIER:
+            return False
+    return True
 
 
 def _weighted_step(theta: np.ndarray, unit: np.ndarray, errs: np.ndarray, prior: np.ndarray,
