@@ -27,6 +27,7 @@ earlier unit is missing), a kink costs ``2 (h_m + 3)`` queries, not ``2 (d + 1)`
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Optional
 
 import numpy as np
@@ -120,6 +121,8 @@ def _layers(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, state: Stat
     while True:
         layered = _polish(run, layered, state)
         out = _output(run, cfg, layered, state)
+        if out is not None:
+            layered, out = _without_nil(run, layered, out, state)
         # layer 1 alone when the outputs are affine in it, or it explains every kink found:
         # a few left over are a second layer's in a narrow network (random 7-4-2-2-1 s2274:
         # one of 15 kinks on 3 lines, which passed for 'few', and it was refused)
@@ -290,6 +293,31 @@ def _layers(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, state: Stat
             raise UnsupportedArchitecture(
                 f"layer {below[-1].depth + 1}: no unit left when its kinks were searched again "
                 f"(after layer {below[-1].depth + 2} found nothing that fits)")
+
+
+def _without_nil(run: Run, layered: Layered, out: ReLUNetwork, state: State) -> tuple:
+    """``(layered, out)`` without the last layer's units whose output weights are all below
+    ``NIL_OUTPUT`` of the largest: a boundary that moves nothing (random 10-2-2-1 s5005: two
+    groups of kinks near layer 1's boundaries, each seeing one of its two units on, joined
+    into a row that predicts kinks only where layer 1 has them, output weight 3e-13)."""
+    a = np.asarray(out.weights[-1])
+    h = layered.widths[-1]
+    if layered.depth < 2 or a.shape[1] != h or not np.abs(a).max() > 0:
+        return layered, out
+    nil = np.abs(a).max(0) <= NIL_OUTPUT * np.abs(a).max()
+    if not nil.any() or nil.all():
+        return layered, out
+    keep = ~nil
+    layered = Layered(layered.weights[:-1] + (layered.weights[-1][keep],),
+                      layered.biases[:-1] + (layered.biases[-1][keep],))
+    weights = [np.asarray(w) for w in out.weights]
+    biases = [np.asarray(b) for b in out.biases]
+    weights[-2], biases[-2], weights[-1] = weights[-2][keep], biases[-2][keep], a[:, keep]
+    state.infos[-1] = replace(state.infos[-1], width=int(keep.sum()))
+    run.note(Kind.DEEP, f"layer {layered.depth}: {int(nil.sum())} unit(s) with no output "
+             f"weight (a boundary that moves nothing) dropped", layer=layered.depth,
+             units=[int(i) for i in np.flatnonzero(nil)])
+    return layered, ReLUNetwork(weights, biases)
 
 
 def _without_weak(run: Run, layered: Layered, state: State, jumps: list) -> Optional[Layered]:
@@ -837,6 +865,8 @@ CONSISTENT_EQS = 2     # ... unless, with this many times the row's entries in k
                        # kink trusted as assumed fits within OUTLIER times its assumed error
 APART = 32             # ... or, with fewer (but more than entries), every far kink (this
                        # many at most) predicted by the others (_predicted_apart)
+NIL_OUTPUT = 1e-10     # a last-layer unit whose output weights are all below this share of
+                       # the largest moves nothing, and is dropped (_without_nil)
 MAX_PIN_FAN_IN = 256   # rows with more entries than this are left as measured (layer 1 of
                        # a wide input: d + 1 gradient queries per region measured it in full)
 

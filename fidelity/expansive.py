@@ -90,7 +90,7 @@ def second_layer(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, layere
         if not todo:
             if quiet >= patience or random_lines >= cfg.lines_per_layer:
                 break
-            new_line(run, mcfg, use_jit, state)
+            new_line(run, mcfg, use_jit, state, Layered((w,), (b,)))
             random_lines += 1
             quiet += 1
             continue
@@ -446,7 +446,7 @@ def _beyond(run: Run, mcfg: MeasureConfig, state: State, w, b, y_k, u, g, on, af
         else centre
     n = g / np.linalg.norm(g)
     half = REACH * eps
-    line = window(run, mcfg, state, centre, n, half)
+    line = window(run, mcfg, state, centre, n, half, Layered((w,), (b,)))
     pts = centre + line.t[:, None] * n
     ok = np.flatnonzero((((pts @ w.T + b) > 0) == on).all(1))
     ok = ok[np.argsort(np.abs(line.t[ok]))]

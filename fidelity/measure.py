@@ -73,8 +73,12 @@ class MeasureConfig:
 
 
 def search_line(run: Run, x0: np.ndarray, v: np.ndarray, *, max_rounds: int,
-                use_jit: Optional[bool], coarse: float = 1.0) -> search.LineKinks:
+                use_jit: Optional[bool], coarse: float = 1.0,
+                hints: Optional[np.ndarray] = None) -> search.LineKinks:
     """The kinks of the victim on the line ``x0 + t v``, ``|t| <= t_max``.
+
+    ``hints``: where a model predicts kinks on it (see :func:`fidelity.search.search_lines`);
+    the jitted search does without them (same kinks, more rows).
 
     ``coarse`` multiplies the slope step (and the resolution): a one-sided slope from a step
     ``delta`` is trusted to ``noise / delta``, so kinks whose slope jump is below that are
@@ -99,7 +103,7 @@ def search_line(run: Run, x0: np.ndarray, v: np.ndarray, *, max_rounds: int,
         res = lines[0]
     else:
         res = search.search_lines(run.query("search"), x0[None], v[None], run.t_max,
-                                  **opts)[0]
+                                  hints=None if hints is None else [hints], **opts)[0]
     if res.unresolved:
         run.note(Kind.UNRESOLVED, f"line {run.lines - 1}: {res.unresolved} intervals left "
                  "unresolved after max_rounds", line=run.lines - 1, intervals=res.unresolved)

@@ -200,7 +200,7 @@ def next_layer(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, layered:
             windows -= _fill(run, mcfg, layered, found_layer, state, open_, tried, failed,
                              misses, windows, renewed)
         elif random_lines < max_random:
-            new_line(run, mcfg, use_jit, state)
+            new_line(run, mcfg, use_jit, state, _known(layered, found_layer))
             random_lines += 1
             searched_random = True
         else:
@@ -325,7 +325,7 @@ def _full_rank_windows(run: Run, mcfg: MeasureConfig, layered: Layered, state: S
         centre, half = x + 0.5 * (lo + hi) * v, 0.5 * (hi - lo) * (1 - 1e-6)
         if half <= 1e-6 * run.input_scale or np.linalg.norm(centre) + half > run.t_max:
             continue
-        line = window(run, mcfg, state, centre, v, half)
+        line = window(run, mcfg, state, centre, v, half, _known(layered, found))
         _measure_unexplained(run, mcfg, layered, state, len(state.lines) - 1, line, found)
         done += 1
     return done
@@ -497,6 +497,12 @@ def _lone_unit(run: Run, layered: Layered, found: _Found, state: State, open_: l
                                                                              state)
 
 
+def _known(layered: Layered, found: Optional[_Found]) -> Layered:
+    """The units known so far, found ones of layer ``m + 1`` included: their kinks are the
+    searches' hints."""
+    return layered if found is None or not found.rows.shape[0] else _appended(layered, found)
+
+
 def _appended(layered: Layered, found: _Found) -> Layered:
     """``layered`` with its last layer signed and the found units as a new layer (rows scaled
     to unit norm with the bias)."""
@@ -601,7 +607,7 @@ def _fill(run: Run, mcfg: MeasureConfig, layered: Layered, found: _Found, state:
             failed.add(key)
             continue
         before = len(state.points)
-        line = window(run, mcfg, state, centre, n, half)
+        line = window(run, mcfg, state, centre, n, half, _known(layered, found))
         _measure_unexplained(run, mcfg, layered, state, len(state.lines) - 1, line, found,
                              on_only=True)
         done += 1
@@ -1270,8 +1276,13 @@ def _analyse(run: Run, layered: Layered, state: State) -> _Found:
         partial = [p for p, k in zip(partial, keep) if k]
     if 1 < len(partial) <= JOIN_GROUPS:
         partial, joined = _joined(run, signed, state, partial, alive, memo)
-        if joined:
-            rows = np.concatenate([rows, np.array(joined)])
+        for row in joined:
+            # several pairs of groups can join into one unit (random 10-2-2-1 s5005: the
+            # same row three times, each a unit of its own)
+            unit = row / np.linalg.norm(row)
+            if not rows.shape[0] or (1 - np.abs(rows @ unit / np.linalg.norm(rows, axis=1))
+                                     ).min() > DUPLICATE:
+                rows = np.concatenate([rows, row[None]])
     return _Found(signs, dead, rows, partial)
 
 

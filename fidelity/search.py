@@ -12,12 +12,14 @@ round is one batched query; the number of rounds is bounded.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, replace
+from typing import Callable, Optional
 
 import numpy as np
 
 EPS = np.finfo(np.float64).eps
+HINT_STEP = 1 / 64   # a hint's inner answers lie this share of the search's step beside it
+HINT_SLACK = 1e-2    # times that, between a hint and where the pieces either side meet
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,7 @@ class LineKinks:
     verified: np.ndarray
     unresolved: int  # intervals given up (round bound or resolution) that still held a kink
     slopes: np.ndarray  # (m + 1, k) slope along v of each linear piece (NaN where unknown)
+    at_hints: int = 0   # kinks found where a hint said (see search_lines)
 
 
 def _tolerances(scale, noise_factor):
@@ -41,7 +44,8 @@ def _tolerances(scale, noise_factor):
 def search_lines(query: Callable[[np.ndarray], np.ndarray], x0: np.ndarray, v: np.ndarray,
                  t_max: float, *, delta: float, min_delta: float, noise_factor: float,
                  max_rounds: int, max_open: int = 1 << 14,
-                 floor_frac: float = 1e-2, noise_abs: float = 0.0) -> list[LineKinks]:
+                 floor_frac: float = 1e-2, noise_abs: float = 0.0,
+                 hints: Optional[list] = None) -> list[LineKinks]:
     """Finds the kinks of ``query`` on each line ``x0[i] + t v[i]``, ``t`` in ``[-t_max, t_max]``.
 
     Args:
@@ -56,6 +60,12 @@ def search_lines(query: Callable[[np.ndarray], np.ndarray], x0: np.ndarray, v: n
         floor_frac: rounding noise is relative to the size of the terms the victim adds up,
             not to the answer (which cancels to ~0 where the output changes sign): answers are
             taken as at least ``floor_frac`` times the largest answer at the line's ends.
+        hints: per line, where a model predicts kinks (``t``, any order), or None. An open
+            interval that holds a hint well inside is probed around the hint nearest its
+            middle instead of at its extrapolated kink: two answers either side (a step
+            and ``HINT_STEP`` of one away) give both pieces' lines, and where they meet,
+            next to the hint, is the kink (four queries, where an unknown kink costs three
+            per try and tries fail while an interval holds several).
     """
     n_lines, d = x0.shape
 
@@ -79,6 +89,10 @@ def search_lines(query: Callable[[np.ndarray], np.ndarray], x0: np.ndarray, v: n
     found_line, found_t, found_ok, found_sl, found_sr = [], [], [], [], []
     first_slope = sl.copy()
     unresolved = np.zeros(n_lines, dtype=int)
+    at_hints = np.zeros(n_lines, dtype=int)
+    if hints is not None:            # each hint is tried once
+        hints = [np.asarray(h, np.float64).ravel() for h in hints]
+        spent = [np.zeros(h.size, bool) for h in hints]
 
     for _ in range(max_rounds):
         if line.size == 0 or line.size > max_open:
@@ -116,9 +130,34 @@ def search_lines(query: Callable[[np.ndarray], np.ndarray], x0: np.ndarray, v: n
         extrap = (np.sqrt(den2) > slope_tol) & np.isfinite(t_star)
         extrap &= (t_star > tl + 2 * dc) & (t_star < tr - 2 * dc)
         t_star = np.where(extrap, t_star, 0.5 * (tl + tr))
+        hinted = np.zeros(line.size, bool)
+        if hints is not None:
+            t_star, hinted = _hinted(hints, spent, line, tl, tr, dc, delta, t_star)
 
-        pts = np.stack([t_star - dc, t_star, t_star + dc], 1)
-        gq = ask(np.repeat(line, 3), pts.ravel()).reshape(line.size, 3, -1)
+        # one batch: three answers per plain candidate, four around each hint
+        plain_c = ~hinted
+        pts = np.stack([t_star - dc, t_star, t_star + dc], 1)[plain_c]
+        hpts = (t_star[hinted, None] + dc[hinted, None]
+                * np.array([-1.0, -HINT_STEP, HINT_STEP, 1.0])[None])
+        both = ask(np.concatenate([np.repeat(line[plain_c], 3), np.repeat(line[hinted], 4)]),
+                   np.concatenate([pts.ravel(), hpts.ravel()]))
+        n_plain = 3 * int(plain_c.sum())
+        if hinted.any():
+            hq = both[n_plain:].reshape(int(hinted.sum()), 4, both.shape[-1])
+            found, parts_h = _at_hints(line[hinted], tl[hinted], tr[hinted], gl[hinted],
+                                       gr[hinted], sl[hinted], sr[hinted], dl[hinted],
+                                       dr[hinted], t_star[hinted], dc[hinted], hq,
+                                       noise[hinted])
+            for lst, col in zip((found_line, found_t, found_ok, found_sl, found_sr), found):
+                lst.append(col)
+            np.add.at(at_hints, found[0], 1)
+            keep = ~hinted
+            line, tl, tr, gl, gr, sl, sr, dl, dr, den, dc, noise, slope_tol, t_star, extrap = (
+                a[keep] for a in (line, tl, tr, gl, gr, sl, sr, dl, dr, den, dc, noise,
+                                  slope_tol, t_star, extrap))
+        else:
+            parts_h = []
+        gq = both[:n_plain].reshape(line.size, 3, both.shape[-1])
         gm, gs, gp = gq[:, 0], gq[:, 1], gq[:, 2]
         ls = (gs - gm) / dc[:, None]
         rs = (gp - gs) / dc[:, None]
@@ -143,7 +182,7 @@ def search_lines(query: Callable[[np.ndarray], np.ndarray], x0: np.ndarray, v: n
         # cut out the micro-interval [t* - dc, t* + dc] that holds the kink.
         mixed = s & (np.abs(ls - rs).max(1) > 4 * noise * 2 / dc)
         plain = s & ~mixed
-        parts = [
+        parts = parts_h + [
             # plain split at t*: left child [tl, t*], right child [t*, tr]
             (line[plain], tl[plain], t_star[plain], gl[plain], gs[plain], sl[plain], ls[plain],
              dl[plain], dc[plain]),
@@ -171,8 +210,67 @@ def search_lines(query: Callable[[np.ndarray], np.ndarray], x0: np.ndarray, v: n
     k = first_slope.shape[1]
     all_sl = np.concatenate(found_sl) if found_sl else np.zeros((0, k))
     all_sr = np.concatenate(found_sr) if found_sr else np.zeros((0, k))
-    return collect_lines(x0, v, t_max, min_delta, first_slope, unresolved, all_line, all_t,
-                         all_ok, all_sl, all_sr)
+    lines = collect_lines(x0, v, t_max, min_delta, first_slope, unresolved, all_line, all_t,
+                          all_ok, all_sl, all_sr)
+    return [replace(k, at_hints=int(n)) for k, n in zip(lines, at_hints)]
+
+
+def _hinted(hints: list, spent: list, line: np.ndarray, tl: np.ndarray, tr: np.ndarray,
+            dc: np.ndarray, delta: float, t_star: np.ndarray) -> tuple:
+    """``(candidates, hinted)``: per open interval, the hint nearest its middle (not tried
+    yet; marked ``spent``) where one lies at least three steps inside an interval wide enough
+    for the full step ``delta``."""
+    t_star, hinted = t_star.copy(), np.zeros(line.size, bool)
+    for i in np.flatnonzero(dc >= delta):
+        h, used = hints[line[i]], spent[line[i]]
+        inside = np.flatnonzero((h > tl[i] + 3 * dc[i]) & (h < tr[i] - 3 * dc[i]) & ~used)
+        if inside.size:
+            j = inside[np.argmin(np.abs(h[inside] - 0.5 * (tl[i] + tr[i])))]
+            used[j] = True
+            t_star[i] = h[j]
+            hinted[i] = True
+    return t_star, hinted
+
+
+def _at_hints(line, tl, tr, gl, gr, sl, sr, dl, dr, t_h, dc, hq, noise) -> tuple:
+    """The kinks found around hints (answers ``hq`` at ``t_h + (-1, -e, e, 1) dc``, ``e`` =
+    ``HINT_STEP``: slopes over nearly the search's step, and two answers close beside the
+    hint) and the intervals left open. A kink where the two pieces' lines meet within
+    ``HINT_SLACK`` times ``e dc`` of the hint: the interval is split around it. No kink (one
+    line through all four answers): split there too. Anything else (a kink of another unit
+    within a step, whose secant moves where the lines meet and must never become an
+    interval's end slope): the interval stays as it was, for the plain search. A kink of
+    another unit closer to the hint than ``e dc``, with a small jump, moves where the lines
+    meet too little to tell and is taken in: the short inner step makes that rare. (A
+    model's kinks lie about 1e-7 of a step from the victim's, 1e-3 at worst. With all four
+    answers a step apart, random 40-20-10-10-1 s81 lost the kink of a layer-3 unit 5e-5
+    beside a known one, and s25 kept a kink 3e-6 off.)"""
+    near = HINT_STEP * dc
+    ga, gb, gc, gd = (hq[:, i] for i in range(4))
+    s_left, s_right = (gb - ga) / (dc - near)[:, None], (gd - gc) / (dc - near)[:, None]
+    den = s_left - s_right
+    num = (gc - gb) + s_left * (t_h - near)[:, None] - s_right * (t_h + near)[:, None]
+    den2 = (den * den).sum(1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t_k = (num * den).sum(1) / den2
+    apart = np.sqrt(den2) > 4 * noise * 2 / (dc - near)
+    # the two lines through the hint agree (all outputs) where they meet
+    meet = np.abs(gb + s_left * (t_k - t_h + near)[:, None]
+                  - gc - s_right * (t_k - t_h - near)[:, None]).max(1) <= 8 * noise
+    ok = apart & np.isfinite(t_k) & (np.abs(t_k - t_h) <= HINT_SLACK * near) & meet
+    flat = ~apart & (np.abs(gc - gb - s_left * 2 * near[:, None]).max(1) <= 8 * noise)
+    found = (line[ok], t_k[ok], np.ones(int(ok.sum()), bool), s_left[ok], s_right[ok])
+    cut, same = ok | flat, ~(ok | flat)
+    step = dc - near
+    parts = [
+        (line[cut], tl[cut], (t_h - near)[cut], gl[cut], gb[cut], sl[cut], s_left[cut],
+         dl[cut], step[cut]),
+        (line[cut], (t_h + near)[cut], tr[cut], gc[cut], gr[cut], s_right[cut], sr[cut],
+         step[cut], dr[cut]),
+        (line[same], tl[same], tr[same], gl[same], gr[same], sl[same], sr[same], dl[same],
+         dr[same]),
+    ]
+    return found, parts
 
 
 def collect_lines(x0, v, t_max, min_delta, first_slope, unresolved, all_line, all_t, all_ok,

@@ -34,6 +34,54 @@ def test_search_finds_every_kink(sizes, seed):
     assert oracle.queries < 12 * sum(line.t.size for line in lines) + 8
 
 
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), d=st.integers(2, 40), h=st.integers(1, 40),
+       k=st.integers(1, 3), share=st.floats(0.0, 1.0), wrong=st.integers(0, 6),
+       near=st.sampled_from([0.0, 1.5, 2.5, 1.5 * search.HINT_STEP, 2.5 * search.HINT_STEP]))
+def test_hints_find_the_same_kinks_for_fewer_queries(seed, d, h, k, share, wrong, near):
+    """A deeper layer's search knows where the units found so far switch on a line: with
+    those kinks as hints it finds every kink the plain search finds, at the same places,
+    whatever share of them is hinted and with hints where nothing switches. With a kink of
+    another unit 1.5 or 2.5 steps beside a hint (the search's steps, or the hint's), every
+    kink is still found, and every kink reported verified is one (two kinks 1.5 steps apart
+    are at the plain search's limit: it may add unverified ones between them, with or
+    without hints)."""
+    net = F.ReLUNetwork.random(seed % 10_000, [d, h, k])
+    rng = np.random.default_rng(seed)
+    x0, v = rng.normal(size=d), rng.normal(size=d)
+    v /= np.linalg.norm(v)
+    t_max = 10 * np.sqrt(d)
+    truth = _true_kinks(net, x0, v, t_max)
+    opts = dict(delta=1e-6 * t_max, min_delta=1e-12 * t_max, noise_factor=256, max_rounds=200)
+    near = near if truth.size >= 2 else 0.0
+    if near:                            # another unit switching `near` steps beside a hint
+        w, b = np.array(net.weights[0]), np.array(net.biases[0])
+        t = -(w @ x0 + b) / (w @ v)
+        i, j = np.argsort(np.abs(t))[:2]
+        b[j] = -(w[j] @ (x0 + (t[i] + near * opts["delta"]) * v))
+        net = F.ReLUNetwork([w, net.weights[1]], [b, net.biases[1]])
+        truth = _true_kinks(net, x0, v, t_max)
+        hints = [t[i]]
+    else:
+        hints = list(rng.permutation(truth)[:int(share * truth.size)])
+    hints = np.array(hints + list(rng.uniform(-t_max, t_max, size=wrong)))
+    plain_oracle, hinted_oracle = F.Oracle(net), F.Oracle(net)
+    plain = search.search_lines(plain_oracle, x0[None], v[None], t_max, **opts)[0]
+    hinted = search.search_lines(hinted_oracle, x0[None], v[None], t_max, hints=[hints],
+                                 **opts)[0]
+    tol = 1e-7 * t_max
+    if near:
+        assert (np.abs(truth[:, None] - hinted.t[None]).min(1) <= tol).all()
+        assert (np.abs(hinted.t[hinted.verified][:, None] - truth[None]).min(1) <= tol).all()
+        return
+    assert plain.t.size == truth.size
+    assert hinted.t.size == truth.size and hinted.verified.all()
+    np.testing.assert_allclose(hinted.t, truth, rtol=0, atol=tol)
+    assert np.isfinite(hinted.slopes).all()
+    if not wrong:
+        assert hinted_oracle.queries <= plain_oracle.queries + 4
+
+
 def test_region_gradients_and_jumps_are_exact():
     net = F.ReLUNetwork.random(4, [20, 6, 3])
     oracle = F.Oracle(net)
