@@ -492,6 +492,32 @@ def test_a_kink_of_another_unit_does_not_pull_a_polished_row(seed, d, extra, row
     assert np.linalg.norm(row - truth) <= 1e-9 * np.linalg.norm(truth)
 
 
+def _rare_entry_refit(seed, d, n, rare, another, off):
+    """The relative error of a row refitted to ``n`` kinks on its plane, its last entry on at
+    the first ``rare`` of them and read ``off`` (relative) wrong; or, with ``another``, read
+    right and kink ``rare`` moved off the plane as another unit's would be."""
+    from fidelity.deep import _refit_row
+    rng = np.random.default_rng(seed)
+    truth = rng.normal(size=d + 1)
+    truth[0] = 0.5 + abs(truth[0])
+    truth[-2] = np.sign(truth[-2]) * max(abs(truth[-2]), 0.3)
+    truth[-1] = -3.0 * np.abs(truth[:-1]).sum()        # so that entry 0 solves to > 0
+    h = np.minimum(np.abs(rng.normal(size=(n, d))), 2.9) * (rng.random((n, d)) < 0.7)
+    h[:, -1] = np.where(np.arange(n) < rare, np.minimum(np.abs(rng.normal(size=n)), 2.9) + 0.1,
+                        0.0)                            # the last entry on at `rare` kinks
+    h[:, 0] = 0.0
+    h[:, 0] = -(h @ truth[:-1] + truth[-1]) / truth[0]  # on the row's plane, all >= 0
+    feats = np.concatenate([h, np.ones((n, 1))], 1)
+    measured = truth + 1e-13 * rng.normal(size=d + 1)
+    measured[-2] += off * abs(truth[-2])            # the rare entry read off
+    if another:                                       # and a kink of another unit among them
+        measured[-2] = truth[-2]
+        feats[rare, :-1] += 1e-7 * np.linalg.norm(feats[rare]) * np.abs(rng.normal(size=d))
+    row = _refit_row(measured, feats, np.full(n, 1e-12))
+    row = row / (row @ truth) * (truth @ truth)
+    return np.linalg.norm(row - truth) / np.linalg.norm(truth)
+
+
 @settings(max_examples=20, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), d=st.integers(4, 20), rare=st.integers(2, 6),
        another=st.booleans())
@@ -501,27 +527,7 @@ def test_kinks_where_a_rare_entry_is_on_correct_it_and_another_units_still_does_
     # layer-2 unit on at 6 of its 87 kinks; those 6 missed the row most and were trusted at
     # their misses, so the entry kept its error. Among many kinks that agree once it is
     # corrected, they correct it; a kink of another unit among as many still does not pull
-    from fidelity.deep import _refit_row
-    rng = np.random.default_rng(seed)
-    truth = rng.normal(size=d + 1)
-    truth[0] = 0.5 + abs(truth[0])
-    truth[-2] = np.sign(truth[-2]) * max(abs(truth[-2]), 0.3)
-    truth[-1] = -3.0 * np.abs(truth[:-1]).sum()        # so that entry 0 solves to > 0
-    n = 4 * (d + 1)
-    h = np.minimum(np.abs(rng.normal(size=(n, d))), 2.9) * (rng.random((n, d)) < 0.7)
-    h[:, -1] = np.where(np.arange(n) < rare, np.minimum(np.abs(rng.normal(size=n)), 2.9) + 0.1,
-                        0.0)                            # the last entry on at `rare` kinks
-    h[:, 0] = 0.0
-    h[:, 0] = -(h @ truth[:-1] + truth[-1]) / truth[0]  # on the row's plane, all >= 0
-    feats = np.concatenate([h, np.ones((n, 1))], 1)
-    measured = truth + 1e-13 * rng.normal(size=d + 1)
-    measured[-2] += 1e-4 * abs(truth[-2])           # the rare entry read 1e-4 off
-    if another:                                       # and a kink of another unit among them
-        measured[-2] = truth[-2]
-        feats[rare, :-1] += 1e-7 * np.linalg.norm(feats[rare]) * np.abs(rng.normal(size=d))
-    row = _refit_row(measured, feats, np.full(n, 1e-12))
-    row = row / (row @ truth) * (truth @ truth)
-    assert np.linalg.norm(row - truth) <= 1e-10 * np.linalg.norm(truth)
+    assert _rare_entry_refit(seed, d, 4 * (d + 1), rare, another, 1e-4) <= 1e-10
 
 
 @settings(max_examples=30, deadline=None)
@@ -535,32 +541,12 @@ def test_fewer_kinks_correct_a_rare_entry_when_each_is_predicted_by_the_others(
     `unverified`. With more kinks than entries, each such kink that the others predict
     corrects the entry; a kink of another unit, which the others do not predict, still
     does not pull."""
-    from fidelity.deep import _refit_row
-    rng = np.random.default_rng(seed)
-    truth = rng.normal(size=d + 1)
-    truth[0] = 0.5 + abs(truth[0])
-    truth[-2] = np.sign(truth[-2]) * max(abs(truth[-2]), 0.3)
-    truth[-1] = -3.0 * np.abs(truth[:-1]).sum()
     if another:
         # (a kink of another unit among only a few kinks more than entries still pulls the
         # row, with or without this change: 3 in 1,500 draws with under 0.2 d more)
         share = max(share, 0.3)
     n = d + 2 + int(share * d)                          # more than entries, under twice
-    rare = min(rare, n - 2)
-    h = np.minimum(np.abs(rng.normal(size=(n, d))), 2.9) * (rng.random((n, d)) < 0.7)
-    h[:, -1] = np.where(np.arange(n) < rare, np.minimum(np.abs(rng.normal(size=n)), 2.9) + 0.1,
-                        0.0)
-    h[:, 0] = 0.0
-    h[:, 0] = -(h @ truth[:-1] + truth[-1]) / truth[0]
-    feats = np.concatenate([h, np.ones((n, 1))], 1)
-    measured = truth + 1e-13 * rng.normal(size=d + 1)
-    measured[-2] += 1e-5 * abs(truth[-2])
-    if another:
-        measured[-2] = truth[-2]
-        feats[rare, :-1] += 1e-7 * np.linalg.norm(feats[rare]) * np.abs(rng.normal(size=d))
-    row = _refit_row(measured, feats, np.full(n, 1e-12))
-    row = row / (row @ truth) * (truth @ truth)
-    assert np.linalg.norm(row - truth) <= 1e-10 * np.linalg.norm(truth)
+    assert _rare_entry_refit(seed, d, n, min(rare, n - 2), another, 1e-5) <= 1e-10
 
 
 def test_a_two_layer_victim_with_a_rare_entry_few_kinks_see_is_exact():
