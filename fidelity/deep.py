@@ -889,7 +889,7 @@ def _pinned(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, layered: Layered, st
                 on = np.full(fan_in, len(eqs))
             else:
                 on = (np.array(eqs)[:, :-1] > 0).sum(0)
-            short = (fan_in + 1 + pin.MARGIN - len(eqs), pin.PER_ENTRY - on)
+            short = (pin.wanted(fan_in) - len(eqs), pin.PER_ENTRY - on)
             if short[0] > 0 or (short[1] > 0).any():
                 need[l, u] = short
     # kept back for the refit: the output fit's fresh inputs (when the pins' are fewer), its
