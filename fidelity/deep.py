@@ -118,6 +118,7 @@ def _layers(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, state: Stat
     regrown = 0                    # layer 2 searched again over a layer 1 it grew
     backtracks = 0                 # layers searched again one layer further back
     early = set()                  # depths whose linear part was tried before their retries
+    deep_again = set()             # depths whose next layer was searched again at once
     while True:
         layered = _polish(run, layered, state)
         out = _output(run, cfg, layered, state)
@@ -220,6 +221,21 @@ def _layers(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, state: Stat
         deeper = None
         if not (below and retries < MAX_RETRIES and few_unexplained(run, layered, state)):
             deeper = next_layer(run, cfg, mcfg, use_jit, layered, state, cfg.layer_patience)
+            if deeper is None and layered.depth > 1 and layered.depth not in deep_again \
+                    and layered.depth + 1 in state.unreadable \
+                    and not few_unexplained(run, layered, state):
+                # many kinks left unexplained, and where the lines went no deeper kink could
+                # be read for the rank of layer m's Jacobian: a deeper layer is there, and its
+                # search closed before it could read them (they are read on the units of
+                # layer m on, oriented by the kinks read so far: random 49-24-24-11-1 s3604,
+                # 2 random lines then closed, three searches of layer 2 after it and refused
+                # at 80,797 queries). Searched again, once per depth, with more patience
+                deep_again.add(layered.depth)
+                run.note(Kind.LAYER_INCOMPLETE, f"layer {layered.depth + 1}: no unit found, "
+                         f"though many kinks are unexplained: searched again with "
+                         f"{RETRY_PATIENCE}x the patience", layer=layered.depth + 1)
+                deeper = next_layer(run, cfg, mcfg, use_jit, layered, state,
+                                    RETRY_PATIENCE * cfg.layer_patience)
         if deeper is not None:
             # layer 1 as the search left it: units it added (a layer-1 unit line 0 missed)
             # stay for a retry of layer 2 (trained digits 784-64-32-10, training seed 1: the

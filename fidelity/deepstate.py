@@ -192,6 +192,8 @@ class State:
     deficient: set = field(default_factory=set)   # (line, kink) skipped for a Jacobian of
                                                   # too low a rank: read again when more
                                                   # orientations are known
+    unreadable: set = field(default_factory=set)   # layers whose search read no deeper kink
+                                                   # where its lines went (peel.next_layer)
     grown: Optional[Layered] = None   # layer 1 with the units a search of layer 2 that found
                                       # no unit of its own added (peel.next_layer)
     lacking: set = field(default_factory=set)   # (line, t, m) kinks whose probes in layer m's

@@ -206,6 +206,7 @@ def next_layer(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, layered:
         else:
             break
     if seeded:
+        state.unreadable.add(m + 1)
         run.note(Kind.DEEP, f"layer {m + 1}: no deeper kink could be read where the lines went "
                  f"(layer {m} is wider than the units on before it there): {full_rank} short "
                  f"lines searched where layer {m}'s Jacobian has full rank", layer=m + 1,

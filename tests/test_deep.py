@@ -983,6 +983,20 @@ def test_a_layer_wider_than_the_units_on_before_it_is_read_from_lines_where_it_h
     _exact(victim, result, rel=1e-9, param=1e-8)
 
 
+def test_a_deeper_layer_whose_kinks_could_not_be_read_is_searched_again_before_the_one_above():
+    # the same victim with run seed 3604: layer 2 complete (24 units) at 27,733 queries, the
+    # search of layer 3 read no kink on its first lines and closed after 2 random lines; layer
+    # 2 was then searched twice more, with 3x and 6x the patience, and the run refused at
+    # 80,797 queries. Layer 3 searched again at once with 3x the patience finds its 11 units
+    victim = F.ReLUNetwork.random(3604, [49, 24, 24, 11, 1])
+    result = F.extract(F.Oracle(victim), seed=3604, throw=False)
+    assert any("layer 3: no unit found, though many kinks are unexplained" in n
+               for n in result.notes), result.notes
+    assert result.status == "ok", result.notes
+    assert [i.width for i in result.layers] == [24, 24, 11]
+    _exact(victim, result, rel=1e-9, param=1e-8)
+
+
 @settings(max_examples=3, deadline=None, suppress_health_check=list(HealthCheck))
 @given(seed=st.integers(0, 10_000), d=st.integers(14, 24), k=st.sampled_from([1, 2]),
        data=st.data())
