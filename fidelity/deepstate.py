@@ -36,9 +36,10 @@ class DeepConfig:
         check_points: fresh answers the finished network is checked on, at least.
         check_share: ... or this share of the queries spent, when more (within the budget).
         check_tol: relative tolerance of that check.
-        max_kinks: bound on the deeper kinks measured in all (each costs ``2 (h + 3)``
-            queries and enters every analysis): past it the layer being searched is closed
-            with what it has.
+        max_kinks: bound on the deeper kinks the searches for one layer measure, all its
+            searches together (each costs ``2 (h + 3)`` queries and enters every analysis):
+            past it the layer being searched is closed with what it has, as it is past
+            twice as many kinks measured by the run in all (``peel.RUN_KINKS``).
     """
 
     max_depth: int = 8
@@ -192,6 +193,8 @@ class State:
     deficient: set = field(default_factory=set)   # (line, kink) skipped for a Jacobian of
                                                   # too low a rank: read again when more
                                                   # orientations are known
+    layer_kinks: dict = field(default_factory=dict)   # layer -> kinks its searches measured
+                                                      # (bounded by max_kinks)
     unreadable: set = field(default_factory=set)   # layers whose search read no deeper kink
                                                    # where its lines went (peel.next_layer)
     grown: Optional[Layered] = None   # layer 1 with the units a search of layer 2 that found

@@ -31,6 +31,7 @@ NULL_PROBES = 2       # probes along what layer m cannot see, per side of a kink
 NULL_DRAWS = 8        # ... drawn at most this many times
 MAX_CANCEL = 1e3      # signatures of kinks whose bias cancels worse than this are compared
                       # at this loose a tolerance (SAME_UNIT times it)
+RUN_KINKS = 2         # the kinks of a run in all are bounded by this many times max_kinks
 MAX_COND = 1e4        # a Jacobian worse conditioned than this is not inverted at that kink
 ORIENT_SHARE = 1e-4   # a unit that carries this share of no kink's jump (the readings' noise
                       # where a unit is off: 1e-7-3e-6) is oriented the way that has it off
@@ -175,10 +176,11 @@ def next_layer(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, layered:
                 too_few or len(c[2]) > 1 and _key(c) not in confined
                 for c in open_) and not _lone_unit(run, layered, found_layer, state, open_)):
             break
-        if len(state.points) >= cfg.max_kinks:
-            run.note(Kind.LAYER_INCOMPLETE, f"layer {m + 1}: {len(state.points)} deeper kinks "
-                     f"measured (max_kinks): the layer is closed with what it has",
-                     layer=m + 1, kinks=len(state.points))
+        mine = state.layer_kinks.get(m + 1, 0) + len(state.points) - pts0
+        if mine >= cfg.max_kinks or len(state.points) >= RUN_KINKS * cfg.max_kinks:
+            run.note(Kind.LAYER_INCOMPLETE, f"layer {m + 1}: {mine} deeper kinks measured by "
+                     f"its searches, {len(state.points)} in all (max_kinks): the layer is "
+                     f"closed with what it has", layer=m + 1, kinks=mine)
             break
         searched_random = False
         # once a kink reads as a deeper unit's, or groups of one kink outnumber the units
@@ -205,6 +207,7 @@ def next_layer(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, layered:
             searched_random = True
         else:
             break
+    state.layer_kinks[m + 1] = state.layer_kinks.get(m + 1, 0) + len(state.points) - pts0
     if seeded:
         state.unreadable.add(m + 1)
         run.note(Kind.DEEP, f"layer {m + 1}: no deeper kink could be read where the lines went "
