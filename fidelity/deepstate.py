@@ -386,6 +386,50 @@ def completed(run: Run, signed: Layered, rows: np.ndarray, gapped: list,
     return _completed_by_parts(signed, rows, gapped, x, y)
 
 
+def from_kinks(run: Run, signed: Layered, rows: np.ndarray, gapped: list,
+               state: State) -> tuple[np.ndarray, list]:
+    """The rows of a new layer after ``signed`` (``rows`` complete, then those of ``gapped``,
+    ``(row, missing entries)``, all ``a / c``) with each missing entry read from the kinks
+    on the searched lines that the layer with those entries 0 does not explain: at a kink of
+    unit ``j`` where one of its missing entries' units ``i`` is on, ``row . h + 1 = 0`` gives
+    that entry. Each takes the value that explains the most kinks. Returns ``(rows, unread)``:
+    the ``(unit, entry)`` pairs no kink gave, left 0 (their units were never on together
+    with ``j`` where a line crossed ``j``'s boundary)."""
+    out = np.concatenate([rows, np.array([r for r, _ in gapped])])
+    n_full, unread = rows.shape[0], []
+    model = with_rows(signed, out)
+    pts = []
+    for line in state.lines:
+        missed = ~predicted(run, model, line, None)
+        pts.extend(line.x0 + t * line.v for t in line.t[missed])
+    h = np.maximum(signed.preacts(np.array(pts))[-1], 0.0) if pts else np.zeros((0, 1))
+
+    def explained(rows_now):
+        model_now = with_rows(signed, rows_now)
+        return sum(int(predicted(run, model_now, line, None).sum()) for line in state.lines)
+
+    for j, (_, gaps) in enumerate(gapped):
+        unit = n_full + j
+        for i in gaps:
+            lone = (h[:, i] > 0) & ((h[:, gaps] > 0).sum(1) == 1) if h.shape[0] else []
+            values = [-(out[unit] @ h[k] + 1.0) / h[k, i] for k in np.flatnonzero(lone)]
+            best, most = 0.0, explained(out) if values else 0
+            for value in values[:FROM_KINKS]:
+                trial = out.copy()
+                trial[unit, i] = value
+                count = explained(trial)
+                if count > most:
+                    best, most = value, count
+            if best != 0.0:
+                out[unit, i] = best
+            else:
+                unread.append((unit, int(i)))
+    return out, unread
+
+
+FROM_KINKS = 16   # kinks tried per missing entry (from_kinks)
+
+
 PART_RADII = (1.0, 3.0, 10.0, 30.0)   # radii (times input_scale) of the answers drawn there
 PART_POOL = 50                        # model-only draws per answer wanted
 

@@ -29,8 +29,8 @@ from typing import Optional
 import numpy as np
 
 from .context import Run
-from .deepstate import (IN_RANGE, DeepConfig, State, completed, fits_outputs, kink_jump,
-                        kink_sides, layer_info, new_line, predicted, window, with_rows)
+from .deepstate import (IN_RANGE, DeepConfig, State, completed, fits_outputs, from_kinks,
+                        kink_jump, kink_sides, layer_info, new_line, predicted, window, with_rows)
 from .errors import UnsupportedArchitecture
 from .layered import Layered
 from .measure import MeasureConfig
@@ -215,16 +215,27 @@ def _with_gapped(run: Run, layered: Layered, w, b, flip, a, gapped: list,
             units = [found[i] for i in pick]
             done = np.concatenate([full] + [(r / c)[None] for r, c, g in units if not g.size])
             open_ = [(r / c, g) for r, c, g in units if g.size]
+            unseen = []
             if open_:
-                done = completed(run, hidden, done, open_, state)
-                if done is None:
-                    continue
+                filled = completed(run, hidden, done, open_, state)
+                if filled is None:
+                    # not determined by the answers: those layer-1 units are off wherever
+                    # the unit is on in all of them (random 10-20-20-1 s7: a layer-2 unit on
+                    # for 0.14% of inputs, with a layer-1 unit on at 0.3% of those, was left
+                    # out, the network 1e-2 off); read from the kinks it then misses, or 0
+                    filled, unseen = from_kinks(run, hidden, done, open_, state)
+                done = filled
             candidate = with_rows(hidden, done)
             if fits_outputs(candidate, *state.unfitted):
                 run.note(Kind.LAYER_INCOMPLETE, f"layer 2: {size} followed unit(s) had entries "
                          "their boundaries never reach (that unit of layer 1 keeps one side all "
                          "along them): read from their linear part or the output fit",
                          layer=2, units=size)
+                if unseen:
+                    run.note(Kind.UNIDENTIFIED_UNITS, f"layer 2: (unit, entry) {unseen}: no "
+                             "answer and no kink determines them (those layer-1 units are off "
+                             "wherever a line crossed the unit's boundary): set to 0",
+                             layer=2, entries=unseen)
                 return candidate
     if found:
         run.note(Kind.LAYER_INCOMPLETE, f"layer 2: {len(found)} followed units had entries "

@@ -11,8 +11,8 @@ import numpy as np
 from . import expansive, search
 from .context import Run
 from .deepstate import (IN_RANGE, MATCH, STRAY, DeepConfig, Line, Point, State, completed,
-                        fits_outputs, kink_jump, layer_info, new_line, plane_hits, predicted,
-                        read_jump, spend, window, with_rows)
+                        fits_outputs, from_kinks, kink_jump, layer_info, new_line, plane_hits,
+                        predicted, read_jump, spend, window, with_rows)
 from .layered import Layered
 from .measure import MeasureConfig
 from .results import Kind
@@ -373,12 +373,26 @@ def _completed(run: Run, mcfg: MeasureConfig, layered: Layered, found: _Found,
         # 40-20-10-10-1 s8: layer-3 units of 28 and 26 kinks with one entry unseen each, and
         # two units on for 0.3% and 0% of inputs seen 5 and 3 times with 7 entries unseen)
         strong = [c for c in gapped if _strong(c)]
-        if not strong or len(strong) == len(gapped):
-            return found
-        gapped = strong
-        rows = completed(run, signed, found.rows, [(c[0], c[1]) for c in gapped], state)
-        if rows is None:
-            return found
+        strong = strong if len(strong) < len(gapped) else []
+        if strong:
+            rows = completed(run, signed, found.rows, [(c[0], c[1]) for c in strong], state)
+            gapped = strong if rows is not None else gapped
+    unread, source = [], "the output fit"
+    for some in ([gapped, strong] if rows is None and state.unfitted is not None else []):
+        # not determined by the answers: the units of those entries are off wherever the
+        # unit is on in all of them; read from the kinks the layer then misses, or 0
+        # (random 40-20-10-10-1 s8: a layer-3 unit on for 0.014% of inputs, a layer-2 unit
+        # on at 1 in 700 of those; it was left out and the network 5e-3 off)
+        if not some:
+            break
+        rows, unread = from_kinks(run, signed, found.rows, [(c[0], c[1]) for c in some],
+                                  state)
+        if fits_outputs(with_rows(signed, rows), *state.unfitted):
+            gapped, source = some, "the kinks the layer misses without them"
+            break
+        rows = None
+    if rows is None:
+        return found
     for j, c in enumerate(gapped):
         row = rows[found.rows.shape[0] + j]
         if not _one_sided_holds(run, mcfg, signed, row, c[1], state):
@@ -390,10 +404,15 @@ def _completed(run: Run, mcfg: MeasureConfig, layered: Layered, found: _Found,
     units = list(range(found.rows.shape[0], rows.shape[0]))
     state.filled = tuple((layered.depth + 1, u, tuple(int(i) for i in c[1]))
                          for u, c in zip(units, gapped))
+    if unread:
+        run.note(Kind.UNIDENTIFIED_UNITS, f"layer {layered.depth + 1}: (unit, entry) {unread}: "
+                 f"no answer and no kink determines them (those units of layer "
+                 f"{layered.depth} are off wherever a line crossed the unit's boundary): set "
+                 "to 0", layer=layered.depth + 1, entries=unread)
     run.note(Kind.LAYER_INCOMPLETE, f"layer {layered.depth + 1}: units {units} had entries "
              f"{[c[1].tolist() for c in gapped]} that none of their kinks saw (those units of "
-             f"layer {layered.depth} are off all along their boundaries): read from the "
-             "output fit", layer=layered.depth + 1, units=units)
+             f"layer {layered.depth} are off all along their boundaries): read from "
+             f"{source}", layer=layered.depth + 1, units=units)
     rest = [c for c in found.partial if not any(c is g for g in gapped)]
     return _Found(found.signs, found.dead, rows, rest)
 
