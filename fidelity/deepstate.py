@@ -392,7 +392,8 @@ def from_kinks(run: Run, signed: Layered, rows: np.ndarray, gapped: list,
     ``(row, missing entries)``, all ``a / c``) with each missing entry read from the kinks
     on the searched lines that the layer with those entries 0 does not explain: at a kink of
     unit ``j`` where one of its missing entries' units ``i`` is on, ``row . h + 1 = 0`` gives
-    that entry. Each takes the value that explains the most kinks. Returns ``(rows, unread)``:
+    that entry. Each takes the value that explains the most kinks (of at most
+    :data:`FROM_KINKS` tried, :data:`FROM_KINKS_TRIES` in all). Returns ``(rows, unread)``:
     the ``(unit, entry)`` pairs no kink gave, left 0 (their units were never on together
     with ``j`` where a line crossed ``j``'s boundary)."""
     out = np.concatenate([rows, np.array([r for r, _ in gapped])])
@@ -408,13 +409,16 @@ def from_kinks(run: Run, signed: Layered, rows: np.ndarray, gapped: list,
         model_now = with_rows(signed, rows_now)
         return sum(int(predicted(run, model_now, line, None).sum()) for line in state.lines)
 
+    tries = FROM_KINKS_TRIES
     for j, (_, gaps) in enumerate(gapped):
         unit = n_full + j
         for i in gaps:
             lone = (h[:, i] > 0) & ((h[:, gaps] > 0).sum(1) == 1) if h.shape[0] else []
             values = [-(out[unit] @ h[k] + 1.0) / h[k, i] for k in np.flatnonzero(lone)]
+            values = values[:min(FROM_KINKS, tries)]
+            tries -= len(values)
             best, most = 0.0, explained(out) if values else 0
-            for value in values[:FROM_KINKS]:
+            for value in values:
                 trial = out.copy()
                 trial[unit, i] = value
                 count = explained(trial)
@@ -428,6 +432,7 @@ def from_kinks(run: Run, signed: Layered, rows: np.ndarray, gapped: list,
 
 
 FROM_KINKS = 16   # kinks tried per missing entry (from_kinks)
+FROM_KINKS_TRIES = 64   # ... and in all (each counts the kinks of every line explained)
 
 
 PART_RADII = (1.0, 3.0, 10.0, 30.0)   # radii (times input_scale) of the answers drawn there

@@ -64,6 +64,9 @@ FEW_MISSES = 2        # a candidate that missed this few is still counted on lat
 SPREAD_SHARE = 1.0    # a candidate whose kinks lie in several regions of the units kept
 SPREAD_HITS = 6       # ... is kept while it misses at most this share of the kinks it
                       # predicts and finds, and finds this many (_kept)
+FROM_KINKS_GROUPS = 4  # incomplete units whose unseen entries are read from kinks at once,
+                       # at most (more are a deeper layer's groups: random 784-16x8-1 tried
+                       # hundreds, 14 s of a 38 s search)
 GAP_KEEP_MEMBERS = 6  # an incomplete unit of this many kinks, on GAP_KEEP_LINES lines or more,
 GAP_KEEP_LINES = 3    # ... and at most MAX_GAP_ENTRIES entries never seen, is completed alone
 MAX_GAP_ENTRIES = 3   # ... when the output fit cannot complete every incomplete unit at once
@@ -386,8 +389,8 @@ def _completed(run: Run, mcfg: MeasureConfig, layered: Layered, found: _Found,
         # unit is on in all of them; read from the kinks the layer then misses, or 0
         # (random 40-20-10-10-1 s8: a layer-3 unit on for 0.014% of inputs, a layer-2 unit
         # on at 1 in 700 of those; it was left out and the network 5e-3 off)
-        if not some:
-            break
+        if not some or len(some) > FROM_KINKS_GROUPS:
+            continue
         rows, unread = from_kinks(run, signed, found.rows, [(c[0], c[1]) for c in some],
                                   state)
         if fits_outputs(with_rows(signed, rows), *state.unfitted):
