@@ -409,7 +409,7 @@ def from_kinks(run: Run, signed: Layered, rows: np.ndarray, gapped: list,
         model_now = with_rows(signed, rows_now)
         return sum(int(predicted(run, model_now, line, None).sum()) for line in state.lines)
 
-    tries = FROM_KINKS_TRIES
+    tries, base = FROM_KINKS_TRIES, None      # base: the kinks ``out`` explains, once asked
     for j, (_, gaps) in enumerate(gapped):
         unit = n_full + j
         for i in gaps:
@@ -417,7 +417,9 @@ def from_kinks(run: Run, signed: Layered, rows: np.ndarray, gapped: list,
             values = [-(out[unit] @ h[k] + 1.0) / h[k, i] for k in np.flatnonzero(lone)]
             values = values[:min(FROM_KINKS, tries)]
             tries -= len(values)
-            best, most = 0.0, explained(out) if values else 0
+            if values and base is None:
+                base = explained(out)
+            best, most = 0.0, base if values else 0
             for value in values:
                 trial = out.copy()
                 trial[unit, i] = value
@@ -425,7 +427,7 @@ def from_kinks(run: Run, signed: Layered, rows: np.ndarray, gapped: list,
                 if count > most:
                     best, most = value, count
             if best != 0.0:
-                out[unit, i] = best
+                out[unit, i], base = best, most
             else:
                 unread.append((unit, int(i)))
     return out, unread

@@ -815,6 +815,16 @@ def test_a_found_kink_without_a_change_of_slope_is_not_held_against_the_network(
     assert _unexplained_kinks(run, net, state) > 0.0           # without slopes it counts
 
 
+def _first_two_layers(seed):
+    """A random 8-6-5-1 victim's layer 1 (signed), its layer-2 rows as the analysis reads
+    them (``a / c``, bias 1), and its first two layers."""
+    victim = F.ReLUNetwork.random(seed, [8, 6, 5, 1])
+    w = [np.asarray(a) for a in victim.weights]
+    b = [np.asarray(a) for a in victim.biases]
+    return (Layered((w[0],), (b[0],)), w[1] / b[1][:, None],
+            Layered(tuple(w[:2]), tuple(b[:2])))
+
+
 def _kink_point(net, layer, dirs_of):
     """A kink of a unit of hidden layer ``layer`` on a random line of ``net``, as a Point whose
     jump is read from the victim along ``dirs_of(x)`` (finite differences on either side)."""
@@ -1664,12 +1674,7 @@ def test_a_unit_that_missed_one_early_kink_is_kept_once_its_hits_grow(seed):
     looked at again; the victim was refused). A wrong row stays rejected."""
     from fidelity import peel
     from fidelity.deepstate import Line, State
-    victim = F.ReLUNetwork.random(seed, [8, 6, 5, 1])
-    w = [np.asarray(a) for a in victim.weights]
-    b = [np.asarray(a) for a in victim.biases]
-    signed = Layered((w[0],), (b[0],))
-    rows = w[1] / b[1][:, None]          # the analysis' rows: a / c, bias 1
-    true = Layered(tuple(w[:2]), tuple(b[:2]))
+    signed, rows, true = _first_two_layers(seed)
     rng = np.random.default_rng(seed)
     lines, dropped = [], False
     for _ in range(80):
@@ -1995,12 +2000,7 @@ def test_an_entry_no_answer_determines_is_read_from_the_kinks_the_layer_misses(s
     from a kink of the unit where that earlier unit is on: ``row . h + 1 = 0`` there; where no
     searched line crossed the unit's boundary with it on, the entry is left 0 and named."""
     from fidelity.deepstate import Line, State, from_kinks
-    victim = F.ReLUNetwork.random(seed, [8, 6, 5, 1])
-    w = [np.asarray(a) for a in victim.weights]
-    b = [np.asarray(a) for a in victim.biases]
-    signed = Layered((w[0],), (b[0],))
-    rows = w[1] / b[1][:, None]                      # the analysis' rows: a / c, bias 1
-    true = Layered(tuple(w[:2]), tuple(b[:2]))
+    signed, rows, true = _first_two_layers(seed)
     rng = np.random.default_rng(seed)
     lines = []
     for _ in range(40):
