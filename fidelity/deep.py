@@ -35,9 +35,9 @@ import numpy as np
 from . import pin, recover, search
 from .checks import POINT_RADII, fresh_points, point_error
 from .context import Run
-from .deepstate import (GAP_COND, IN_RANGE, MATCH, PAIR, DeepConfig, LayerInfo, Line, Point,
-                        State, affine_fit, either_side, kink_jump, new_line, plane_hits,
-                        plane_kinks, set_aside)
+from .deepstate import (GAP_COND, IN_RANGE, LAST_LAYER, MATCH, PAIR, DeepConfig, LayerInfo,
+                        Line, Point, State, affine_fit, either_side, kink_jump, new_line,
+                        plane_hits, plane_kinks, set_aside)
 from .errors import QueryBudgetExceeded, UnsupportedArchitecture
 from .layered import Layered
 from .measure import MeasureConfig, region_noise, search_line
@@ -54,6 +54,7 @@ BACKTRACK_PATIENCE = 1  # ... with this many times the patience (3 found the sam
                         # random 40-20-10-10-1 s5 and s6 with 40k more queries each)
 MAX_AIMED = 2         # ... or from lines through the inputs where the check failed
 AIM_LINES = 4         # ... at most this many of them, wrong by more than AIM_ABOVE times
+MISFIT_DROPS = 16     # inputs an output fit may leave out to aim lines at them (_misfit)
 AIM_ABOVE = 100.0     # the check's tolerance: a unit missing, not rows a little off (random
                       # 784-64-32-10 s1, checked at 1.6e-8, spent 250k queries searching again)
 NEAR_RADII = (0.01, 0.03, 0.1)   # radii (times input_scale) of more check inputs, one per
@@ -279,6 +280,7 @@ def _layers(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, state: Stat
             # inputs; every layer-3 row read without it was wrong). It is searched again.
             backtracks += 1
             retries = 0
+            state.aims += _misfit(layered, state)
             set_aside(state, 2)
             below.pop()
             run.note(Kind.LAYER_INCOMPLETE, f"nothing fits layer {layered.depth + 1} nor "
@@ -299,6 +301,7 @@ def _layers(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, state: Stat
         # nothing fits a deeper layer: the last layer more likely misses a unit whose
         # boundary few lines cross; its search goes on with more patience (bounded)
         retries += 1
+        state.aims += _misfit(layered, state)
         set_aside(state)
         run.note(Kind.LAYER_INCOMPLETE, f"layer {layered.depth} did not explain the outputs "
                  f"and nothing fits a deeper layer: its search goes on with "
@@ -1392,6 +1395,45 @@ def _off(net: ReLUNetwork, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Each input's largest error of ``net`` against the answers ``y``, relative to the
     largest answer (as :func:`fidelity.checks.point_error` measures it, without asking)."""
     return np.abs(np.asarray(net(x)) - y).max(1) / max(float(np.abs(y).max()), 1e-300)
+
+
+def _misfit(layered: Layered, state: State) -> list:
+    """The inputs of the last output fit that it could not fit (``state.unfitted``), worst
+    first, at most :data:`AIM_LINES`: left out one at a time, the one the others predict
+    worst (its residual over ``1 - leverage``: least squares spreads a miss's error over the
+    inputs that pin the same coefficients) until the others fit, at most
+    :data:`MISFIT_DROPS` of them. A unit of the last layer on for 0.01% of inputs that no
+    random line crosses is on at some of the inputs picked to make the units found stand out
+    (random 40-20-10-10-1 s8: 2-3 of 90 each fit), and every line through one crosses it.
+    None when the fit fails at more (a unit often on is missing: random lines find it)."""
+    if state.unfitted is None:
+        return []
+    x, y = state.unfitted
+    zz = layered.preacts(x)
+    # with the layer before's outputs: a unit that never switched is a part linear in them
+    # (random 10-20-20-1 s4: a layer-2 unit on for 99.97% of inputs, on at all 4,157 answers
+    # a check left unfitted; a unit on for 0.03% on at one of them)
+    feats = np.concatenate([np.maximum(zz[-1], 0), np.maximum(zz[-2], 0) if len(zz) > 1
+                            else x, np.ones((x.shape[0], 1))], 1)
+    scale = max(float(np.abs(y).max()), 1e-300)
+    keep, dropped = np.ones(x.shape[0], bool), []
+    for _ in range(MISFIT_DROPS + 1):
+        if keep.sum() <= feats.shape[1]:
+            return []
+        coef, fits = affine_fit(feats[keep], y[keep])
+        if fits:
+            return [x[i] for i in dropped][:AIM_LINES]
+        if len(dropped) == MISFIT_DROPS:
+            return []
+        u, sv, _ = np.linalg.svd(feats[keep], full_matrices=False)
+        u = u[:, sv > 1e-10 * sv[0]]
+        free = 1.0 - (u ** 2).sum(1)             # 0: an input alone pins a coefficient
+        off = np.abs(feats[keep] @ coef - y[keep]).max(1) / scale
+        worst = np.flatnonzero(keep)[int(np.argmax(np.where(free > 1e-9, off / np.maximum(
+            free, 1e-9), 0.0)))]
+        keep[worst] = False
+        dropped.append(int(worst))
+    return []
 
 
 def _far_off(off: np.ndarray, cfg: DeepConfig) -> np.ndarray:
