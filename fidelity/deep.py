@@ -35,9 +35,9 @@ import numpy as np
 from . import pin, recover, search
 from .checks import POINT_RADII, fresh_points, point_error
 from .context import Run
-from .deepstate import (GAP_COND, IN_RANGE, LAST_LAYER, MATCH, PAIR, DeepConfig, LayerInfo,
-                        Line, Point, State, affine_fit, either_side, kink_jump, new_line,
-                        plane_hits, plane_kinks, set_aside)
+from .deepstate import (GAP_COND, IN_RANGE, MATCH, PAIR, DeepConfig, LayerInfo, Line, Point,
+                        State, affine_fit, either_side, kink_jump, new_line, plane_hits,
+                        plane_kinks, set_aside)
 from .errors import QueryBudgetExceeded, UnsupportedArchitecture
 from .layered import Layered
 from .measure import MeasureConfig, region_noise, search_line
