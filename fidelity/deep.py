@@ -282,6 +282,14 @@ def _layers(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, state: Stat
             retries = 0
             state.aims += _misfit(layered, state)
             set_aside(state, 2)
+            # the deeper kinks were read over a layer m - 1 that likely misses a unit: the
+            # searches of layers m and m + 1 over the new one get their max_kinks again, and
+            # the run its own bound from here (random 784-16x8-1: the search of layer 2
+            # again found its unit on for 2.2% of inputs, and layer 3, its kinks spent on
+            # rows read without it, was closed with none)
+            state.kinks_floor = len(state.points)
+            state.layer_kinks.pop(layered.depth, None)
+            state.layer_kinks.pop(layered.depth + 1, None)
             below.pop()
             run.note(Kind.LAYER_INCOMPLETE, f"nothing fits layer {layered.depth + 1} nor "
                      f"completes layer {layered.depth}: layer {layered.depth - 1} is searched "

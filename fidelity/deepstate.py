@@ -195,6 +195,7 @@ class State:
                                                   # orientations are known
     layer_kinks: dict = field(default_factory=dict)   # layer -> kinks its searches measured
                                                       # (bounded by max_kinks)
+    kinks_floor: int = 0     # kinks of the run before its last search one layer further back
     unreadable: set = field(default_factory=set)   # layers whose search read no deeper kink
                                                    # where its lines went (peel.next_layer)
     grown: Optional[Layered] = None   # layer 1 with the units a search of layer 2 that found

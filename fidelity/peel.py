@@ -183,7 +183,8 @@ def next_layer(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, layered:
                 for c in open_) and not _lone_unit(run, layered, found_layer, state, open_)):
             break
         mine = state.layer_kinks.get(m + 1, 0) + len(state.points) - pts0
-        if mine >= cfg.max_kinks or len(state.points) >= RUN_KINKS * cfg.max_kinks:
+        if mine >= cfg.max_kinks or \
+                len(state.points) - state.kinks_floor >= RUN_KINKS * cfg.max_kinks:
             run.note(Kind.LAYER_INCOMPLETE, f"layer {m + 1}: {mine} deeper kinks measured by "
                      f"its searches, {len(state.points)} in all (max_kinks): the layer is "
                      f"closed with what it has", layer=m + 1, kinks=mine)
