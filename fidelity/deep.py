@@ -1251,11 +1251,8 @@ def _output(run: Run, cfg: DeepConfig, layered: Layered, state: State,
         more = _spread(run, max(0, 2 * (2 * h + hp + 1) + cfg.output_points - n))
         if len(more):
             x, y = np.concatenate([x, more]), np.concatenate([y, run.query("output")(more)])
-            n = x.shape[0]
-        zz = layered.preacts(x)
-        z = zz[-1]                      # (z itself is linear in layer m - 1's outputs: a
-        phi = np.concatenate([np.maximum(z, 0), np.maximum(zz[-2], 0), np.ones((n, 1))], 1)
-        coef, fits = affine_fit(phi, y)                   # unit's orientation is absorbed)
+        # (z itself is linear in layer m - 1's outputs: a unit's orientation is absorbed)
+        coef, fits = affine_fit(_with_linear(layered, x), y)
         if not fits:
             return None
         linear = coef[h:h + hp].T                                           # (k, hp)
@@ -1354,10 +1351,17 @@ def _linear_fits(layered: Layered, x: np.ndarray, y: np.ndarray) -> bool:
     its outputs and the layer before's (a unit of it that never switched is linear in the
     latter), read without a query; False when they are too few to say (under twice the
     features)."""
-    zz = layered.preacts(x)
-    phi = np.concatenate([np.maximum(zz[-1], 0), np.maximum(zz[-2], 0),
-                          np.ones((x.shape[0], 1))], 1)
+    phi = _with_linear(layered, x)
     return x.shape[0] >= 2 * phi.shape[1] and affine_fit(phi, y)[1]
+
+
+def _with_linear(layered: Layered, x: np.ndarray) -> np.ndarray:
+    """The features ``[relu(z_m), h_{m-1}, 1]`` at ``x``: an affine map of them is one of the
+    last layer's outputs plus a part linear in the layer before's (a unit that never
+    switched); ``h_0`` is ``x`` itself."""
+    zz = layered.preacts(x)
+    before = np.maximum(zz[-2], 0) if len(zz) > 1 else x
+    return np.concatenate([np.maximum(zz[-1], 0), before, np.ones((x.shape[0], 1))], 1)
 
 
 def _holds(run: Run, cfg: DeepConfig, net: ReLUNetwork, state: State) -> bool:
@@ -1413,16 +1417,14 @@ def _misfit(layered: Layered, state: State) -> list:
     :data:`MISFIT_DROPS` of them. A unit of the last layer on for 0.01% of inputs that no
     random line crosses is on at some of the inputs picked to make the units found stand out
     (random 40-20-10-10-1 s8: 2-3 of 90 each fit), and every line through one crosses it.
-    None when the fit fails at more (a unit often on is missing: random lines find it)."""
+    Empty when the fit fails at more (a unit often on is missing: random lines find it)."""
     if state.unfitted is None:
         return []
     x, y = state.unfitted
-    zz = layered.preacts(x)
     # with the layer before's outputs: a unit that never switched is a part linear in them
     # (random 10-20-20-1 s4: a layer-2 unit on for 99.97% of inputs, on at all 4,157 answers
     # a check left unfitted; a unit on for 0.03% on at one of them)
-    feats = np.concatenate([np.maximum(zz[-1], 0), np.maximum(zz[-2], 0) if len(zz) > 1
-                            else x, np.ones((x.shape[0], 1))], 1)
+    feats = _with_linear(layered, x)
     scale = max(float(np.abs(y).max()), 1e-300)
     keep, dropped = np.ones(x.shape[0], bool), []
     for _ in range(MISFIT_DROPS + 1):

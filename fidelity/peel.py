@@ -1331,7 +1331,7 @@ def _kept(run: Run, signed: Layered, state: State, rows: np.ndarray, spots: list
     strict = _verified(run, signed, state, rows, memo=memo)
     if strict.all() or not strict.any():
         return rows[strict]
-    kept = signed.appended(rows[strict], np.ones(int(strict.sum())))
+    kept = with_rows(signed, rows[strict])
     spread = np.zeros(rows.shape[0], bool)
     for j in np.flatnonzero(~strict):
         z = kept.preacts(spots[j])[-1]
