@@ -280,26 +280,7 @@ def _layers(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, state: Stat
             # inputs; every layer-3 row read without it was wrong). It is searched again.
             backtracks += 1
             retries = 0
-            state.aims += _misfit(layered, state)
-            set_aside(state, 2)
-            # the deeper kinks were read over a layer m - 1 that likely misses a unit: the
-            # searches of layers m and m + 1 over the new one get their max_kinks again, and
-            # the run its own bound from here (random 784-16x8-1: the search of layer 2
-            # again found its unit on for 2.2% of inputs, and layer 3, its kinks spent on
-            # rows read without it, was closed with none)
-            state.kinks_floor = len(state.points)
-            state.layer_kinks.pop(layered.depth, None)
-            state.layer_kinks.pop(layered.depth + 1, None)
-            below.pop()
-            run.note(Kind.LAYER_INCOMPLETE, f"nothing fits layer {layered.depth + 1} nor "
-                     f"completes layer {layered.depth}: layer {layered.depth - 1} is searched "
-                     f"again with {BACKTRACK_PATIENCE}x the patience", layer=layered.depth - 1)
-            layered = next_layer(run, cfg, mcfg, use_jit, below[-1], state,
-                                 BACKTRACK_PATIENCE * cfg.layer_patience)
-            if layered is None:
-                raise UnsupportedArchitecture(
-                    f"layer {below[-1].depth + 1}: no unit left when its kinks were searched "
-                    "again")
+            layered = _searched_back(run, cfg, mcfg, use_jit, state, layered, below, 2)
             continue
         if retries >= MAX_RETRIES:
             raise UnsupportedArchitecture(
@@ -314,12 +295,51 @@ def _layers(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, state: Stat
         run.note(Kind.LAYER_INCOMPLETE, f"layer {layered.depth} did not explain the outputs "
                  f"and nothing fits a deeper layer: its search goes on with "
                  f"{RETRY_PATIENCE * retries}x the patience", layer=layered.depth)
-        layered = next_layer(run, cfg, mcfg, use_jit, below[-1], state,
-                             RETRY_PATIENCE * cfg.layer_patience * retries)
-        if layered is None:
+        again = next_layer(run, cfg, mcfg, use_jit, below[-1], state,
+                           RETRY_PATIENCE * cfg.layer_patience * retries)
+        if again is None and len(below) >= 2 and backtracks < MAX_BACKTRACKS:
+            # layer m searched again found no unit at all (its rows were read over a layer
+            # m - 1 that misses a unit, and now none holds): layer m - 1 is searched again,
+            # as when its retries found nothing that fits (random 40-20-10-10-1 s40: a
+            # layer-2 unit on for 24% of inputs missed, six wrong layer-3 rows, and the retry
+            # of layer 3 found none; it was refused at 19,688 queries)
+            backtracks += 1
+            retries = 0
+            layered = _searched_back(run, cfg, mcfg, use_jit, state, layered, below, 1)
+            continue
+        if again is None:
             raise UnsupportedArchitecture(
                 f"layer {below[-1].depth + 1}: no unit left when its kinks were searched again "
                 f"(after layer {below[-1].depth + 2} found nothing that fits)")
+        layered = again
+
+
+def _searched_back(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, state: State,
+                   layered: Layered, below: list, aside: int) -> Layered:
+    """Layer ``m - 1`` searched again with :data:`BACKTRACK_PATIENCE` times the patience
+    when nothing fits layer ``m + 1`` nor completes layer ``m`` (``layered`` has depth
+    ``m``; ``below`` the models one layer shallower, its last dropped here; ``aside``: the
+    layers whose infos are set aside, :func:`~fidelity.deepstate.set_aside`)."""
+    state.aims += _misfit(layered, state)
+    set_aside(state, aside)
+    # the deeper kinks were read over a layer m - 1 that likely misses a unit: the
+    # searches of layers m and m + 1 over the new one get their max_kinks again, and
+    # the run its own bound from here (random 784-16x8-1: the search of layer 2
+    # again found its unit on for 2.2% of inputs, and layer 3, its kinks spent on
+    # rows read without it, was closed with none)
+    state.kinks_floor = len(state.points)
+    state.layer_kinks.pop(layered.depth, None)
+    state.layer_kinks.pop(layered.depth + 1, None)
+    below.pop()
+    run.note(Kind.LAYER_INCOMPLETE, f"nothing fits layer {layered.depth + 1} nor "
+             f"completes layer {layered.depth}: layer {layered.depth - 1} is searched "
+             f"again with {BACKTRACK_PATIENCE}x the patience", layer=layered.depth - 1)
+    out = next_layer(run, cfg, mcfg, use_jit, below[-1], state,
+                     BACKTRACK_PATIENCE * cfg.layer_patience)
+    if out is None:
+        raise UnsupportedArchitecture(
+            f"layer {below[-1].depth + 1}: no unit left when its kinks were searched again")
+    return out
 
 
 def _without_nil(run: Run, layered: Layered, out: ReLUNetwork, state: State) -> tuple:

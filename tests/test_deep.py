@@ -2122,3 +2122,26 @@ def test_a_search_one_layer_further_back_gives_the_deeper_layers_their_kinks_aga
     depth, kinks, floor, points = seen[back[0]]
     assert 3 in seen[back[0] - 1][1]                   # layer 3's searches had kinks
     assert floor == points and 3 not in kinks and 4 not in kinks
+
+
+def test_a_retry_that_finds_no_unit_searches_the_layer_before_again(monkeypatch):
+    # random 40-20-10-10-1 s40: layer 2 missed a unit on for 24% of inputs, layer 3's rows
+    # read without it were wrong, nothing fitted layer 4, and the retry of layer 3 found no
+    # unit at all; that refused the victim at 19,688 queries. Now layer 2 is searched again
+    from fidelity import deep
+    depths = []
+    real = deep.next_layer
+
+    def spy(run, cfg, mcfg, use_jit, layered, state, patience):
+        out = real(run, cfg, mcfg, use_jit, layered, state, patience)
+        depths.append((layered.depth, out is None))
+        return out
+
+    monkeypatch.setattr(deep, "next_layer", spy)
+    victim = F.ReLUNetwork.random(40, [40, 20, 10, 10, 1])
+    result = F.extract(F.Oracle(victim), seed=0, throw=False)
+    # a search of layer 3 again (over layer 2) that found nothing, then one of layer 2
+    retry = [i for i in range(1, len(depths)) if depths[i] == (2, True)
+             and depths[i - 1][0] == 3]
+    assert retry and depths[retry[0] + 1][0] == 1, depths
+    _exact(victim, result)
