@@ -2145,3 +2145,19 @@ def test_a_retry_that_finds_no_unit_searches_the_layer_before_again(monkeypatch)
              and depths[i - 1][0] == 3]
     assert retry and depths[retry[0] + 1][0] == 1, depths
     _exact(victim, result)
+
+
+def test_a_unit_whose_boundary_never_meets_an_earlier_unit_is_kept_when_nothing_fits():
+    # random 40-20-10-10-1 s65: a layer-3 unit of many kinks, one entry never seen (the
+    # layer-2 unit is off all along its boundary), could not be completed from the answers
+    # while another unit (always on) was missing: it was left out and the victim refused at
+    # layer 4. Its entry is read from the kinks the layer misses (here none: left 0, and the
+    # note says so), the unit kept, and the network exact where it is queried
+    victim = F.ReLUNetwork.random(65, [40, 20, 10, 10, 1])
+    result = F.extract(F.Oracle(victim), seed=0, throw=False)
+    assert result.status == "ok"
+    notes = [str(n) for n in result.notes]
+    assert any("the outputs are no affine map of the complete units" in n for n in notes), notes
+    assert any("no answer and no kink determines them" in n for n in notes), notes
+    rep = F.evaluate(victim, result.network, num_samples=20_000)
+    assert rep.fidelity == 1.0 and rep.max_rel_error <= 1e-8
