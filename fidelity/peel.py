@@ -368,7 +368,11 @@ def _completed(run: Run, mcfg: MeasureConfig, layered: Layered, found: _Found,
     affine in ``relu(z_j)`` where ``h_i = 0``, ``z_j`` everywhere, ``z_j`` where ``h_i > 0``,
     and ``h_i``; the last two coefficients are ``(a + b) w`` and ``a + b`` or ``b w`` and
     ``0``, with ``b`` that of ``z_j``: ``w`` follows (random 10-8-7-1 s8913 and 7-7-4-1 s5045:
-    a unit with 11 and 6 kinks and one entry never seen; the layer was refused)."""
+    a unit with 11 and 6 kinks and one entry never seen; the layer was refused).
+
+    When no answer completes them and the outputs are no affine map of the complete units,
+    the :func:`_strong` groups that lie in several regions are completed from the kinks
+    alone (:func:`~fidelity.deepstate.from_kinks`)."""
     gapped = [c for c in found.partial if len(c[2]) >= GAP_MEMBERS]
     if not gapped:
         return found
