@@ -448,9 +448,10 @@ def _completed(run: Run, mcfg: MeasureConfig, layered: Layered, found: _Found,
 def _fits_last(layered: Layered, found: _Found, state: State) -> bool:
     """Whether the answers the layer before could not fit are an affine map of the new
     layer's complete units, or there are none (then only the answers complete the others)."""
-    if state.unfitted is None or not found.rows.shape[0]:
-        return state.unfitted is None
-    return fits_outputs(_appended(layered, found), *state.unfitted)
+    if state.unfitted is None:
+        return True
+    return bool(found.rows.shape[0]) and fits_outputs(_appended(layered, found),
+                                                       *state.unfitted)
 
 
 def _confined(layered: Layered, found: _Found) -> Optional[frozenset]:
