@@ -37,9 +37,11 @@ class DeepConfig:
         check_share: ... or this share of the queries spent, when more (within the budget).
         check_tol: relative tolerance of that check.
         max_kinks: bound on the deeper kinks the searches for one layer measure, all its
-            searches together (each costs ``2 (h + 3)`` queries and enters every analysis):
-            past it the layer being searched is closed with what it has, as it is past
-            twice as many kinks measured by the run in all (``peel.RUN_KINKS``).
+            searches together but for its retries (after nothing fit the layer after it),
+            which get it again (each kink costs ``2 (h + 3)`` queries and enters every
+            analysis): past it the layer being searched is closed with what it has, as it
+            is past four times as many kinks measured by the run in all
+            (``peel.RUN_KINKS``).
     """
 
     max_depth: int = 8

@@ -31,7 +31,10 @@ NULL_PROBES = 2       # probes along what layer m cannot see, per side of a kink
 NULL_DRAWS = 8        # ... drawn at most this many times
 MAX_CANCEL = 1e3      # signatures of kinks whose bias cancels worse than this are compared
                       # at this loose a tolerance (SAME_UNIT times it)
-RUN_KINKS = 2         # the kinks of a run in all are bounded by this many times max_kinks
+RUN_KINKS = 4         # the kinks of a run in all are bounded by this many times max_kinks
+                      # (with 2, random 100-50-50-50-10 s0, its retries of layer 2 given their
+                      # own max_kinks, had all 50 layer-2 units and reached this bound in the
+                      # search of layer 3: refused at 977,743 queries)
 MAX_COND = 1e4        # a Jacobian worse conditioned than this is not inverted at that kink
 ORIENT_SHARE = 1e-4   # a unit that carries this share of no kink's jump (the readings' noise
                       # where a unit is off: 1e-7-3e-6) is oriented the way that has it off
