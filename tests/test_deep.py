@@ -1031,7 +1031,8 @@ def test_a_retry_of_a_layer_gets_its_max_kinks_again():
     # and missed two units on for 98% and 99% of inputs; its retries, bound by the rest,
     # searched no new line and it was refused at layer 3 (exact now, 1.45M queries). Here the
     # same on a small scale: random 40-20-10-10-1 s3 with max_kinks 200 closed layer 2 at 218
-    # kinks without a unit, and its retry had nothing left: refused at 16,449 queries
+    # kinks, nothing fit layer 3 over it, and its retry had no kink left: refused at 16,449
+    # queries
     victim = F.ReLUNetwork.random(3, [40, 20, 10, 10, 1])
     result = F.extract(F.Oracle(victim), seed=0, throw=False, max_kinks=200)
     assert any(n.startswith("layer 2: ") and "(max_kinks)" in n for n in result.notes)
