@@ -559,7 +559,9 @@ def _completed_by_parts(signed: Layered, rows: np.ndarray, gapped: list, x: np.n
     # where the entries' units are off, the z and 1 span fewer dimensions than they count:
     # the part linear in z is known up to their null space, and the orientations pick it
     lin = feats[:, h:] / np.maximum(np.linalg.norm(feats[:, h:], axis=0), 1e-300)
-    _, sv, vt = np.linalg.svd(lin)
+    # (the reduced factors: lin has more rows than columns, and the full U of a fit of
+    # 66,749 answers needed 33 GiB: random 100-50-50-50-10 s4 died of it)
+    _, sv, vt = np.linalg.svd(lin, full_matrices=False)
     null = (vt[np.sum(sv > GAP_COND * sv[0]):] /
             np.maximum(np.linalg.norm(feats[:, h:], axis=0), 1e-300)).T      # (h + 1, r)
     if null.shape[1] > MAX_NULL:
