@@ -1043,6 +1043,18 @@ def test_a_retry_of_a_layer_gets_its_max_kinks_again():
     _exact(victim, result, rel=1e-9, param=1e-9)
 
 
+def test_a_kink_probed_for_a_deeper_layer_does_not_orient_an_earlier_one():
+    # random 29-27-17-6-5-1 s5338: a layer-2 unit on for 7% of inputs, found when layer 2 was
+    # searched again, was oriented by one kink probed for layer 3 (6 directions and 2 null
+    # probes), read on all 17 units of layer 2: any jump fits, and it turned the unit the wrong
+    # way; every layer-3 row read with it was wrong and the victim refused at 166,066 queries
+    victim = F.ReLUNetwork.random(5338, [29, 27, 17, 6, 5, 1])
+    result = F.extract(F.Oracle(victim), seed=5338, throw=False)
+    assert result.status == "ok", result.notes
+    assert [i.width for i in result.layers] == [27, 17, 6, 5]
+    _exact(victim, result, rel=1e-9, param=1e-9)
+
+
 @settings(max_examples=3, deadline=None, suppress_health_check=list(HealthCheck))
 @given(seed=st.integers(0, 10_000), d=st.integers(14, 24), k=st.sampled_from([1, 2]),
        data=st.data())
@@ -1411,13 +1423,14 @@ def test_a_last_layer_unit_with_an_entry_no_kink_saw_is_completed_in_two_fits(mo
     still had an entry no readable kink saw. Since its windows' kinks are read against its
     row, s9 needs no output fit either: exact at 27,198 queries; the fits are tested here
     without that reading, on s2 since the layer-2 windows go to groups across regions
-    first: s9 then has every entry from its kinks.)"""
+    first: s9 then has every entry from its kinks. So has s2 since a kink is read only where its
+    probes tell the units it moves apart; s10 takes the fits.)"""
     from fidelity import deep, peel
     monkeypatch.setattr(peel, "_against_row", lambda *args: False)
-    # (and without the retry's aims at the inputs the fit misses: through them s2 finds
+    # (and without the retry's aims at the inputs the fit misses: through them s2 found
     # that unit's kinks, exact at 20,339 queries)
     monkeypatch.setattr(deep, "_misfit", lambda *args: [])
-    victim = F.ReLUNetwork.random(2, [40, 20, 10, 10, 1])
+    victim = F.ReLUNetwork.random(10, [40, 20, 10, 10, 1])
     result = F.extract(F.Oracle(victim), seed=0, throw=False)
     assert result.status == "ok"
     assert any("read from the output fit" in e.message for e in result.events)
