@@ -1537,12 +1537,6 @@ def _reading(layered: Layered, p: Point, state: State):
             return None
         if p.dirs is not None and _dependent(p.dirs @ jac[units].T):
             return None             # probed for other units: they do not tell these apart
-        if units.sum() >= _rank(jac if p.dirs is None else p.dirs @ jac.T):
-            # as many units as the probes see directions: any jump fits them, and one read
-            # on the units of a wrong orientation votes for it (random 27-22-19-10-5-3
-            # s9126, with the kinks no orientation could read read again once one could: 3
-            # of 19 layer-2 units turned the wrong way, and layer 3 was refused)
-            return None
     beta, resid, seen = read_jump(p, jac, units)
     if resid > STRAY:
         return None

@@ -1423,14 +1423,13 @@ def test_a_last_layer_unit_with_an_entry_no_kink_saw_is_completed_in_two_fits(mo
     still had an entry no readable kink saw. Since its windows' kinks are read against its
     row, s9 needs no output fit either: exact at 27,198 queries; the fits are tested here
     without that reading, on s2 since the layer-2 windows go to groups across regions
-    first: s9 then has every entry from its kinks. So has s2 since a kink is read only where its
-    probes tell the units it moves apart; s10 takes the fits.)"""
+    first: s9 then has every entry from its kinks.)"""
     from fidelity import deep, peel
     monkeypatch.setattr(peel, "_against_row", lambda *args: False)
-    # (and without the retry's aims at the inputs the fit misses: through them s2 found
+    # (and without the retry's aims at the inputs the fit misses: through them s2 finds
     # that unit's kinks, exact at 20,339 queries)
     monkeypatch.setattr(deep, "_misfit", lambda *args: [])
-    victim = F.ReLUNetwork.random(10, [40, 20, 10, 10, 1])
+    victim = F.ReLUNetwork.random(2, [40, 20, 10, 10, 1])
     result = F.extract(F.Oracle(victim), seed=0, throw=False)
     assert result.status == "ok"
     assert any("read from the output fit" in e.message for e in result.events)
