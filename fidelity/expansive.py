@@ -98,7 +98,7 @@ def second_layer(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, layere
         looked.add((li, k))
         starts += 1
         line = state.lines[li]
-        mine = [i for i, (g, _) in enumerate(gapped) if _close(w, b, g, line)[:, k].any()]
+        mine = [i for i, (g, _) in enumerate(gapped) if _close(w, b, [g], line)[:, k].any()]
         for i in mine:           # a walk from a kink of an incomplete unit counts, whatever
             walks[i] += 1        # it finds
         if mine:
@@ -288,8 +288,7 @@ def _unexplained(run: Run, layered: Layered, units: list, state: State, looked: 
         known = predicted(run, layered, line, None)
         if units:           # all units' crossings at once (one at a time: 60% of the time
             # of random 14-23-15-10-1 s5094, 2.8M calls)
-            t, _ = _crossings(w, b, units, line.x0, line.v, line.half)
-            known |= (np.abs(t[:, None] - line.t[None, :]) <= VERIFY * line.half).any(0)
+            known |= _close(w, b, units, line).any(0)
         out.extend((li, k) for k in np.flatnonzero(~known) if (li, k) not in looked)
     return out
 
@@ -466,10 +465,10 @@ def _beyond(run: Run, mcfg: MeasureConfig, state: State, w, b, y_k, u, g, on, af
     return [(pts[j], len(state.lines) - 1, int(j)) for j in ok]
 
 
-def _crossings(w, b, units, x0, v, half) -> tuple[np.ndarray, np.ndarray]:
-    """``(t, unit)``: where the boundaries of ``units`` (a list of ``(a, C, c)``) cross
-    ``x0 + t v``, ``|t| < IN_RANGE * half``, and whose. Between two planes of layer 1 each
-    boundary is a straight piece, so its values at the planes' crossings place it."""
+def _crossings(w, b, units, x0, v, half) -> np.ndarray:
+    """Where the boundaries of ``units`` (a list of ``(a, C, c)``) cross ``x0 + t v``,
+    ``|t| < IN_RANGE * half``. Between two planes of layer 1 each boundary is a straight
+    piece, so its values at the planes' crossings place it."""
     with np.errstate(divide="ignore", invalid="ignore"):
         t1 = -(w @ x0 + b) / (w @ v)
     knots = np.sort(np.concatenate([[-IN_RANGE * half, IN_RANGE * half],
@@ -482,13 +481,13 @@ def _crossings(w, b, units, x0, v, half) -> tuple[np.ndarray, np.ndarray]:
     za, zb = z[:-1], z[1:]
     k, unit = np.nonzero(za * zb < 0)
     frac = za[k, unit] / (za[k, unit] - zb[k, unit])
-    return knots[k] + frac * (knots[k + 1] - knots[k]), unit
+    return knots[k] + frac * (knots[k + 1] - knots[k])
 
 
-def _close(w, b, unit, line) -> np.ndarray:
-    """``(crossings, found kinks)``: which of the unit's crossings of ``line`` lie within
-    ``VERIFY`` times its half length of which kinks found on it."""
-    t, _ = _crossings(w, b, [unit], line.x0, line.v, line.half)
+def _close(w, b, units, line) -> np.ndarray:
+    """``(crossings, found kinks)``: which of the crossings of ``line`` by the boundaries of
+    ``units`` lie within ``VERIFY`` times its half length of which kinks found on it."""
+    t = _crossings(w, b, units, line.x0, line.v, line.half)
     return np.abs(t[:, None] - line.t[None, :]) <= VERIFY * line.half
 
 
@@ -498,7 +497,7 @@ def _verified(run: Run, w, b, unit, state: State) -> bool:
     close one: a short line with a layer-1 kink 3e-5 beside it)."""
     hits = misses = 0
     for line in state.lines:
-        near = _close(w, b, unit, line).any(1)
+        near = _close(w, b, [unit], line).any(1)
         hits += int(near.sum())
         misses += int((~near).sum())
     return hits >= 2 and misses * MISSES <= hits

@@ -1191,12 +1191,6 @@ def _active(layered: Layered, state: State, x: np.ndarray,
     return None if _dependent(jac[units]) else units
 
 
-def _rank(a: np.ndarray) -> int:
-    """The number of ``a``'s singular values within :data:`MAX_COND` of its largest."""
-    sv = np.linalg.svd(a, compute_uv=False)
-    return int((sv > sv[0] / MAX_COND).sum()) if sv.size and sv[0] > 0 else 0
-
-
 def _dependent(jac: np.ndarray) -> bool:
     """Whether ``jac``'s rows are too close to dependent to invert (beyond :data:`MAX_COND`)."""
     sv = np.linalg.svd(jac, compute_uv=False)
@@ -1540,8 +1534,8 @@ def _reading(layered: Layered, p: Point, state: State):
     beta, resid, seen = read_jump(p, jac, units)
     if resid > STRAY:
         return None
-    probed = jac.T if p.dirs is None else p.dirs @ jac.T
-    if _rank(probed[:, seen]) < seen.sum():
+    probed = (jac.T if p.dirs is None else p.dirs @ jac.T)[:, seen]
+    if seen.any() and (probed.shape[0] < probed.shape[1] or _dependent(probed)):
         # the probes do not tell apart the units they moved (a kink probed for a deeper
         # layer, read again when an earlier one is searched anew): any answer fits, and one
         # such reading turned a unit the wrong way (random 29-27-17-6-5-1 s5338: a layer-2
