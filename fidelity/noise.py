@@ -25,6 +25,8 @@ EPS = float(np.finfo(np.float64).eps)
 # read 1.21e-14 (an answer of 0.077 near the origin, a sum of terms near 1): at the old level of
 # 1.2e-14 it went the noisy way and was refused as too expansive for such answers
 FLOAT64_LEVEL = 2.5e-14
+SECOND_LOOK = 1e-12   # relative noise between FLOAT64_LEVEL and this is measured on a second
+                      # line, and the lower reading kept (fidelity.pipeline._noise_floor)
 SPOILED = 4.0         # see _segment_noise
 
 

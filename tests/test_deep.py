@@ -2190,3 +2190,17 @@ def test_a_unit_whose_boundary_never_meets_an_earlier_unit_is_kept_when_nothing_
     assert any("no answer and no kink determines them" in n for n in notes), notes
     rep = F.evaluate(victim, result.network, num_samples=20_000)
     assert rep.fidelity == 1.0 and rep.max_rel_error <= 1e-8
+
+
+@pytest.mark.parametrize("seed,arch", [(105, [80, 40, 20, 1]), (109, [40, 20, 10, 10, 1])])
+def test_float64_rounding_read_high_on_one_line_is_read_again_on_another(seed, arch):
+    # the noise floor measured on the first line read float64 rounding as noise (2.6e-14 of
+    # |f| for 80-40-20-1 s105, over FLOAT64_LEVEL), and the deep victim was refused as needing
+    # float64 answers; a second line reads it as float64
+    victim = F.ReLUNetwork.random(seed, arch)
+    result = F.extract(F.Oracle(victim), seed=0, throw=False)
+    assert result.noise.float64
+    assert result.stage_queries["noise"] == 96
+    assert not any(e.kind == Kind.NOISY_ANSWERS for e in result.events)
+    assert result.status == "ok"
+    _exact(victim, result, rel=1e-8, param=1e-8)
