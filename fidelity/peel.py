@@ -47,6 +47,8 @@ AGAINST_ROW = 1e-6    # relative residual of a kink read against a known row (_a
 FILL_TRIES = 3        # windows that find nothing before a group of kinks is given up
 FEW_UNEXPLAINED = 0.02  # at most this share of kinks unexplained: a unit missing, not a layer
 MAX_REPAIRS = 8       # kinks measured in full to find layer-1 units that line 0 missed
+UNREAD_SHARE = 0.03   # ... tried while such kinks are fewer than those read too, while the
+                      # kinks measured in full cost at most this share of the run's queries
 MAX_UNREAD_REPAIRS = 8   # the same, from kinks the known layer-1 units could not read (per
                          # layer-1 model; four times that in all)
 WINDOWS_PER_UNIT = 6  # bound on targeted windows per unit of the layer before
@@ -868,7 +870,12 @@ def _repair_layer_one(run: Run, mcfg: MeasureConfig, layered: Layered, state: St
         # boundary beside one kink: a deeper boundary's flat piece predicts kinks too)
         left = sorted(u for u in state.unread if u not in tried) if unread else []
         read = sum(p.level >= 1 for p in state.points)
-        if not left or len(state.unread) <= read:
+        # or while such tries are cheap beside the run's queries: a unit line 0 missed shows
+        # as one unread kink per line that crosses its plane, outnumbered by the deeper
+        # kinks read (random 10-10-10-1 s112: 2 of 7 unread against 19 read on 3 lines, 10
+        # of 62 against 202 on 36; refused as a one-layer net too expansive)
+        cheap = 2 * (run.d + 1) * (len(tried) + 1) <= UNREAD_SHARE * run.oracle.queries
+        if not left or (len(state.unread) <= read and not cheap):
             return layered, None
         li, t = left[0]
     kind = "stray" if at is not None else "unread"
