@@ -365,7 +365,8 @@ def _noise_floor(run: Run, cfg: ExtractConfig) -> noise.NoiseFloor:
         v /= np.linalg.norm(v)
         again = noise.measure(ask, x, x + run.t_max * v, v,
                               spacing=1e-2 * cfg.input_scale, rng=rng)
-        nf = again if again.ratio < nf.ratio else nf
+        kept = again if again.ratio < nf.ratio else nf
+        nf = dataclasses.replace(kept, queries=nf.queries + again.queries)
     if not nf.float64:
         run.note(Kind.NOISY_ANSWERS,
                  f"answers are noisier than float64: sigma = {nf.absolute:.2g} + "

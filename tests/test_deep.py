@@ -2200,7 +2200,7 @@ def test_float64_rounding_read_high_on_one_line_is_read_again_on_another(seed, a
     victim = F.ReLUNetwork.random(seed, arch)
     result = F.extract(F.Oracle(victim), seed=0, throw=False)
     assert result.noise.float64
-    assert result.stage_queries["noise"] == 96
+    assert result.stage_queries["noise"] == result.noise.queries == 96
     assert not any(e.kind == Kind.NOISY_ANSWERS for e in result.events)
     assert result.status == "ok"
     _exact(victim, result, rel=1e-8, param=1e-8)
