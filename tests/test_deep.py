@@ -2215,3 +2215,14 @@ def test_a_layer_one_unit_line_0_missed_is_found_from_few_unread_kinks():
     assert any(e.kind == Kind.LAYER_ONE_ADDED for e in result.events)
     assert result.status == "ok"
     _exact(victim, result, rel=1e-8, param=1e-8)
+
+
+def test_a_predicted_kink_beside_a_known_units_on_a_window_is_not_held_against_a_unit():
+    # random 10-10-10-1 s140: a layer-2 unit on for 0.9% of inputs, 11 kinks read to 1e-9,
+    # one entry never seen. A fill window put its predicted kink about 1e-4 of the half
+    # length from where a layer-1 unit switches; the nearest kink found was 1.2e-4 away,
+    # and that one miss of 12 (over MISS_SHARE) dropped the unit: refused at layer 3
+    victim = F.ReLUNetwork.random(140, [10, 10, 10, 1])
+    result = F.extract(F.Oracle(victim), seed=0, throw=False)
+    assert result.status == "ok"
+    _exact(victim, result, rel=1e-8, param=1e-8)
