@@ -332,10 +332,6 @@ def _noise_floor(run: Run, cfg: ExtractConfig) -> noise.NoiseFloor:
     if not cfg.detect_noise:
         return noise.NoiseFloor.exact()
     rng = np.random.default_rng([run.seed, 1])
-    x = rng.normal(size=run.d) * cfg.input_scale
-    v = rng.normal(size=run.d)
-    v /= np.linalg.norm(v)
-
     seen = []
 
     def ask(pts):     # known probabilities must not saturate; the first answers may
@@ -345,8 +341,14 @@ def _noise_floor(run: Run, cfg: ExtractConfig) -> noise.NoiseFloor:
         seen.append((pts, y, bad))
         return np.where(bad[:, None], 0.0, y)
 
-    nf = noise.measure(ask, x, x + run.t_max * v, v,
-                       spacing=1e-2 * cfg.input_scale, rng=rng)
+    def measured():   # along a line of its own, drawn from rng
+        x = rng.normal(size=run.d) * cfg.input_scale
+        v = rng.normal(size=run.d)
+        v /= np.linalg.norm(v)
+        return noise.measure(ask, x, x + run.t_max * v, v,
+                             spacing=1e-2 * cfg.input_scale, rng=rng), v
+
+    nf, v = measured()
     pts, y, bad = seen[0]
     for seg in (slice(0, nf.queries // 2), slice(nf.queries // 2, nf.queries)):
         why = None if bad[seg].any() else curvature(pts[seg] @ v, y[seg])
@@ -360,11 +362,7 @@ def _noise_floor(run: Run, cfg: ExtractConfig) -> noise.NoiseFloor:
         # (random 80-40-20-1 s105: 2.6e-14 on the first line, 2e-16-5e-14 on seven others,
         # and refused as noisy answers), while rounding to decimals reads alike on every line
         # (a 64-16-10 rounded to 12 decimals: 5.6e-14-1.2e-13): a second line, the lower kept
-        x = rng.normal(size=run.d) * cfg.input_scale
-        v = rng.normal(size=run.d)
-        v /= np.linalg.norm(v)
-        again = noise.measure(ask, x, x + run.t_max * v, v,
-                              spacing=1e-2 * cfg.input_scale, rng=rng)
+        again = measured()[0]
         kept = again if again.ratio < nf.ratio else nf
         nf = dataclasses.replace(kept, queries=nf.queries + again.queries)
     if not nf.float64:
