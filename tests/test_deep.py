@@ -1325,6 +1325,43 @@ def test_output_weights_read_from_pins_are_the_victims_in_either_orientation(k):
                                    atol=1e-11 * np.abs(want).max())
 
 
+@pytest.mark.parametrize("seed, k", [(3, 1), (5, 3), (11, 2)])
+def test_a_pin_whose_jump_is_off_does_not_move_its_units_output_weights(seed, k):
+    """One pin's jump far off while its kink is right (random 40-20-10-10-1 s105: one of a
+    rare unit's 26 pins 1.6e-2 off, the rest within 7e-12) took the least squares of that
+    unit's column 1e-4 off; the polished network then failed its check and the one before it,
+    2.4e-8 off, was returned. A pin that disagrees with its unit's median is left out."""
+    from dataclasses import replace
+    from fidelity import deep, pin
+    from fidelity.context import Run
+    from fidelity.deepstate import State
+    victim = F.ReLUNetwork.random(seed, [8, 6, 5, k])
+    model = Layered(tuple(np.asarray(a) for a in victim.weights[:-1]),
+                    tuple(np.asarray(a) for a in victim.biases[:-1]))
+    run = Run(F.Oracle(victim), seed=0, t_max=30.0, input_scale=1.0, step_cap=1e-3,
+              check_reserve=0, crossing_rel_error=1e-9)
+    need = {(2, u): (deep.COLUMN_PINS + 3, np.zeros(6, int)) for u in range(5)}
+    pins, _, _ = pin.pin_kinks(run, model, need)
+    bad, seen = [], set()
+    for p in pins:                      # each unit's first pin 1% off
+        bad.append(p if p.unit in seen else replace(p, jump=p.jump * 1.01))
+        seen.add(p.unit)
+    cols = deep._pinned_columns(model, State(lines=[], points=[], infos=[], pins=bad))
+    want = np.asarray(victim.weights[-1])
+    read = ~np.isnan(cols).any(0)
+    assert read.sum() >= 4
+    np.testing.assert_allclose(cols[:, read], want[:, read], rtol=0,
+                               atol=1e-11 * np.abs(want).max())
+
+
+def test_a_rare_units_pin_with_a_wrong_jump_leaves_the_network_exact():
+    # the victim above: exact at 22,680 queries (23,990 before, parameters 1.7e-8 off)
+    victim = F.ReLUNetwork.random(105, [40, 20, 10, 10, 1])
+    result = F.extract(F.Oracle(victim), seed=0, throw=False)
+    assert result.status == "ok", result.notes
+    _exact(victim, result, rel=1e-10, param=1e-9)
+
+
 @pytest.mark.parametrize("seed, sizes", [(0, [300, 16, 8, 3]), (2, [260, 12, 6, 1]),
                                          (1, [400, 10, 10, 2])])
 def test_a_wide_deep_victims_layer_one_biases_come_from_kinks_near_the_origin(seed, sizes):
