@@ -543,15 +543,9 @@ def _one_sided_holds(run: Run, mcfg: MeasureConfig, signed: Layered, row: np.nda
     n = g / np.linalg.norm(g)
     zs = signed.preacts(x[None])[-1][0]
     jac = signed.jacobian(x, m)
-    # over the whole stretch where the entries' units stay on: where a completion is wrong
-    # the unit's true kink may lie between its predicted one and where those units turn off
-    # (the true z moves from the entry's error times their output to the completed z), seen
-    # with them on; the window's line is read by the next search of the layer (random
-    # 10-10-10-1 s137: a layer-2 unit on for 0.5% of inputs, its entry read as 0, true -5.6:
-    # windows half as long rejected it three times and never crossed its boundary, and the
-    # run ended 'unverified', 5e-3 off; exact now, the retry after the check reads it)
+    # within the region where the entries' units stay on
     room = min(zs[i] / max(abs(jac[i] @ n), 1e-300) for i in gaps if zs[i] > 0)
-    half = max(room, 1e-6 * run.input_scale)
+    half = max(0.5 * room, 1e-6 * run.input_scale)
     line = window(run, mcfg, state, x, n, half)
     return bool(line.t.size and np.abs(line.t).min() <= VERIFY * half)
 
