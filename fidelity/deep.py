@@ -1052,11 +1052,11 @@ def _refilled(layered: Layered, state: State, answers: list) -> Layered:
 
 def _pinned_columns(layered: Layered, state: State) -> Optional[np.ndarray]:
     """``(k, h)`` the output weights of the last layer's units read from their pins (NaN for
-    units with fewer than :data:`COLUMN_PINS`): across a unit's kink the outputs' slope jumps by
-    its output weights times ``|dz/dt|``, whatever its orientation. Random inputs seldom switch
-    a rare unit on, and then barely, so the output fit reads its weights from little (trained
-    digits 784-64-32-10: a unit with 66 pins and a row 1.4e-9 off had its output weights 1.2e-8
-    off)."""
+    units with fewer than :data:`COLUMN_PINS` that agree): across a unit's kink the outputs'
+    slope jumps by its output weights times ``|dz/dt|``, whatever its orientation. Random
+    inputs seldom switch a rare unit on, and then barely, so the output fit reads its weights
+    from little (trained digits 784-64-32-10: a unit with 66 pins and a row 1.4e-9 off had its
+    output weights 1.2e-8 off)."""
     m, h = layered.depth, layered.widths[-1]
     own = [p for p in state.pins if p.layer == m and p.unit < h and p.jump is not None]
     if not own:
