@@ -1300,21 +1300,28 @@ def test_pins_share_the_pieces_between_chosen_kinks():
     assert result.queries <= 50_000
 
 
+def _victims_pins(seed, k, per_unit):
+    """A random 8-6-5-k victim, its hidden layers as the model, and ``per_unit`` pins asked
+    for each of its five last-layer units (``fidelity.pin.pin_kinks``)."""
+    from fidelity import pin
+    from fidelity.context import Run
+    victim = F.ReLUNetwork.random(seed, [8, 6, 5, k])
+    model = Layered(tuple(np.asarray(a) for a in victim.weights[:-1]),
+                    tuple(np.asarray(a) for a in victim.biases[:-1]))
+    run = Run(F.Oracle(victim), seed=0, t_max=30.0, input_scale=1.0, step_cap=1e-3,
+              check_reserve=0, crossing_rel_error=1e-9)
+    need = {(2, u): (per_unit, np.zeros(6, int)) for u in range(5)}
+    return victim, model, pin.pin_kinks(run, model, need)[0]
+
+
 @pytest.mark.parametrize("k", [1, 3])
 def test_output_weights_read_from_pins_are_the_victims_in_either_orientation(k):
     """Across a last-layer unit's kink the outputs' slope jumps by its output weights times
     ``|dz/dt|``: with the victim's hidden layers as the model, the pins give its output layer,
     and a unit flipped in the model (``relu(-z)``) gets the same column."""
-    from fidelity import deep, pin
-    from fidelity.context import Run
+    from fidelity import deep
     from fidelity.deepstate import State
-    victim = F.ReLUNetwork.random(3, [8, 6, 5, k])
-    model = Layered(tuple(np.asarray(a) for a in victim.weights[:-1]),
-                    tuple(np.asarray(a) for a in victim.biases[:-1]))
-    run = Run(F.Oracle(victim), seed=0, t_max=30.0, input_scale=1.0, step_cap=1e-3,
-              check_reserve=0, crossing_rel_error=1e-9)
-    need = {(2, u): (deep.COLUMN_PINS, np.zeros(6, int)) for u in range(5)}
-    pins, _, _ = pin.pin_kinks(run, model, need)
+    victim, model, pins = _victims_pins(3, k, deep.COLUMN_PINS)
     state = State(lines=[], points=[], infos=[], pins=pins)
     want = np.asarray(victim.weights[-1])
     for flip in (np.ones(5), np.array([1.0, -1.0, 1.0, -1.0, -1.0])):
@@ -1332,16 +1339,9 @@ def test_a_pin_whose_jump_is_off_does_not_move_its_units_output_weights(seed, k)
     unit's column 1e-4 off; the polished network then failed its check and the one before it,
     2.4e-8 off, was returned. A pin that disagrees with its unit's median is left out."""
     from dataclasses import replace
-    from fidelity import deep, pin
-    from fidelity.context import Run
+    from fidelity import deep
     from fidelity.deepstate import State
-    victim = F.ReLUNetwork.random(seed, [8, 6, 5, k])
-    model = Layered(tuple(np.asarray(a) for a in victim.weights[:-1]),
-                    tuple(np.asarray(a) for a in victim.biases[:-1]))
-    run = Run(F.Oracle(victim), seed=0, t_max=30.0, input_scale=1.0, step_cap=1e-3,
-              check_reserve=0, crossing_rel_error=1e-9)
-    need = {(2, u): (deep.COLUMN_PINS + 3, np.zeros(6, int)) for u in range(5)}
-    pins, _, _ = pin.pin_kinks(run, model, need)
+    victim, model, pins = _victims_pins(seed, k, deep.COLUMN_PINS + 3)
     bad, seen = [], set()
     for p in pins:                      # each unit's first pin 1% off
         bad.append(p if p.unit in seen else replace(p, jump=p.jump * 1.01))
