@@ -1554,6 +1554,11 @@ def _reading(layered: Layered, p: Point, state: State):
     z = zs[-1][0]
     if np.abs(z).min() == 0:
         return None
+    inputs = p.x
+    for l, zl in enumerate(zs[:-1]):
+        if _at_boundary(layered, l, inputs, zl[0]).any():
+            return None      # a kink of an earlier layer, measured before its unit was known
+        inputs = np.maximum(zl[0], 0.0)
     on = np.abs(beta) > ON * np.abs(beta).max()
     # |z| against the sizes of the terms that make it: a layer-m row 1e-10 off put z at such a
     # kink at 1e-9-4e-8 of the layer's largest, above the old bound of 1e-9 of it (random

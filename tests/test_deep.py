@@ -944,6 +944,49 @@ def test_a_kink_of_the_layer_being_read_is_not_deeper_with_that_layer_slightly_o
     assert _reading(off, deeper, State([], [], [])) is not None
 
 
+def _probed_along_layer_one(hidden, x):
+    """The probes of a kink found while layer 2 was searched: along the pinv directions of
+    layer 1's rows and two directions they cannot see."""
+    jac = hidden.jacobian(x, 1)
+    null = np.linalg.svd(jac)[2][jac.shape[0]:jac.shape[0] + 2]
+    dirs = np.concatenate([np.linalg.pinv(jac).T, null])
+    return dirs / np.linalg.norm(dirs, axis=1, keepdims=True)
+
+
+def _oriented_state(hidden):
+    from fidelity.deepstate import State
+    state = State([], [], [])
+    width = hidden.widths[-1]
+    state.orient = (hidden, np.ones(width), np.zeros(width, bool))   # the true orientations
+    return state
+
+
+@pytest.mark.parametrize("sizes,seed,layer", [([10, 8, 6, 5, 1], 4, 2),
+                                              ([16, 14, 10, 12, 2], 12, 1)])
+def test_a_kink_of_an_earlier_layer_is_not_read_as_a_deeper_one(sizes, seed, layer):
+    # random 37-20-13-10-8-3 s7855: kinks of layer-2 units, measured while layer 2 was
+    # searched, were read again in layer 3's coordinates when layer 4 was searched. Where as
+    # many units of layer 3 are on as of layer 2, any jump of layer 2 reads exactly, and four
+    # such kinks turned a layer-3 unit on for 3% of inputs the wrong way (then every row of
+    # layer 4 read with it was wrong; refused at layer 5). Only layer m's own kinks were
+    # left out. These victims' kinks read so without the check of every earlier layer
+    from fidelity.peel import _reading
+    net = F.ReLUNetwork.random(seed, sizes)
+    hidden, p = _kink_point(net, layer, _probed_along_layer_one)
+    assert _reading(hidden, p, _oriented_state(hidden)) is None
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), d=st.integers(8, 16), layer=st.sampled_from([1, 2]))
+def test_no_kink_of_an_earlier_layer_is_read_as_a_deeper_one(seed, d, layer):
+    from fidelity.peel import _reading
+    rng = np.random.default_rng(seed)
+    sizes = [d] + [int(rng.integers(3, d)) for _ in range(3)] + [int(rng.integers(1, 3))]
+    net = F.ReLUNetwork.random(seed, sizes)
+    hidden, p = _kink_point(net, layer, _probed_along_layer_one)
+    assert _reading(hidden, p, _oriented_state(hidden)) is None
+
+
 @settings(max_examples=20, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), units=st.integers(2, 12), on_at=st.integers(3, 12))
 def test_orientations_are_not_outvoted_by_the_noise_of_units_off(seed, units, on_at):
@@ -1496,18 +1539,24 @@ def test_a_last_layer_unit_with_an_entry_no_kink_saw_is_completed_in_two_fits(mo
     still had an entry no readable kink saw. Since its windows' kinks are read against its
     row, s9 needs no output fit either: exact at 27,198 queries; the fits are tested here
     without that reading, on s2 since the layer-2 windows go to groups across regions
-    first: s9 then has every entry from its kinks.)"""
+    first: s9 then has every entry from its kinks. Since the kinks of earlier layers are no
+    longer read as deeper ones, s2 has every entry from its kinks too; s17 and s33 need the
+    fits here, and a victim's path can change with the rounding of its answers on another
+    CPU: one of the two must need them.)"""
     from fidelity import deep, peel
     monkeypatch.setattr(peel, "_against_row", lambda *args: False)
     # (and without the retry's aims at the inputs the fit misses: through them s2 finds
     # that unit's kinks, exact at 20,339 queries)
     monkeypatch.setattr(deep, "_misfit", lambda *args: [])
-    victim = F.ReLUNetwork.random(2, [40, 20, 10, 10, 1])
-    result = F.extract(F.Oracle(victim), seed=0, throw=False)
-    assert result.status == "ok"
-    assert any("read from the output fit" in e.message for e in result.events)
-    assert result.queries < 60_000
-    _exact(victim, result, rel=1e-10, param=1e-10)
+    fitted = []
+    for seed in (17, 33):
+        victim = F.ReLUNetwork.random(seed, [40, 20, 10, 10, 1])
+        result = F.extract(F.Oracle(victim), seed=0, throw=False)
+        assert result.status == "ok"
+        fitted.append(any("read from the output fit" in e.message for e in result.events))
+        assert result.queries < 60_000
+        _exact(victim, result, rel=1e-10, param=1e-10)
+    assert any(fitted)
 
 
 def test_answers_are_drawn_where_the_unseen_entries_units_are_off():
