@@ -22,6 +22,11 @@ VERIFY = 1e-4         # a candidate unit's predicted kink this close (times the 
 ON = 1e-7             # a signature entry above ON * its largest is nonzero
 AT_BOUNDARY = 1e-6    # a kink where a unit on has |z| below this share of the sum of its
                       # terms' sizes is layer m's own (see _reading)
+EARLIER_BOUNDARY = 1e-8  # ... and a unit of an earlier layer, polished by then: its own kinks sat
+                        # within 1e-12 (random 37-20-13-10-8-3 s7855), but random
+                        # 100-50-50-50-10 s0 has a layer-3 kink 2e-7 from a layer-1 boundary
+                        # (dropped at 1e-6, its first search of layer 3 over all 50 layer-2
+                        # units found 16 units, not 35, and the run was refused)
 SAME_UNIT = 1e-5      # two kinks' signatures agreeing to this (relative) are one unit
 DUPLICATE = 1e-6      # a repaired layer-1 row this close (1 - |cos|) to a known one is that unit
 CONFINING = 4         # complete units found before their regions tell deeper groups apart
@@ -1556,7 +1561,7 @@ def _reading(layered: Layered, p: Point, state: State):
         return None
     inputs = p.x
     for l, zl in enumerate(zs[:-1]):
-        if _at_boundary(layered, l, inputs, zl[0]).any():
+        if _at_boundary(layered, l, inputs, zl[0], EARLIER_BOUNDARY).any():
             return None      # a kink of an earlier layer, measured before its unit was known
         inputs = np.maximum(zl[0], 0.0)
     on = np.abs(beta) > ON * np.abs(beta).max()
@@ -1570,11 +1575,12 @@ def _reading(layered: Layered, p: Point, state: State):
     return beta, z, seen, units
 
 
-def _at_boundary(layered: Layered, l: int, below: np.ndarray, z: np.ndarray) -> np.ndarray:
+def _at_boundary(layered: Layered, l: int, below: np.ndarray, z: np.ndarray,
+                 share: float = AT_BOUNDARY) -> np.ndarray:
     """Which units of layer ``l`` (an index into ``layered``'s layers) have ``|z|`` within
-    :data:`AT_BOUNDARY` of the sizes of the terms that make it from ``below``, its inputs."""
+    ``share`` of the sizes of the terms that make it from ``below``, its inputs."""
     terms = np.abs(layered.weights[l] * below).sum(1) + np.abs(layered.biases[l])
-    return np.abs(z) <= AT_BOUNDARY * terms
+    return np.abs(z) <= share * terms
 
 
 def _cluster(sigma: np.ndarray, on: np.ndarray, cond: np.ndarray,

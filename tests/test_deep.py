@@ -976,6 +976,32 @@ def test_a_kink_of_an_earlier_layer_is_not_read_as_a_deeper_one(sizes, seed, lay
     assert _reading(hidden, p, _oriented_state(hidden)) is None
 
 
+@pytest.mark.parametrize("seed", [3, 4, 5])
+def test_a_deeper_kink_beside_an_earlier_boundary_is_still_read(seed):
+    # random 100-50-50-50-10 s0 has a layer-3 kink 2.2e-7 (of its terms) from a layer-1 unit's
+    # boundary. Left out as that unit's kink (the bound for layer m's own, 1e-6), its first
+    # search of layer 3 over all 50 layer-2 units found 16 units instead of 35, and the run
+    # was refused. An earlier layer's own kinks sit within 1e-12: the bound is 1e-8 there
+    from fidelity.deepstate import State
+    from fidelity.peel import _reading
+    net = F.ReLUNetwork.random(seed, [9, 12, 4, 3, 1])
+
+    def every(hidden, x):
+        return np.eye(x.size)
+
+    hidden, p = _kink_point(net, 3, every)
+    w = [np.array(a) for a in hidden.weights[:2]]
+    b = [np.array(a) for a in hidden.biases[:2]]
+    z = w[0] @ p.x + b[0]
+    terms = np.abs(w[0] * p.x).sum(1) + np.abs(b[0])
+    i = int(np.argmin(np.abs(z) / terms))
+    for share, read in ((2.2e-7, True), (1e-12, False)):
+        moved = [a.copy() for a in b]      # unit i's plane moved to that share of its terms
+        moved[0][i] += np.sign(z[i]) * share * terms[i] - z[i]
+        model = Layered(tuple(w), tuple(moved))
+        assert (_reading(model, p, State([], [], [])) is not None) == read, share
+
+
 @settings(max_examples=20, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), d=st.integers(8, 16), layer=st.sampled_from([1, 2]))
 def test_no_kink_of_an_earlier_layer_is_read_as_a_deeper_one(seed, d, layer):
