@@ -1529,7 +1529,8 @@ def _reading(layered: Layered, p: Point, state: State):
     ill-conditioned, a jump it cannot explain: not a deeper unit's kink, or an earlier unit
     the model lacks is on there), or where a unit it moves is at its boundary: a kink of
     layer m itself, measured before that unit was known (its side is rounding: random
-    11-10-9-2 s1287 oriented a layer-2 unit from two such, one each way)."""
+    11-10-9-2 s1287 oriented a layer-2 unit from two such, one each way), or a kink of any
+    earlier layer (see :data:`EARLIER_BOUNDARY`)."""
     solved = state.solved.get(id(p))
     if solved is not None and solved[0] is layered and state.orient is not None \
             and state.orient[0] is layered and np.array_equal(state.orient[1], solved[1]):
