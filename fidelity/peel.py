@@ -291,11 +291,9 @@ def _deeper_kink(model: Layered, found: int, p: Point) -> int:
     """1: ``p`` reads as a deeper unit's kink over ``model``; -1: it jumps outside the span of
     the gradients of its last layer; 0: it tells neither (see :func:`_deeper_kinks`)."""
     zs = model.preacts(p.x[None])
-    below = p.x
-    for l, z in enumerate(zs):
-        if _at_boundary(model, l, below, z[0]).any():
-            return 0
-        below = np.maximum(z[0], 0.0)
+    inputs = _layer_inputs(p.x, zs)
+    if any(_at_boundary(model, l, inputs[l], z[0]).any() for l, z in enumerate(zs)):
+        return 0
     # (where the units found are as many as the units on before them, they span every
     # direction those move, and a kink reads so whatever it is)
     if found >= (zs[-2][0] > 0).sum():
@@ -1560,20 +1558,24 @@ def _reading(layered: Layered, p: Point, state: State):
     z = zs[-1][0]
     if np.abs(z).min() == 0:
         return None
-    inputs = p.x
-    for l, zl in enumerate(zs[:-1]):
-        if _at_boundary(layered, l, inputs, zl[0], EARLIER_BOUNDARY).any():
-            return None      # a kink of an earlier layer, measured before its unit was known
-        inputs = np.maximum(zl[0], 0.0)
+    inputs = _layer_inputs(p.x, zs)
+    if any(_at_boundary(layered, l, inputs[l], zl[0], EARLIER_BOUNDARY).any()
+           for l, zl in enumerate(zs[:-1])):
+        return None      # a kink of an earlier layer, measured before its unit was known
     on = np.abs(beta) > ON * np.abs(beta).max()
     # |z| against the sizes of the terms that make it: a layer-m row 1e-10 off put z at such a
     # kink at 1e-9-4e-8 of the layer's largest, above the old bound of 1e-9 of it (random
     # 40-20-10-10-1 s17 with layer 2 closed early: 17 such kinks read as layer 3's); the
     # deeper kinks' units on were at 9e-4 of their terms and more
-    below = np.maximum(zs[-2][0], 0.0) if len(zs) > 1 else p.x
-    if _at_boundary(layered, -1, below, z)[on].any():
+    if _at_boundary(layered, -1, inputs[-1], z)[on].any():
         return None      # a kink of layer m itself, measured before its unit was known
     return beta, z, seen, units
+
+
+def _layer_inputs(x: np.ndarray, zs: list) -> list:
+    """The inputs of each layer at ``x``: ``x``, then the outputs of the layers before
+    (``zs`` their pre-activations there, each ``(1, h)``)."""
+    return [x] + [np.maximum(z[0], 0.0) for z in zs[:-1]]
 
 
 def _at_boundary(layered: Layered, l: int, below: np.ndarray, z: np.ndarray,

@@ -901,6 +901,11 @@ def test_a_kink_probed_along_the_units_on_only_reads_as_in_full():
     assert (beta_on[~on] == 0).all()
 
 
+def _coordinates(hidden, x):
+    """The probes of a kink measured in full: along every input coordinate."""
+    return np.eye(x.size)
+
+
 def test_a_kink_of_the_layer_being_read_is_not_a_deeper_kink():
     # random 11-10-9-2 s1287: two kinks of a layer-2 unit measured before that unit was
     # known were read in layer 2's coordinates, where the unit's z is 0 to rounding; its
@@ -909,13 +914,10 @@ def test_a_kink_of_the_layer_being_read_is_not_a_deeper_kink():
     from fidelity.peel import _reading
     net = F.ReLUNetwork.random(3, [7, 5, 4, 1])
 
-    def every(hidden, x):
-        return np.eye(x.size)
-
-    hidden, p = _kink_point(net, 1, every)      # a layer-1 kink, read in layer 1's terms
+    hidden, p = _kink_point(net, 1, _coordinates)      # a layer-1 kink, read in layer 1's terms
     layer1 = Layered(hidden.weights[:1], hidden.biases[:1])
     assert _reading(layer1, p, State([], [], [])) is None
-    hidden, p = _kink_point(net, 2, every)      # a layer-2 kink is read
+    hidden, p = _kink_point(net, 2, _coordinates)      # a layer-2 kink is read
     assert _reading(layer1, p, State([], [], [])) is not None
 
 
@@ -928,11 +930,8 @@ def test_a_kink_of_the_layer_being_read_is_not_deeper_with_that_layer_slightly_o
     from fidelity.peel import _reading
     net = F.ReLUNetwork.random(seed, [9, 12, 4, 3, 1])
 
-    def every(hidden, x):
-        return np.eye(x.size)
-
     rng = np.random.default_rng(seed)
-    hidden, p = _kink_point(net, 2, every)
+    hidden, p = _kink_point(net, 2, _coordinates)
     w = [np.array(a) for a in hidden.weights[:2]]
     b = [np.array(a) for a in hidden.biases[:2]]
     w[1] = w[1] * (1 + 1e-7 * rng.normal(size=w[1].shape))
@@ -940,7 +939,7 @@ def test_a_kink_of_the_layer_being_read_is_not_deeper_with_that_layer_slightly_o
     z = off.preacts(p.x[None])[-1][0]
     assert np.abs(z).min() > 1e-9 * np.abs(z).max()      # what the old bound took as deeper
     assert _reading(off, p, State([], [], [])) is None
-    _, deeper = _kink_point(net, 3, every)
+    _, deeper = _kink_point(net, 3, _coordinates)
     assert _reading(off, deeper, State([], [], [])) is not None
 
 
@@ -986,10 +985,7 @@ def test_a_deeper_kink_beside_an_earlier_boundary_is_still_read(seed):
     from fidelity.peel import _reading
     net = F.ReLUNetwork.random(seed, [9, 12, 4, 3, 1])
 
-    def every(hidden, x):
-        return np.eye(x.size)
-
-    hidden, p = _kink_point(net, 3, every)
+    hidden, p = _kink_point(net, 3, _coordinates)
     w = [np.array(a) for a in hidden.weights[:2]]
     b = [np.array(a) for a in hidden.biases[:2]]
     z = w[0] @ p.x + b[0]
