@@ -636,9 +636,11 @@ def test_a_linear_part_beside_a_group_left_incomplete_is_not_ok():
     (5045, [7, 7, 4, 1], "read from the output fit"),
     (8913, [10, 8, 7, 1], "read from the output fit")])
 def test_units_few_kinks_reveal_are_recovered_exactly(seed, sizes, how, monkeypatch):
-    if seed == 5045:
+    if seed in (5045, 8913):
         # since a retry aims at the inputs the output fit misses, 7-7-4-1 finds that unit's
-        # kinks there (exact at 2,067 queries): the reading from the fit is tested without
+        # kinks there (exact at 2,067 queries), and 10-8-7-1 too since an input the fit
+        # predicts is no longer aimed at (2,571 queries, 3,069 before): the reading from the
+        # fit is tested without
         from fidelity import deep
         monkeypatch.setattr(deep, "_misfit", lambda *args: [])
     victim = F.ReLUNetwork.random(seed, sizes)
