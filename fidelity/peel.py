@@ -1627,8 +1627,7 @@ def _verified(run: Run, signed: Layered, state: State, rows: np.ndarray,
     counted on later lines while it has missed at most :data:`FEW_MISSES`. ``memo``
     remembers, per row, the lines it passed and its kinks found and missed (only later lines
     are looked at again). ``share``, ``least``: at most this share missed (the same for
-    later lines), at least this many found, and always at least one: a row that predicts no
-    kink on any line has nothing to pass (a row on everywhere the lines go, never rejected)."""
+    later lines), at least this many found."""
     cache = {} if memo is None else memo.setdefault(("verified", share), {})
     keys = [(r.tobytes(), None if gaps is None else tuple(np.asarray(gaps[j]).tolist()))
             for j, r in enumerate(rows)]
@@ -1671,4 +1670,4 @@ def _verified(run: Run, signed: Layered, state: State, rows: np.ndarray,
         live = (misses <= share * hits) | (misses <= FEW_MISSES)
     for k, h, m in zip(keys, hits, misses):
         cache[k] = (len(state.lines), int(h), int(m))
-    return (misses <= share * hits) & (hits >= max(least, 1))
+    return (misses <= share * hits) & (hits >= least)
