@@ -35,8 +35,8 @@ import numpy as np
 from . import pin, recover, search
 from .checks import POINT_RADII, fresh_points, point_error
 from .context import Run
-from .deepstate import (GAP_COND, IN_RANGE, LAST_LAYER, MATCH, PAIR, DeepConfig, LayerInfo,
-                        Line, Point, State, affine_fit, either_side, kink_jump, new_line,
+from .deepstate import (GAP_COND, IN_RANGE, MATCH, PAIR, DeepConfig, LayerInfo, Line, Point,
+                        State, affine_fit, either_side, fit_tolerance, kink_jump, new_line,
                         plane_hits, plane_kinks, set_aside)
 from .errors import QueryBudgetExceeded, UnsupportedArchitecture
 from .layered import Layered
@@ -1472,7 +1472,7 @@ def _misfit(layered: Layered, state: State) -> list:
             # an input dropped first, before the inputs that pulled the fit its way, may fit
             # the rest (6-8-7-2 s2125: one of 1,000 inputs the fit got right went first,
             # then the 3 where the missing unit is off): it is no miss
-            tol = LAST_LAYER * max(float(np.abs(y[keep]).max()), 1e-300)
+            tol = fit_tolerance(y[keep])       # as affine_fit judged the rest
             return [x[i] for i in dropped
                     if np.abs(feats[i] @ coef - y[i]).max() > tol][:AIM_LINES]
         if len(dropped) == MISFIT_DROPS:

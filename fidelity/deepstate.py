@@ -345,8 +345,13 @@ def affine_fit(feats: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, bool]:
     """``y`` as an affine map of ``feats`` (whose last column is ones), by least squares: the
     coefficients, and whether they fit to :data:`LAST_LAYER` of the answers' size."""
     coef = np.linalg.lstsq(feats, y, rcond=None)[0]
-    scale = max(np.abs(y).max(), 1e-300)
-    return coef, bool(np.abs(feats @ coef - y).max() <= LAST_LAYER * scale)
+    return coef, bool(np.abs(feats @ coef - y).max() <= fit_tolerance(y))
+
+
+def fit_tolerance(y: np.ndarray) -> float:
+    """The largest residual an output fit of the answers ``y`` may leave:
+    :data:`LAST_LAYER` of their size."""
+    return LAST_LAYER * max(float(np.abs(y).max()), 1e-300)
 
 
 def either_side(z: np.ndarray) -> np.ndarray:
