@@ -1109,12 +1109,13 @@ def test_max_kinks_bounds_the_kinks_of_each_layer_not_of_the_run():
     # a layer-2 unit (on for 3.4% of inputs) took the run to 3,656 kinks, past max_kinks, and
     # every later search of layer 3 closed at once with what it had: 'unverified', 180k
     # queries (exact at 207k now). Here the same on a small scale: layer 2's searches measure
-    # 200 kinks, layer 3's 18; with max_kinks 210 the layer-3 search had 10 before
+    # 195 kinks, layer 3's 15; with max_kinks 200 a bound on the run's kinks would leave the
+    # layer-3 search 5
     victim = F.ReLUNetwork.random(7, [40, 20, 10, 10, 1])
-    result = F.extract(F.Oracle(victim), seed=0, throw=False, max_kinks=210)
+    result = F.extract(F.Oracle(victim), seed=0, throw=False, max_kinks=200)
     assert result.status == "ok", result.notes
     kinks = [i.kinks for i in result.layers]
-    assert max(kinks[1:]) <= 210 < sum(kinks[1:]), kinks
+    assert max(kinks[1:]) <= 200 < sum(kinks[1:]), kinks
     _exact(victim, result, rel=1e-9, param=1e-9)
 
 
@@ -1124,14 +1125,15 @@ def test_a_retry_of_a_layer_gets_its_max_kinks_again():
     # searched no new line and it was refused at layer 3 (exact now, 1.45M queries). Here the
     # same on a small scale: random 40-20-10-10-1 s3 with max_kinks 200 closed layer 2 at 218
     # kinks, nothing fit layer 3 over it, and its retry had no kink left: refused at 16,449
-    # queries
+    # queries. Since random lines keep pace with the windows (peel.PACE_SHARE) the first
+    # search of layer 2 closes at max_kinks with max_kinks 190 (194 kinks), not 200
     victim = F.ReLUNetwork.random(3, [40, 20, 10, 10, 1])
-    result = F.extract(F.Oracle(victim), seed=0, throw=False, max_kinks=200)
+    result = F.extract(F.Oracle(victim), seed=0, throw=False, max_kinks=190)
     assert any(n.startswith("layer 2: ") and "(max_kinks)" in n for n in result.notes)
     assert any(n.startswith("layer 2 did not explain the outputs") for n in result.notes)
     assert result.status == "ok", result.notes
     assert [i.width for i in result.layers] == [20, 10, 10]
-    assert result.layers[1].kinks > 200, result.layers
+    assert result.layers[1].kinks > 190, result.layers
     _exact(victim, result, rel=1e-9, param=1e-9)
 
 
