@@ -110,7 +110,7 @@ def next_layer(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, layered:
     q0, lines0, pts0 = run.oracle.queries, len(state.lines), len(state.points)
     quiet, found, tried, failed, misses, renewed = 0, 0, {}, set(), {}, set()
     windows = WINDOWS_PER_UNIT * h     # bound on targeted windows for this layer
-    random_lines, searched_random, randoms, paced = 0, False, set(), set()
+    random_lines, searched_random, randoms = 0, False, set()
     max_random = cfg.lines_per_layer * max(1, patience // cfg.layer_patience)
     repairs, unread_tries, repaired = MAX_REPAIRS, MAX_UNREAD_REPAIRS, set()
     unread_total = 4 * MAX_UNREAD_REPAIRS
@@ -196,8 +196,7 @@ def next_layer(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, layered:
                 too_few or len(c[2]) > 1 and _key(c) not in confined
                 for c in open_) and not _lone_unit(run, layered, found_layer, state, open_)):
             break
-        # (the lines that keep pace, below, spend no window's share of max_kinks)
-        mine = state.layer_kinks.get(m + 1, 0) + _unpaced(state, pts0, paced)
+        mine = state.layer_kinks.get(m + 1, 0) + len(state.points) - pts0
         if mine >= cfg.max_kinks or \
                 len(state.points) - state.kinks_floor >= RUN_KINKS * cfg.max_kinks:
             run.note(Kind.LAYER_INCOMPLETE, f"layer {m + 1}: {mine} deeper kinks measured by "
@@ -224,10 +223,7 @@ def next_layer(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, layered:
         # on kinks near the lines searched first, most of them deeper units': a unit whose
         # boundary those lines missed is then never seen (random 100-50-50-50-10 s3: the
         # search of layer 2 had no random line of its own, 294 windows, and closed at
-        # max_kinks without a unit on for 13.6% of inputs, which 37% of random lines cross).
-        # Their kinks count on top of max_kinks: counted in it, they left the windows of a
-        # later search too few (random 48-31-27-22-11-8 s4977: a search of layer 3 aimed
-        # at a failed check's inputs closed at max_kinks without a unit on for 0.4% of them)
+        # max_kinks without a unit on for 13.6% of inputs, which 37% of random lines cross)
         behind = random_lines < max_random and mine >= PACE_FROM * cfg.max_kinks and sum(
             p.line in randoms for p in state.points[pts0:]) < PACE_SHARE * (
             len(state.points) - pts0)
@@ -237,13 +233,11 @@ def next_layer(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, layered:
         elif random_lines < max_random:
             new_line(run, mcfg, use_jit, state, _known(layered, found_layer))
             randoms.add(len(state.lines) - 1)
-            if behind:
-                paced.add(len(state.lines) - 1)
             random_lines += 1
             searched_random = True
         else:
             break
-    state.layer_kinks[m + 1] = state.layer_kinks.get(m + 1, 0) + _unpaced(state, pts0, paced)
+    state.layer_kinks[m + 1] = state.layer_kinks.get(m + 1, 0) + len(state.points) - pts0
     if seeded:
         state.unreadable.add(m + 1)
         run.note(Kind.DEEP, f"layer {m + 1}: no deeper kink could be read where the lines went "
@@ -277,11 +271,6 @@ def next_layer(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, layered:
     state.infos.append(layer_info(state, m + 1, rows.shape[0], len(state.lines) - lines0,
                                   len(state.points) - pts0, run.oracle.queries - q0))
     return _appended(layered, found_layer)
-
-
-def _unpaced(state: State, since: int, paced: set) -> int:
-    """The kinks measured since point ``since`` that are not on the ``paced`` lines."""
-    return sum(p.line not in paced for p in state.points[since:])
 
 
 def _deeper_kinks(layered: Layered, found: _Found, state: State) -> tuple[int, bool]:

@@ -1126,14 +1126,14 @@ def test_a_retry_of_a_layer_gets_its_max_kinks_again():
     # same on a small scale: random 40-20-10-10-1 s3 with max_kinks 200 closed layer 2 at 218
     # kinks, nothing fit layer 3 over it, and its retry had no kink left: refused at 16,449
     # queries. Since random lines keep pace with the windows (peel.PACE_SHARE) the first
-    # search of layer 2 closes at max_kinks with max_kinks 140 (146 kinks), not 200
+    # search of layer 2 closes at max_kinks with max_kinks 190 (194 kinks), not 200
     victim = F.ReLUNetwork.random(3, [40, 20, 10, 10, 1])
-    result = F.extract(F.Oracle(victim), seed=0, throw=False, max_kinks=140)
+    result = F.extract(F.Oracle(victim), seed=0, throw=False, max_kinks=190)
     assert any(n.startswith("layer 2: ") and "(max_kinks)" in n for n in result.notes)
     assert any(n.startswith("layer 2 did not explain the outputs") for n in result.notes)
     assert result.status == "ok", result.notes
     assert [i.width for i in result.layers] == [20, 10, 10]
-    assert result.layers[1].kinks > 140, result.layers
+    assert result.layers[1].kinks > 190, result.layers
     _exact(victim, result, rel=1e-9, param=1e-9)
 
 
