@@ -110,7 +110,7 @@ def next_layer(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, layered:
     q0, lines0, pts0 = run.oracle.queries, len(state.lines), len(state.points)
     quiet, found, tried, failed, misses, renewed = 0, 0, {}, set(), {}, set()
     windows = WINDOWS_PER_UNIT * h     # bound on targeted windows for this layer
-    random_lines, searched_random, randoms = 0, False, set()
+    searched_random, randoms = False, set()    # randoms: the lines this search drew
     max_random = cfg.lines_per_layer * max(1, patience // cfg.layer_patience)
     repairs, unread_tries, repaired = MAX_REPAIRS, MAX_UNREAD_REPAIRS, set()
     unread_total = 4 * MAX_UNREAD_REPAIRS
@@ -224,16 +224,15 @@ def next_layer(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, layered:
         # boundary those lines missed is then never seen (random 100-50-50-50-10 s3: the
         # search of layer 2 had no random line of its own, 294 windows, and closed at
         # max_kinks without a unit on for 13.6% of inputs, which 37% of random lines cross)
-        behind = random_lines < max_random and mine >= PACE_FROM * cfg.max_kinks and sum(
+        behind = len(randoms) < max_random and mine >= PACE_FROM * cfg.max_kinks and sum(
             p.line in randoms for p in state.points[pts0:]) < PACE_SHARE * (
             len(state.points) - pts0)
         if open_ and windows > 0 and not behind:
             windows -= _fill(run, mcfg, layered, found_layer, state, open_, tried, failed,
                              misses, windows, renewed)
-        elif random_lines < max_random:
+        elif len(randoms) < max_random:
             new_line(run, mcfg, use_jit, state, _known(layered, found_layer))
             randoms.add(len(state.lines) - 1)
-            random_lines += 1
             searched_random = True
         else:
             break
