@@ -192,6 +192,8 @@ class State:
                                                 # searches set aside for a retry (set_aside)
     orient: Optional[tuple] = None   # (model, signs, unknown) the last analysis found for the
                                      # model's last layer (peel._active)
+    unoriented: set = field(default_factory=set)   # id(point) of kinks the orientations
+                                                   # known could not read (fidelity.peel)
     deficient: set = field(default_factory=set)   # (line, kink) skipped for a Jacobian of
                                                   # too low a rank: read again when more
                                                   # orientations are known

@@ -84,6 +84,10 @@ GAP_KEEP_LINES = 3    # ... and at most MAX_GAP_ENTRIES entries never seen, is c
 MAX_GAP_ENTRIES = 3   # ... when the output fit cannot complete every incomplete unit at once
 PACE_FROM = 0.25      # once a search of a layer has measured this share of max_kinks, random
 PACE_SHARE = 0.25     # lines keep pace with its windows: their kinks at least this share
+AGAINST_MEMBERS = 3   # an incomplete group of this many kinks, on AGAINST_LINES lines or more,
+AGAINST_LINES = 2     # ... has the kinks too deficient to read alone read against its row
+AGAINST_GROUPS = 16   # ... (the largest this many groups), AGAINST_KINKS of them probed per
+AGAINST_KINKS = 64    # round at most (see _read_against)
 
 
 def few_unexplained(run: Run, layered: Layered, state: State, floor: int = 3) -> bool:
@@ -109,6 +113,7 @@ def next_layer(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, layered:
         return expansive.second_layer(run, cfg, mcfg, use_jit, layered, state, patience)
     q0, lines0, pts0 = run.oracle.queries, len(state.lines), len(state.points)
     quiet, found, tried, failed, misses, renewed = 0, 0, {}, set(), {}, set()
+    against = set()            # (line, t) of deficient kinks probed for _read_against
     windows = WINDOWS_PER_UNIT * h     # bound on targeted windows for this layer
     searched_random, randoms = False, set()    # randoms: the lines this search drew
     max_random = cfg.lines_per_layer * max(1, patience // cfg.layer_patience)
@@ -176,6 +181,9 @@ def next_layer(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, layered:
             if fits_outputs(candidate, *state.unfitted) and all(
                     predicted(run, candidate, line, None).all() for line in state.lines):
                 break
+        if m > 1 and found_layer.partial and state.deficient and _read_against(
+                run, mcfg, layered, found_layer, state, against):
+            found_layer = _analyse(run, layered, state)
         if searched_random:                 # patience counts random lines that found nothing
             # a layer-1 unit added is progress too: the next layer's kinks read anew
             quiet = quiet + 1 if size <= found and not grown else 0
@@ -703,6 +711,79 @@ def _fill(run: Run, mcfg: MeasureConfig, layered: Layered, found: _Found, state:
     return done
 
 
+def _read_against(run: Run, mcfg: MeasureConfig, layered: Layered, found: _Found,
+                  state: State, done: set) -> bool:
+    """Reads kinks skipped for a Jacobian of too low a rank (``state.deficient``) against the
+    rows of incomplete groups, and kinks measured but left unread for it the same: a kink
+    where a unit of a group's unknown entries is on is probed along the units on there
+    (once: ``done``), and :func:`_against_row` reads it as that group's if its jump fits the
+    known entries with the unknown ones free. The windows of :func:`_fill` do so only where
+    they walk; kinks already found where a rare entry is on are most of those that can see
+    it in a narrow layer (random 10-8-8-6-3 s1543: a layer-2 unit on for 16% of inputs was
+    on at 14-21 of the kinks of three layer-3 units, each too deficient to read alone, and
+    never seen). Returns whether one was read so."""
+    # (groups of two kinks too: a wide layer's deeper units make many such in one region,
+    # and random 79-72-57-26-12-3 s7220 went from 391,029 queries, exact, past its time cap
+    # at 635k)
+    groups = sorted((c for c in found.partial if len(c[2]) >= AGAINST_MEMBERS
+                     and len({p.line for p in c[2]}) >= AGAINST_LINES),
+                    key=lambda c: -len(c[2]))[:AGAINST_GROUPS]
+    if not groups:
+        return False
+    signed = layered.signed(found.signs)
+    read = False
+    for p in state.points:
+        if (id(p), "against") in done or state.readings.get(id(p), 0) is not None \
+                or id(p) in state.solved or p.dirs is None:
+            continue
+        done.add((id(p), "against"))
+        read |= _against_groups(layered, signed, found, state, p, groups)
+    spots = [(li, k) for li, k in sorted(state.deficient) if k < state.lines[li].t.size
+             and (li, float(state.lines[li].t[k])) not in done]
+    if not spots:
+        return read
+    z = signed.preacts(np.array([state.lines[li].x0 + state.lines[li].t[k] * state.lines[li].v
+                                 for li, k in spots]))[-1]
+    wanted = np.zeros(len(spots), bool)
+    for _, gaps, _ in groups:
+        wanted |= (z[:, gaps] > 0).any(1)
+    todo = {}
+    for (li, k) in np.array(spots)[wanted].tolist():
+        todo.setdefault(li, []).append(k)
+    if not todo:
+        return read
+    count = 0
+    for li, ks in todo.items():
+        if count >= AGAINST_KINKS:
+            break
+        line = state.lines[li]
+        ks = ks[:AGAINST_KINKS - count]
+        count += len(ks)
+        for k in ks:
+            done.add((li, float(line.t[k])))
+            line.measured.discard(k)
+            state.deficient.discard((li, k))
+        before = len(state.points)
+        _measure_unexplained(run, mcfg, layered, state, li, line, found, on_only=True)
+        for p in state.points[before:]:
+            if id(p) in state.row_only:
+                read |= _against_groups(layered, signed, found, state, p, groups)
+    return read
+
+
+def _against_groups(layered: Layered, signed: Layered, found: _Found, state: State, p: Point,
+                    groups: list) -> bool:
+    """Whether kink ``p`` reads as one of the incomplete ``groups`` (:func:`_against_row`)."""
+    ctx = _row_context(signed, p)
+    if ctx is None:
+        return False
+    for row, gaps, _ in groups:
+        on = [int(i) for i in gaps if ctx[0][i] > 0]
+        if on and _against_row(layered, found.signs, state, p, row, gaps, on[0], ctx):
+            return True
+    return False
+
+
 def _walk(model: Layered, signed: Layered, x: np.ndarray, i: int, m: int,
           down: bool = False):
     """Follows the candidate unit's boundary (``model``'s last unit, entries unknown to it
@@ -794,30 +875,25 @@ def _sampled(run: Run, model: Layered, signed: Layered, i: int, m: int):
 
 
 def _against_row(layered: Layered, signs: np.ndarray, state: State, p: Point, row: np.ndarray,
-                 gaps: np.ndarray, i: int) -> bool:
+                 gaps: np.ndarray, i: int, ctx: Optional[tuple] = None) -> bool:
     """Whether the kink ``p``, which the rank of layer ``m``'s Jacobian there does not let
     read alone (more units on than it has), is a kink of the unit ``row`` (entries ``gaps``
     unknown) where its unknown entry ``i`` is on: its jump's direction ``s`` along the probes
     ``A`` must be ``mu s = A_known row_known + A_gaps x`` for some ``mu`` and the unknown
     entries on there ``x`` (a least-squares problem with that few unknowns), and the row so
     completed must vanish at ``p``. Such a kink is then read so (``state.solved``): the
-    analysis sees those entries, and the unit's group is completed like any other."""
-    signed = layered.signed(signs)
-    jac = signed.jacobian(p.x, signed.depth)
-    if not _dependent(jac) or p.dirs is None:
+    analysis sees those entries, and the unit's group is completed like any other. ``ctx``:
+    :func:`_row_context` of ``p``, when the caller has it."""
+    ctx = _row_context(layered.signed(signs), p) if ctx is None else ctx
+    if ctx is None:
         return False
-    z = signed.preacts(p.x[None])[-1][0]
+    z, a, direction = ctx
     on = z > 0
     unknown = np.zeros(row.size, bool)
     unknown[np.asarray(gaps, int)] = True
     gap_on, known = on & unknown, on & ~unknown
     if not on[i] or not unknown[i] or known.sum() < 2:
         return False
-    a = p.dirs @ jac.T
-    u, sv, _ = np.linalg.svd(p.jump, full_matrices=False)
-    if sv[0] == 0:
-        return False
-    direction = u[:, 0] * sv[0]
     lhs = np.concatenate([direction[:, None], -a[:, gap_on]], axis=1)
     rhs = a[:, known] @ row[known]
     sv_lhs = np.linalg.svd(lhs, compute_uv=False)
@@ -832,7 +908,22 @@ def _against_row(layered: Layered, signs: np.ndarray, state: State, p: Point, ro
     if abs(full @ h + 1.0) > AGAINST_ROW * (np.abs(full * h).sum() + 1.0):
         return False                 # the completed row does not vanish at its kink
     state.solved[id(p)] = (layered, signs.copy(), full)
+    state.readings.pop(id(p), None)          # (read as unread before, by this model)
     return True
+
+
+def _row_context(signed: Layered, p: Point) -> Optional[tuple]:
+    """``(z, A, s)`` of kink ``p`` for :func:`_against_row`: layer ``m``'s pre-activations
+    there, its Jacobian along the probes, and the jump's direction along them; None where
+    the Jacobian has full rank (the kink is read alone), the probes are the coordinates, or
+    nothing jumps."""
+    jac = signed.jacobian(p.x, signed.depth)
+    if p.dirs is None or not _dependent(jac):
+        return None
+    u, sv, _ = np.linalg.svd(p.jump, full_matrices=False)
+    if sv[0] == 0:
+        return None
+    return signed.preacts(p.x[None])[-1][0], p.dirs @ jac.T, u[:, 0] * sv[0]
 
 
 def _agrees(signed: Layered, p: Point, row: np.ndarray, i: int) -> bool:
@@ -1197,17 +1288,17 @@ def _active(layered: Layered, state: State, x: np.ndarray,
             jac: np.ndarray) -> Optional[np.ndarray]:
     """The units of layer ``m`` a kink at ``x`` is read on when layer ``m``'s Jacobian there
     (``jac``) has a lower rank than its width (fewer units of layer ``m - 1`` on than units
-    of layer ``m``): those the last analysis oriented and finds on at ``x``, and those it
-    could not orient. A unit off there moves nothing, so only these need to be told apart
-    (random 40-20-10-10-1 s1: layer 2's Jacobian is too ill-conditioned to invert at 43% of
-    random inputs, the rows of the units on there at 3%). None when no analysis
-    oriented any, or these too are dependent there."""
+    of layer ``m``): those the last analysis finds on at ``x`` (a unit no kink's probes
+    moved yet is taken on its rare side, :func:`_rare_side`). A unit off there moves
+    nothing, so only these need to be told apart (random 40-20-10-10-1 s1: layer 2's
+    Jacobian is too ill-conditioned to invert at 43% of random inputs, the rows of the
+    units on there at 3%). None when no analysis oriented any, or these too are dependent
+    there."""
     orient = state.orient
     if orient is None or orient[0] is not layered:
         return None
-    _, signs, unknown = orient
     z = layered.preacts(x[None])[-1][0]
-    units = ((signs * z) > 0) | unknown
+    units = (orient[1] * z) > 0
     if not units.any() or units.all() or units.sum() > jac.shape[1]:
         return None
     return None if _dependent(jac[units]) else units
@@ -1232,6 +1323,9 @@ def _probes(run: Run, k: int, x: np.ndarray, jac: np.ndarray,
     h, d = jac.shape
     pinv = np.linalg.pinv(jac)                                   # (d, h)
     norms = np.linalg.norm(pinv, axis=0)
+    # (a unit whose gradient is nil there gets no direction: a unit of the layer before
+    # that feeds it none of its inputs; its pinv column is nil)
+    norms = np.where(norms > 0, norms, 1.0)
     dirs = (pinv / norms).T                                      # (h, d)
     if h < d:
         n = min(NULL_PROBES, d - h)
@@ -1291,6 +1385,7 @@ def _analyse(run: Run, layered: Layered, state: State) -> _Found:
     betas, zs, seens, used = [], [], [], []
     if state.model is not layered:
         state.model, state.readings = layered, {}
+        state.unoriented.clear()
     for p in state.points:
         if id(p) not in state.readings:
             state.readings[id(p)] = _reading(layered, p, state)
@@ -1308,6 +1403,7 @@ def _analyse(run: Run, layered: Layered, state: State) -> _Found:
     on = np.abs(beta) > ON * np.abs(beta).max(1, keepdims=True)
     signs, weak = _orientations(beta, z, on, seen)
     unseen = ~on.any(0)
+    signs = _rare_side(layered, state, signs, unseen & ~seen.any(0))
     dead = tuple(int(i) for i in np.flatnonzero(unseen))
     _oriented(layered, state, signs, unseen)
     beta, z = beta * signs, z * signs
@@ -1417,10 +1513,32 @@ def _orientations(beta: np.ndarray, z: np.ndarray, on: np.ndarray,
     return np.where(weak & (vote != 0), -np.sign(vote), signs), weak
 
 
+def _rare_side(layered: Layered, state: State, signs: np.ndarray,
+               unprobed: np.ndarray) -> np.ndarray:
+    """``signs`` with each unit that no kink's probes moved (``unprobed``) turned to the side
+    where it is on at fewer of the deeper kinks measured. Such a unit was taken for on at
+    every kink, where the units on then outnumbered the rank of layer ``m``'s Jacobian, so no
+    kink was read on it, and it stayed unoriented (random 10-8-8-6-3 s1543: layer-2 units on
+    for 16% and 5% of inputs, never probed; 40-60% of layer 3's kinks were left unread for
+    them). Taken off where it is rarely on, the kinks there are read on the others, and one
+    where it is on orients it, or reads it as nil (then :func:`_orientations` turns it off
+    at those)."""
+    if not unprobed.any():
+        return signs
+    z = layered.preacts(np.array([p.x for p in state.points]))[-1][:, unprobed]
+    out = signs.copy()
+    out[unprobed] = np.where((z > 0).sum(0) > (z < 0).sum(0), -1.0, 1.0)
+    return out
+
+
 def _oriented(layered: Layered, state: State, signs: np.ndarray, unknown: np.ndarray) -> None:
     """Keeps the orientations an analysis found for the kinks read on active units only
-    (:func:`_active`); when they change, such readings are made again and the kinks skipped
-    for a Jacobian of too low a rank are measured again where they can be now."""
+    (:func:`_active`); when they change, such readings are made again, and so are those
+    that could not be made for want of orientations (``state.unoriented``: kept as unread
+    before, a kink measured under other orientations stayed unread for the model's life;
+    random 10-8-8-6-3 s1543 analysed 12 of 135 layer-3 kinks that its orientations read),
+    and the kinks skipped for a Jacobian of too low a rank are measured again where they can
+    be now."""
     old = state.orient
     if old is not None and old[0] is layered and np.array_equal(old[1], signs) \
             and np.array_equal(old[2], unknown):
@@ -1429,6 +1547,9 @@ def _oriented(layered: Layered, state: State, signs: np.ndarray, unknown: np.nda
     for key in [key for key, read in state.readings.items() if read is not None
                 and read[3] is not None]:
         del state.readings[key]
+    for key in state.unoriented:
+        state.readings.pop(key, None)
+    state.unoriented.clear()
     for li, k in state.deficient:
         state.lines[li].measured.discard(k)
         state.lines[li].done_for = None
@@ -1545,15 +1666,18 @@ def _reading(layered: Layered, p: Point, state: State):
         z = layered.preacts(p.x[None])[-1][0]        # read against a row (_against_row)
         return solved[2] * solved[1], z, np.ones(z.size, bool), None
     if id(p) in state.row_only:
-        return None                  # probed to be read against a row only
+        state.unoriented.add(id(p))  # probed to be read against a row only: read so under
+        return None                  # the orientations it was solved with
     jac = layered.jacobian(p.x, layered.depth)
     units = None
     if _dependent(jac):
         units = _active(layered, state, p.x, jac) if layered.depth > 1 else None
-        if units is None:
+        if units is None or p.dirs is not None and _dependent(p.dirs @ jac[units].T):
+            # too many units on there for the rank, or probed for other units (they do not
+            # tell these apart): read again when the orientations change (_oriented)
+            if layered.depth > 1:
+                state.unoriented.add(id(p))
             return None
-        if p.dirs is not None and _dependent(p.dirs @ jac[units].T):
-            return None             # probed for other units: they do not tell these apart
     beta, resid, seen = read_jump(p, jac, units)
     if resid > STRAY:
         return None
