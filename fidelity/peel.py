@@ -714,14 +714,17 @@ def _fill(run: Run, mcfg: MeasureConfig, layered: Layered, found: _Found, state:
 def _read_against(run: Run, mcfg: MeasureConfig, layered: Layered, found: _Found,
                   state: State, done: set) -> bool:
     """Reads kinks skipped for a Jacobian of too low a rank (``state.deficient``) against the
-    rows of incomplete groups, and kinks measured but left unread for it the same: a kink
-    where a unit of a group's unknown entries is on is probed along the units on there
-    (once: ``done``), and :func:`_against_row` reads it as that group's if its jump fits the
-    known entries with the unknown ones free. The windows of :func:`_fill` do so only where
-    they walk; kinks already found where a rare entry is on are most of those that can see
-    it in a narrow layer (random 10-8-8-6-3 s1543: a layer-2 unit on for 16% of inputs was
-    on at 14-21 of the kinks of three layer-3 units, each too deficient to read alone, and
-    never seen). Returns whether one was read so."""
+    rows of incomplete groups: a kink where a unit of a group's unknown entries is on is
+    probed along the units on there (once: ``done``), and :func:`_against_row` reads it as
+    that group's if its jump fits the known entries with the unknown ones free. (Kinks
+    measured and left unread are tried too, without a query; their cached reading stays
+    until the orientations change. Read at once, and row-only kinks read again on each
+    change, random 79-72-57-26-12-3 s7220 went from 391,029 queries, exact, past its time
+    cap at 886k, and 41-20-11-9-7-6 s2620 was no better.) The windows of :func:`_fill` do
+    so only where they walk; kinks already found where a rare entry is on are most of those
+    that can see it in a narrow layer (random 10-8-8-6-3 s1543: a layer-2 unit on for 16% of
+    inputs was on at 14-21 of the kinks of three layer-3 units, each too deficient to read
+    alone, and never seen). Returns whether one was read so."""
     # (groups of two kinks too: a wide layer's deeper units make many such in one region,
     # and random 79-72-57-26-12-3 s7220 went from 391,029 queries, exact, past its time cap
     # at 635k)
@@ -908,7 +911,6 @@ def _against_row(layered: Layered, signs: np.ndarray, state: State, p: Point, ro
     if abs(full @ h + 1.0) > AGAINST_ROW * (np.abs(full * h).sum() + 1.0):
         return False                 # the completed row does not vanish at its kink
     state.solved[id(p)] = (layered, signs.copy(), full)
-    state.readings.pop(id(p), None)          # (read as unread before, by this model)
     return True
 
 
@@ -1666,8 +1668,7 @@ def _reading(layered: Layered, p: Point, state: State):
         z = layered.preacts(p.x[None])[-1][0]        # read against a row (_against_row)
         return solved[2] * solved[1], z, np.ones(z.size, bool), None
     if id(p) in state.row_only:
-        state.unoriented.add(id(p))  # probed to be read against a row only: read so under
-        return None                  # the orientations it was solved with
+        return None                  # probed to be read against a row only
     jac = layered.jacobian(p.x, layered.depth)
     units = None
     if _dependent(jac):
