@@ -113,7 +113,8 @@ def next_layer(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, layered:
         return expansive.second_layer(run, cfg, mcfg, use_jit, layered, state, patience)
     q0, lines0, pts0 = run.oracle.queries, len(state.lines), len(state.points)
     quiet, found, tried, failed, misses, renewed = 0, 0, {}, set(), {}, set()
-    against = set()            # (line, t) of deficient kinks probed for _read_against
+    against = set()     # _read_against's: (line, t) of the deficient kinks it probed, and
+                        # (id(point), "against") of the unread ones it tried
     windows = WINDOWS_PER_UNIT * h     # bound on targeted windows for this layer
     searched_random, randoms = False, set()    # randoms: the lines this search drew
     max_random = cfg.lines_per_layer * max(1, patience // cfg.layer_patience)
@@ -725,9 +726,9 @@ def _read_against(run: Run, mcfg: MeasureConfig, layered: Layered, found: _Found
     that can see it in a narrow layer (random 10-8-8-6-3 s1543: a layer-2 unit on for 16% of
     inputs was on at 14-21 of the kinks of three layer-3 units, each too deficient to read
     alone, and never seen). Returns whether one was read so."""
-    # (groups of two kinks too: a wide layer's deeper units make many such in one region,
-    # and random 79-72-57-26-12-3 s7220 went from 391,029 queries, exact, past its time cap
-    # at 635k)
+    # (not groups of two kinks: a wide layer's deeper units make many such in one region;
+    # with them, random 79-72-57-26-12-3 s7220 went from 391,029 queries, exact, past its
+    # time cap at 635k)
     groups = sorted((c for c in found.partial if len(c[2]) >= AGAINST_MEMBERS
                      and len({p.line for p in c[2]}) >= AGAINST_LINES),
                     key=lambda c: -len(c[2]))[:AGAINST_GROUPS]
