@@ -60,6 +60,7 @@ WINDOWS_PER_UNIT = 6  # bound on targeted windows per unit of the layer before
 WALK_STEPS = 64       # bound on linear pieces walked along a boundary (see _walk)
 WALK_DOWN = 0.05      # ... or down to this fraction of unit i's pre-activation
 WALK_PAST = 0.05      # ... or past unit i's boundary by this fraction of the last step
+WALK_AGAIN = 2        # walks again from a window's kink where unit i is still off (_rewalk)
 SAMPLE_LINES = 2000   # random lines (no query) on which a boundary point is sought (_sampled)
 GAP_MEMBERS = 3       # kinks of an incomplete unit before the output fit may complete it
 ON_SHARE = 1e-3       # ... confirmed by a window where an entry's unit is on by this share
@@ -674,35 +675,49 @@ def _fill(run: Run, mcfg: MeasureConfig, layered: Layered, found: _Found, state:
                     walked = _walk(model, signed, walked[0], i, m, down=True) or walked
             if walked is not None:
                 q, dist = walked
-                gj = model.jacobian(q, m + 1)[0]
-                gi = signed.jacobian(q, m)[i]
-                perp = gj - (gj @ gi) / max(gi @ gi, 1e-300) * gi
-                if np.linalg.norm(perp) > 1e-3 * np.linalg.norm(gj):
-                    gj = perp
+                gj = _across(model, signed, q, i, m)
         state.windows.add(spot)
-        zj = model.preacts(q[None])[-1][0, 0]
-        nrm = np.linalg.norm(gj)
+        hit = False
+        for _ in range(1 + (0 if straight else WALK_AGAIN)):
+            zj = model.preacts(q[None])[-1][0, 0]
+            nrm = np.linalg.norm(gj)
+            if nrm == 0:
+                break
+            n = gj / nrm
+            centre = q - zj / nrm * n
+            half = max(4.0 * abs(zj) / nrm, 4.0 * dist, 1e-3 * run.input_scale)
+            if half > run.t_max or np.linalg.norm(centre) > run.t_max:
+                # a boundary followed out of the searched domain: such a window (seen once,
+                # in a trial of another search order on random 40-20-10-10-1 s13: half length
+                # 1.8e10 at |x| 4.6e9) finds no kink where every unit of the layer predicts
+                # one, and those misses drop true units (8 of 10 there)
+                nrm = 0.0
+                break
+            before = len(state.points)
+            line = window(run, mcfg, state, centre, n, half, _known(layered, found))
+            _measure_unexplained(run, mcfg, layered, state, len(state.lines) - 1, line, found,
+                                 on_only=True)
+            done += 1
+            hit = any(_against_row(layered, found.signs, state, p, row, gaps, i)
+                      if id(p) in state.row_only else _agrees(signed, p, row, i)
+                      for p in state.points[before:])
+            if hit or straight:
+                break
+            # the window crossed the unit's boundary where unit i is still off (the walk
+            # ends just past where the candidate has it on, and the window leaves that
+            # region): walk again from that kink, on the true boundary and nearer unit i's
+            # (random 100-50-50-50-10 s0: four searches of layer 3 each walked to the same
+            # window, found the same kink of its 50th unit with the unit of its missing entry
+            # at z = -0.08, and after them layer 2 was searched again, 234k queries)
+            walked = _rewalk(model, signed, line, i, m)
+            if walked is None:
+                break
+            q, dist = walked
+            gj = _across(model, signed, q, i, m)
         if nrm == 0:
             failed.add(key)
             continue
-        n = gj / nrm
-        centre = q - zj / nrm * n
-        half = max(4.0 * abs(zj) / nrm, 4.0 * dist, 1e-3 * run.input_scale)
-        if half > run.t_max or np.linalg.norm(centre) > run.t_max:
-            # a boundary followed out of the searched domain: such a window (seen once, in a
-            # trial of another search order on random 40-20-10-10-1 s13: half length 1.8e10
-            # at |x| 4.6e9) finds no kink where every unit of the layer predicts one, and
-            # those misses drop true units (8 of 10 there)
-            failed.add(key)
-            continue
-        before = len(state.points)
-        line = window(run, mcfg, state, centre, n, half, _known(layered, found))
-        _measure_unexplained(run, mcfg, layered, state, len(state.lines) - 1, line, found,
-                             on_only=True)
-        done += 1
-        if not any(_against_row(layered, found.signs, state, p, row, gaps, i)
-                   if id(p) in state.row_only else _agrees(signed, p, row, i)
-                   for p in state.points[before:]):
+        if not hit:
             if straight and strong:
                 tried[key].discard(i)
                 continue
@@ -710,6 +725,34 @@ def _fill(run: Run, mcfg: MeasureConfig, layered: Layered, found: _Found, state:
             if misses[key] >= (FILL_TRIES if len(members) > 1 else 1):
                 failed.add(key)
     return done
+
+
+def _across(model: Layered, signed: Layered, q: np.ndarray, i: int, m: int) -> np.ndarray:
+    """The direction a window crosses the candidate unit's boundary at ``q``: its normal,
+    made orthogonal to unit ``i``'s gradient where it can be (along it ``z_i`` stays put)."""
+    gj = model.jacobian(q, m + 1)[0]
+    gi = signed.jacobian(q, m)[i]
+    perp = gj - (gj @ gi) / max(gi @ gi, 1e-300) * gi
+    return perp if np.linalg.norm(perp) > 1e-3 * np.linalg.norm(gj) else gj
+
+
+def _rewalk(model: Layered, signed: Layered, line: Line, i: int, m: int):
+    """:func:`_walk` again from a kink of ``line`` on the candidate's boundary (to
+    :data:`AGAINST_ROW` of its terms: its unknown entries are off there) where unit ``i``
+    is off, the one nearest unit ``i``'s boundary; None where the window has none."""
+    if not line.t.size:
+        return None
+    xs = line.x0 + line.t[:, None] * line.v
+    zs = model.preacts(xs)
+    h = np.maximum(zs[-2], 0.0)
+    w = model.weights[-1][0]
+    z, zi = zs[-1][:, 0], zs[-2][:, i]
+    near = np.abs(z) <= AGAINST_ROW * (np.abs(h * w).sum(1) + abs(model.biases[-1][0]))
+    ok = np.flatnonzero(near & (zi <= 0))
+    if not ok.size:
+        return None
+    k = ok[np.argmax(zi[ok])]
+    return _walk(model, signed, xs[k], i, m)
 
 
 def _read_against(run: Run, mcfg: MeasureConfig, layered: Layered, found: _Found,

@@ -1041,7 +1041,9 @@ def former_reading(monkeypatch):
     """The reading of deeper kinks before 2026-12-06, to build the scenarios some tests were
     made for, which the engine no longer meets on their victims: a unit of layer ``m`` no
     kink oriented taken for on at every kink, a kink left unread for want of orientations
-    left so for the model's life, and no kink read against an incomplete group's row."""
+    left so for the model's life, no kink read against an incomplete group's row, and no
+    window walked again from a kink where the missing entry's unit is still off (with it,
+    random 40-20-10-10-1 s65's unit sees that entry, and its scenario is gone too)."""
     from fidelity import peel
     real = peel._oriented
 
@@ -1062,6 +1064,7 @@ def former_reading(monkeypatch):
     monkeypatch.setattr(peel, "_active", active)
     monkeypatch.setattr(peel, "_rare_side", lambda layered, state, signs, unprobed: signs)
     monkeypatch.setattr(peel, "AGAINST_GROUPS", 0)
+    monkeypatch.setattr(peel, "WALK_AGAIN", 0)
 
 
 @pytest.mark.parametrize("seed,max_kinks", [(4, None), (7, 200), (40, None), (65, None)])
@@ -1308,6 +1311,44 @@ def test_the_walk_ends_well_inside_where_the_missing_unit_is_on(seed):
     assert (shares > 0).all()
     assert np.mean(shares < 1e-7) < 0.05          # (the old walk: 13-23% of them)
     assert np.median(shares) > 1e-3
+
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_a_window_kink_where_the_missing_unit_is_still_off_is_walked_again(seed):
+    # random 100-50-50-50-10 s0: four searches of layer 3 walked to the same window, whose
+    # kink of the 50th unit had the unit of its missing entry still off (z = -0.08); layer 2
+    # was searched again (234k queries). _rewalk walks again from such a kink, which lies on
+    # the candidate's boundary (the unknown entry is off there), to where that unit is on;
+    # a kink where the unit is on is off the candidate's boundary and is not taken
+    from types import SimpleNamespace
+    from fidelity.peel import _rewalk
+    net = F.ReLUNetwork.random(seed, [8, 6, 5, 1])
+    signed = Layered(net.weights[:2], net.biases[:2])
+    full = signed.appended(net.weights[2][:1], net.biases[2][:1])
+    rng = np.random.default_rng(seed)
+    walked = refused = 0
+    for _ in range(60):
+        x0, v = rng.normal(size=8), rng.normal(size=8)
+        t, layer, unit = full.kinks(x0, v, 20.0)
+        t = t[(layer == 3) & (unit == 0)]
+        for tk in t:
+            z = signed.preacts((x0 + tk * v)[None])[-1][0]
+            for i in range(z.size):
+                w = net.weights[2][:1].copy()
+                w[0, i] = 0.0                   # the entry no kink saw: unknown, taken as 0
+                if z[i] > 0 and abs(net.weights[2][0, i] * z[i]) < 1e-6:
+                    continue                    # (an entry too small to move the boundary)
+                model = signed.appended(w, net.biases[2][:1])
+                line = SimpleNamespace(x0=x0, v=v, t=np.array([tk]))
+                out = _rewalk(model, signed, line, i, 2)
+                if z[i] > 0:
+                    assert out is None          # off the candidate's boundary
+                    refused += 1
+                elif out is not None:
+                    walked += 1
+                    assert signed.preacts(out[0][None])[-1][0, i] > 0
+    assert walked >= 20 and refused >= 20
 
 
 def test_a_layer_missing_a_rare_unit_is_searched_again_when_nothing_fits_after_it():
