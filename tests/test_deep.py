@@ -1313,7 +1313,6 @@ def test_the_walk_ends_well_inside_where_the_missing_unit_is_on(seed):
     assert np.median(shares) > 1e-3
 
 
-
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_a_window_kink_where_the_missing_unit_is_still_off_is_walked_again(seed):
     # random 100-50-50-50-10 s0: four searches of layer 3 walked to the same window, whose
