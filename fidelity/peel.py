@@ -677,11 +677,12 @@ def _fill(run: Run, mcfg: MeasureConfig, layered: Layered, found: _Found, state:
                 q, dist = walked
                 gj = _across(model, signed, q, i, m)
         state.windows.add(spot)
-        hit = False
+        hit = lost = False
         for _ in range(1 + (0 if straight else WALK_AGAIN)):
             zj = model.preacts(q[None])[-1][0, 0]
             nrm = np.linalg.norm(gj)
             if nrm == 0:
+                lost = True
                 break
             n = gj / nrm
             centre = q - zj / nrm * n
@@ -691,7 +692,7 @@ def _fill(run: Run, mcfg: MeasureConfig, layered: Layered, found: _Found, state:
                 # in a trial of another search order on random 40-20-10-10-1 s13: half length
                 # 1.8e10 at |x| 4.6e9) finds no kink where every unit of the layer predicts
                 # one, and those misses drop true units (8 of 10 there)
-                nrm = 0.0
+                lost = True
                 break
             before = len(state.points)
             line = window(run, mcfg, state, centre, n, half, _known(layered, found))
@@ -714,7 +715,7 @@ def _fill(run: Run, mcfg: MeasureConfig, layered: Layered, found: _Found, state:
                 break
             q, dist = walked
             gj = _across(model, signed, q, i, m)
-        if nrm == 0:
+        if lost:
             failed.add(key)
             continue
         if not hit:
@@ -744,10 +745,9 @@ def _rewalk(model: Layered, signed: Layered, line: Line, i: int, m: int):
         return None
     xs = line.x0 + line.t[:, None] * line.v
     zs = model.preacts(xs)
-    h = np.maximum(zs[-2], 0.0)
-    w = model.weights[-1][0]
-    z, zi = zs[-1][:, 0], zs[-2][:, i]
-    near = np.abs(z) <= AGAINST_ROW * (np.abs(h * w).sum(1) + abs(model.biases[-1][0]))
+    zi = zs[-2][:, i]
+    near = np.array([_at_boundary(model, model.depth - 1, np.maximum(below, 0.0), z,
+                                  AGAINST_ROW)[0] for below, z in zip(zs[-2], zs[-1])])
     ok = np.flatnonzero(near & (zi <= 0))
     if not ok.size:
         return None
