@@ -1548,13 +1548,14 @@ def _mutual_pair(run: Run, signed: Layered, state: State, rows: np.ndarray, spot
     """Two complete candidate ``rows`` to start :func:`_kept` from when none passes the strict
     test: each verified as a spread one is (:data:`SPREAD_SHARE`, :data:`SPREAD_HITS`), with
     at least :data:`PAIR_SIDE` of its kinks (``spots``) on each side of the other's boundary.
-    A deeper unit's kinks lie in one region of this layer, on one side of each of its units,
-    so a pair with a unit of this layer is never mutual, and units of this layer are: where
-    a narrow layer after it is off at most inputs, each unit's change shows at only some of
-    the crossings it predicts (random 22-10-9-4-4-2 s8367: 9 layer-2 units read exactly from
-    29-73 kinks each missed 16-45% of their crossings, none was kept, and the victim was
-    read as one hidden layer). The pair with the most kinks in its smaller group, as a mask
-    over ``rows`` (all False when none is mutual)."""
+    A deeper unit's kinks lie in one region of this layer, on one side of each of its units:
+    it makes no mutual pair with a unit of this layer, while two units of this layer do.
+    Where a narrow layer after it is off at most inputs, each unit's change shows at only
+    some of the crossings it predicts, and none may pass the strict test (random
+    22-10-9-4-4-2 s8367: 9 layer-2 units read exactly from 29-73 kinks each missed 19-51%
+    of their crossings, none was kept, and the victim was read as one hidden layer). The
+    pair with the most kinks in its smaller group, as a mask over ``rows`` (all False when
+    none is mutual)."""
     out = np.zeros(rows.shape[0], bool)
     loose = np.flatnonzero(_verified(run, signed, state, rows, memo=memo, share=SPREAD_SHARE,
                                      least=SPREAD_HITS, full=True))
