@@ -49,10 +49,7 @@ PAIR_REACH = 4.0      # see _explained
 MERGED = 0.1          # a found kink within this share of a close group's span of where the
                       # outer pieces' lines meet is that group, located as one (_merged)
 MAX_RETRIES = 2       # a layer searched again when nothing fits the layer after it
-MAX_BACKTRACKS = 2    # ... or the layer before it, when that did not help, then the one before
-                      # that (random 29-27-17-6-5-1 s5338: layer 2 missed a unit on for 7% of
-                      # inputs, layers 3 and 4 were exact where it is off, and nothing fit
-                      # layer 5 over them; searched again, layer 3 gave the same units)
+MAX_BACKTRACKS = 1    # ... or the layer before it, when that did not help
 BACKTRACK_PATIENCE = 1  # ... with this many times the patience (3 found the same units of
                         # random 40-20-10-10-1 s5 and s6 with 40k more queries each)
 MAX_AIMED = 2         # ... or from lines through the inputs where the check failed
@@ -277,15 +274,13 @@ def _layers(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, state: Stat
             if again:
                 continue
             return None                # no kink fits a second layer: the one-layer verdict
-        if retries >= MAX_RETRIES and backtracks < MAX_BACKTRACKS \
-                and len(below) >= backtracks + 2:
+        if retries >= MAX_RETRIES and len(below) >= 2 and backtracks < MAX_BACKTRACKS:
             # nothing fits layer m + 1 however long layer m was searched: layer m - 1 more
             # likely misses a unit (random 40-20-10-10-1 s6: a layer-2 unit on for 3.9% of
             # inputs; every layer-3 row read without it was wrong). It is searched again.
             backtracks += 1
             retries = 0
-            layered = _searched_back(run, cfg, mcfg, use_jit, state, layered, below, 2,
-                                     backtracks)
+            layered = _searched_back(run, cfg, mcfg, use_jit, state, layered, below, 2)
             continue
         if retries >= MAX_RETRIES:
             raise UnsupportedArchitecture(
@@ -307,7 +302,7 @@ def _layers(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, state: Stat
                  f"{RETRY_PATIENCE * retries}x the patience", layer=layered.depth)
         again = next_layer(run, cfg, mcfg, use_jit, below[-1], state,
                            RETRY_PATIENCE * cfg.layer_patience * retries)
-        if again is None and backtracks < MAX_BACKTRACKS and len(below) >= backtracks + 2:
+        if again is None and len(below) >= 2 and backtracks < MAX_BACKTRACKS:
             # layer m searched again found no unit at all (its rows were read over a layer
             # m - 1 that misses a unit, and now none holds): layer m - 1 is searched again,
             # as when its retries found nothing that fits (random 40-20-10-10-1 s40: a
@@ -315,8 +310,7 @@ def _layers(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, state: Stat
             # of layer 3 found none; it was refused at 19,688 queries)
             backtracks += 1
             retries = 0
-            layered = _searched_back(run, cfg, mcfg, use_jit, state, layered, below, 1,
-                                     backtracks)
+            layered = _searched_back(run, cfg, mcfg, use_jit, state, layered, below, 1)
             continue
         if again is None:
             raise UnsupportedArchitecture(
@@ -326,26 +320,25 @@ def _layers(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, state: Stat
 
 
 def _searched_back(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, state: State,
-                   layered: Layered, below: list, aside: int, steps: int = 1) -> Layered:
-    """Layer ``m - steps`` searched again with :data:`BACKTRACK_PATIENCE` times the patience
+                   layered: Layered, below: list, aside: int) -> Layered:
+    """Layer ``m - 1`` searched again with :data:`BACKTRACK_PATIENCE` times the patience
     when nothing fits layer ``m + 1`` nor completes layer ``m`` (``layered`` has depth
-    ``m``; ``below`` the models one layer shallower, its last ``steps`` dropped here;
-    ``aside``: the layers whose infos are set aside when ``steps`` is 1,
-    :func:`~fidelity.deepstate.set_aside`; one more for each step further back)."""
+    ``m``; ``below`` the models one layer shallower, its last dropped here; ``aside``: the
+    layers whose infos are set aside, :func:`~fidelity.deepstate.set_aside`)."""
     state.aims += _misfit(layered, state)
-    set_aside(state, aside + steps - 1)
+    set_aside(state, aside)
     # the deeper kinks were read over a layer m - 1 that likely misses a unit: the
     # searches of layers m and m + 1 over the new one get their max_kinks again, and
     # the run its own bound from here (random 784-16x8-1: the search of layer 2
     # again found its unit on for 2.2% of inputs, and layer 3, its kinks spent on
     # rows read without it, was closed with none)
     state.kinks_floor = len(state.points)
-    for depth in range(layered.depth - steps + 1, layered.depth + 2):
-        state.layer_kinks.pop(depth, None)
-    del below[len(below) - steps:]
+    state.layer_kinks.pop(layered.depth, None)
+    state.layer_kinks.pop(layered.depth + 1, None)
+    below.pop()
     run.note(Kind.LAYER_INCOMPLETE, f"nothing fits layer {layered.depth + 1} nor "
-             f"completes layer {layered.depth}: layer {layered.depth - steps} is searched "
-             f"again with {BACKTRACK_PATIENCE}x the patience", layer=layered.depth - steps)
+             f"completes layer {layered.depth}: layer {layered.depth - 1} is searched "
+             f"again with {BACKTRACK_PATIENCE}x the patience", layer=layered.depth - 1)
     out = next_layer(run, cfg, mcfg, use_jit, below[-1], state,
                      BACKTRACK_PATIENCE * cfg.layer_patience)
     if out is None:

@@ -77,7 +77,6 @@ FEW_MISSES = 2        # a candidate that missed this few is still counted on lat
 SPREAD_SHARE = 1.0    # a candidate whose kinks lie in several regions of the units kept
 SPREAD_HITS = 6       # ... is kept while it misses at most this share of the kinks it
                       # predicts and finds, and finds this many (_kept)
-PAIR_SIDE = 2         # kinks on each side of the other's boundary for a pair to start _kept
 FROM_KINKS_GROUPS = 4  # incomplete units whose unseen entries are read from kinks at once,
                        # at most (more are a deeper layer's groups: random 784-16x8-1 tried
                        # hundreds, 14 s of a 38 s search)
@@ -1527,8 +1526,6 @@ def _kept(run: Run, signed: Layered, state: State, rows: np.ndarray, spots: list
     read exactly from 10-58 kinks each, missed 11-38% of their crossings and were dropped;
     layer 3 was refused)."""
     strict = _verified(run, signed, state, rows, memo=memo)
-    if not strict.any():
-        strict = _mutual_pair(run, signed, state, rows, spots, memo)
     if strict.all() or not strict.any():
         return rows[strict]
     kept = with_rows(signed, rows[strict])
@@ -1538,44 +1535,9 @@ def _kept(run: Run, signed: Layered, state: State, rows: np.ndarray, spots: list
         spread[j] = bool(((z > 0).any(0) & (z < 0).any(0)).any())
     if spread.any():
         loose = _verified(run, signed, state, rows[spread], memo=memo, share=SPREAD_SHARE,
-                          least=SPREAD_HITS, full=True)
+                          least=SPREAD_HITS)
         strict[np.flatnonzero(spread)[loose]] = True
     return rows[strict]
-
-
-def _mutual_pair(run: Run, signed: Layered, state: State, rows: np.ndarray, spots: list,
-                 memo: dict) -> np.ndarray:
-    """Two complete candidate ``rows`` to start :func:`_kept` from when none passes the strict
-    test: each verified as a spread one is (:data:`SPREAD_SHARE`, :data:`SPREAD_HITS`), with
-    at least :data:`PAIR_SIDE` of its kinks (``spots``) on each side of the other's boundary.
-    A deeper unit's kinks lie in one region of this layer, on one side of each of its units:
-    it makes no mutual pair with a unit of this layer, while two units of this layer do.
-    Where a narrow layer after it is off at most inputs, each unit's change shows at only
-    some of the crossings it predicts, and none may pass the strict test (random
-    22-10-9-4-4-2 s8367: 9 layer-2 units read exactly from 29-73 kinks each missed 19-51%
-    of their crossings, none was kept, and the victim was read as one hidden layer). The
-    pair with the most kinks in its smaller group, as a mask over ``rows`` (all False when
-    none is mutual)."""
-    out = np.zeros(rows.shape[0], bool)
-    loose = np.flatnonzero(_verified(run, signed, state, rows, memo=memo, share=SPREAD_SHARE,
-                                     least=SPREAD_HITS, full=True))
-    if loose.size < 2:
-        return out
-    model = with_rows(signed, rows[loose])
-    # sides[a, b]: the kinks of candidate a on each side of candidate b's boundary
-    sides = np.zeros((loose.size, loose.size), bool)
-    for a, j in enumerate(loose):
-        z = model.preacts(spots[j])[-1]
-        sides[a] = ((z > 0).sum(0) >= PAIR_SIDE) & ((z < 0).sum(0) >= PAIR_SIDE)
-    mutual = sides & sides.T
-    np.fill_diagonal(mutual, False)
-    if not mutual.any():
-        return out
-    size = np.array([len(spots[j]) for j in loose])
-    a, b = np.unravel_index(np.argmax(np.where(mutual, np.minimum.outer(size, size), -1)),
-                            mutual.shape)
-    out[loose[[a, b]]] = True
-    return out
 
 
 def _orientations(beta: np.ndarray, z: np.ndarray, on: np.ndarray,
@@ -1837,23 +1799,21 @@ def _cluster(sigma: np.ndarray, on: np.ndarray, cond: np.ndarray,
 
 def _verified(run: Run, signed: Layered, state: State, rows: np.ndarray,
               gaps: Optional[list] = None, memo: Optional[dict] = None,
-              share: float = MISS_SHARE, least: int = 0, full: bool = False) -> np.ndarray:
+              share: float = MISS_SHARE, least: int = 0) -> np.ndarray:
     """Which candidate units' boundaries predict a found kink wherever they cross a line (a
     unit with unknown entries ``gaps[j]`` only where those earlier units are off), but for at
     most :data:`MISS_SHARE` of the kinks they predict and find. A row over that share is still
     counted on later lines while it has missed at most :data:`FEW_MISSES`. ``memo``
     remembers, per row, the lines it passed and its kinks found and missed (only later lines
     are looked at again). ``share``, ``least``: at most this share missed (the same for
-    later lines), at least this many found. ``full``: every row is counted on every line
-    (none is left behind for the misses of its first lines: a unit whose change the layers
-    after it pass on at only some crossings may miss its first three, and then find most)."""
-    cache = {} if memo is None else memo.setdefault(("verified", share, full), {})
+    later lines), at least this many found."""
+    cache = {} if memo is None else memo.setdefault(("verified", share), {})
     keys = [(r.tobytes(), None if gaps is None else tuple(np.asarray(gaps[j]).tolist()))
             for j, r in enumerate(rows)]
     # per row: lines passed, predicted kinks found, predicted kinks missed
     start, hits, misses = np.array([cache.get(k, (0, 0, 0)) for k in keys],
                                    int).reshape(-1, 3).T
-    live = (misses <= share * hits) | (misses <= FEW_MISSES) | full
+    live = (misses <= share * hits) | (misses <= FEW_MISSES)
     for li in range(int(start[live].min()) if live.any() else len(state.lines),
                     len(state.lines)):
         todo = np.flatnonzero(live & (start <= li))
@@ -1886,7 +1846,7 @@ def _verified(run: Run, signed: Layered, state: State, rows: np.ndarray,
             near = np.zeros(t.size, bool)
         np.add.at(hits, unit[near], 1)
         np.add.at(misses, unit[~near], 1)
-        live = (misses <= share * hits) | (misses <= FEW_MISSES) | full
+        live = (misses <= share * hits) | (misses <= FEW_MISSES)
     for k, h, m in zip(keys, hits, misses):
         cache[k] = (len(state.lines), int(h), int(m))
     return (misses <= share * hits) & (hits >= least)
