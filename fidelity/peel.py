@@ -675,7 +675,7 @@ def _fill(run: Run, mcfg: MeasureConfig, layered: Layered, found: _Found, state:
                     walked = _walk(model, signed, walked[0], i, m, down=True) or walked
             if walked is not None:
                 q, dist = walked
-                gj = _across(model, signed, q, i, m)
+                gj = _across(model, signed, q, i, m, 4.0 * dist)
         state.windows.add(spot)
         hit = lost = False
         for _ in range(1 + (0 if straight else WALK_AGAIN)):
@@ -714,7 +714,7 @@ def _fill(run: Run, mcfg: MeasureConfig, layered: Layered, found: _Found, state:
             if walked is None:
                 break
             q, dist = walked
-            gj = _across(model, signed, q, i, m)
+            gj = _across(model, signed, q, i, m, 4.0 * dist)
         if lost:
             failed.add(key)
             continue
@@ -728,11 +728,31 @@ def _fill(run: Run, mcfg: MeasureConfig, layered: Layered, found: _Found, state:
     return done
 
 
-def _across(model: Layered, signed: Layered, q: np.ndarray, i: int, m: int) -> np.ndarray:
+def _across(model: Layered, signed: Layered, q: np.ndarray, i: int, m: int,
+            reach: float = 0.0) -> np.ndarray:
     """The direction a window crosses the candidate unit's boundary at ``q``: its normal,
-    made orthogonal to unit ``i``'s gradient where it can be (along it ``z_i`` stays put)."""
+    made orthogonal to unit ``i``'s gradient where it can be (along it ``z_i`` stays put),
+    and to those of the earlier units whose boundaries lie within ``reach`` of ``q``. A walk
+    can end on a ridge of the candidate's boundary, where an earlier unit switches and the
+    candidate's ``z`` is largest along the normal: across it the true ``z``, shifted by the
+    unknown entry, never reached 0 (random 10-10-10-1 s137: a layer-2 unit on for 0.63% of
+    inputs, its window at a layer-1 unit's boundary 0.002 away, the true ``z`` at most -0.0026
+    along it); along the ridge it rises."""
     gj = model.jacobian(q, m + 1)[0]
-    gi = signed.jacobian(q, m)[i]
+    zs = signed.preacts(q[None])
+    keep = [signed.jacobian(q, m)[i]]
+    for l in range(1, m + 1):
+        jac = signed.jacobian(q, l)
+        size = np.linalg.norm(jac, axis=1)
+        near = np.abs(zs[l - 1][0]) < reach * size
+        if l == m:
+            near[i] = False
+        keep.extend(jac[near])
+    basis, _ = np.linalg.qr(np.array(keep).T)
+    perp = gj - basis @ (basis.T @ gj)
+    if np.linalg.norm(perp) > 1e-3 * np.linalg.norm(gj):
+        return perp
+    gi = keep[0]
     perp = gj - (gj @ gi) / max(gi @ gi, 1e-300) * gi
     return perp if np.linalg.norm(perp) > 1e-3 * np.linalg.norm(gj) else gj
 
