@@ -414,10 +414,13 @@ def from_kinks(run: Run, signed: Layered, rows: np.ndarray, gapped: list,
         missed = ~predicted(run, model, line, None)
         pts.extend(line.x0 + t * line.v for t in line.t[missed])
     h = np.maximum(signed.preacts(np.array(pts))[-1], 0.0) if pts else np.zeros((0, 1))
+    grids = None
 
     def explained(rows_now):
-        model_now = with_rows(signed, rows_now)
-        return sum(int(predicted(run, model_now, line, None).sum()) for line in state.lines)
+        nonlocal grids
+        if grids is None:
+            grids = [_grid(signed, line) for line in state.lines if line.t.size]
+        return sum(_explained_on(grid, with_rows(signed, rows_now)) for grid in grids)
 
     tries, base = FROM_KINKS_TRIES, None      # base: the kinks ``out`` explains, once asked
     for j, (_, gaps) in enumerate(gapped):
@@ -441,6 +444,33 @@ def from_kinks(run: Run, signed: Layered, rows: np.ndarray, gapped: list,
             else:
                 unread.append((unit, int(i)))
     return out, unread
+
+
+def _grid(signed: Layered, line: Line) -> tuple:
+    """What :func:`predicted` needs of ``line`` for any new layer after ``signed``: the
+    pieces' ends (the ends and the kinks of ``signed``, as :meth:`Layered.kinks` has them),
+    the outputs of ``signed`` there, and which found kinks ``signed``'s own kinks explain."""
+    t = signed.kinks(line.x0, line.v, line.half)[0]
+    pts = np.sort(np.concatenate([[-line.half, line.half], t]))
+    h = np.maximum(signed.preacts(line.x0 + pts[:, None] * line.v)[-1], 0.0)
+    near = np.abs(line.t[:, None] - t[None, :]).min(1) <= MATCH * line.half if t.size \
+        else np.zeros(line.t.size, bool)
+    return line, pts, h, near
+
+
+def _explained_on(grid: tuple, model: Layered) -> int:
+    """How many of the line's kinks ``model`` (``signed`` of :func:`_grid` and a new layer)
+    predicts: :func:`predicted` of it, the earlier layers read once."""
+    line, pts, h, near = grid
+    z = h @ model.weights[-1].T + model.biases[-1]
+    za, zb = z[:-1], z[1:]
+    ia, iu = np.nonzero(za * zb < 0)
+    if not ia.size:
+        return int(near.sum())
+    frac = za[ia, iu] / (za[ia, iu] - zb[ia, iu])
+    t = pts[ia] + frac * (pts[ia + 1] - pts[ia])
+    return int((near | (np.abs(line.t[:, None] - t[None, :]).min(1) <= MATCH * line.half))
+               .sum())
 
 
 FROM_KINKS = 16   # kinks tried per missing entry (from_kinks)

@@ -1789,7 +1789,9 @@ def _cluster(sigma: np.ndarray, on: np.ndarray, cond: np.ndarray,
              known: Optional[np.ndarray] = None) -> np.ndarray:
     """Union-find over pairs of signatures that agree on at least two common entries.
     ``known``: the labels of the first points from an earlier call (their pairs are not
-    compared again)."""
+    compared again). The pairs are compared a block of :data:`CLUSTER_BLOCK` entries at a
+    time, and joined in the order of a loop over ``p < q`` (the labels do not depend on the
+    block size)."""
     n = sigma.shape[0]
     n_old = 0 if known is None else known.size
     parent = np.concatenate([np.asarray(known, int), np.arange(n_old, n)]) if n_old \
@@ -1802,19 +1804,24 @@ def _cluster(sigma: np.ndarray, on: np.ndarray, cond: np.ndarray,
         return i
 
     mag = np.abs(sigma)
-    for p in range(n - 1):
-        lo = max(p + 1, n_old)
-        if lo >= n:
-            continue
-        common = on[p] & on[lo:]
-        diff = np.where(common, np.abs(sigma[p] - sigma[lo:]), 0).max(1)
-        size = np.maximum(np.where(common, mag[p], 0).max(1),
-                          np.where(common, mag[lo:], 0).max(1))
-        tol = SAME_UNIT * np.maximum(cond[p], cond[lo:])
-        same = (common.sum(1) >= 2) & (diff <= tol * size)
-        for q in np.flatnonzero(same) + lo:
-            parent[root(q)] = root(p)
+    lo = max(n_old, 1)                 # the first point compared with those before it
+    step = max(1, CLUSTER_BLOCK // max((n - lo) * sigma.shape[1], 1))
+    for p0 in range(0, n - 1 if n > lo else 0, step):
+        ps = np.arange(p0, min(p0 + step, n - 1))
+        c0 = max(lo, p0 + 1)
+        qs = np.arange(c0, n)
+        common = on[ps, None] & on[None, c0:]
+        diff = np.where(common, np.abs(sigma[ps, None] - sigma[None, c0:]), 0).max(2)
+        size = np.maximum(np.where(common, mag[ps, None], 0).max(2),
+                          np.where(common, mag[None, c0:], 0).max(2))
+        tol = SAME_UNIT * np.maximum(cond[ps, None], cond[None, c0:])
+        same = (common.sum(2) >= 2) & (diff <= tol * size) & (qs[None] > ps[:, None])
+        for a, b in zip(*np.nonzero(same)):
+            parent[root(qs[b])] = root(ps[a])
     return np.array([root(i) for i in range(n)])
+
+
+CLUSTER_BLOCK = 1 << 14   # pairs times entries compared at once by _cluster
 
 
 def _verified(run: Run, signed: Layered, state: State, rows: np.ndarray,
