@@ -1352,18 +1352,19 @@ def test_a_window_kink_where_the_missing_unit_is_still_off_is_walked_again(seed)
 
 @settings(max_examples=20, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), d=st.integers(4, 16), h=st.integers(3, 12))
-def test_a_window_from_a_ridge_of_the_boundary_keeps_the_ridges_unit_put(seed, d, h):
+def test_a_window_from_a_ridge_of_the_boundary_sees_the_candidate_rise(seed, d, h):
     # random 10-10-10-1 s137: the walk ended where the candidate's boundary meets a layer-1
     # unit's plane, and the candidate's z was largest there along the window (the unit's
     # entry negative); the true z (the unknown entry's unit barely on) stayed below 0 along
-    # the whole window, and the unit (on for 0.63% of inputs) was left out. A window that
-    # keeps that unit put, and unit i, sees the candidate's z rise through 0 on either side
-    from fidelity.peel import _across
+    # the whole window, and the unit (on for 0.63% of inputs) was left out. The window's
+    # direction keeps unit i put and sees the candidate's z rise all along it: where the
+    # normal does not, it keeps the ridge's unit put too
+    from fidelity.peel import _across, _monotone
     rng = np.random.default_rng(seed)
     net = F.ReLUNetwork.random(seed, [d, h, 1, 1])
     signed = Layered(net.weights[:1], net.biases[:1])
     w1, b1 = np.asarray(net.weights[0]), np.asarray(net.biases[0])
-    tried = 0
+    ridges = 0
     for _ in range(100):
         k, i = rng.choice(h, 2, replace=False)
         g = w1[k] / np.linalg.norm(w1[k])
@@ -1373,23 +1374,25 @@ def test_a_window_from_a_ridge_of_the_boundary_keeps_the_ridges_unit_put(seed, d
         v -= (v @ g) * g                                           # along it
         w = np.asarray(net.weights[1]).copy()
         w[0, i] = 0.0                          # the entry no kink saw: unknown, taken as 0
-        w[0, k] = -abs(w[0, k]) * 4.0          # a ridge: z falls where unit k turns on
+        w[0, k] = -abs(w[0, k]) * 4.0          # z falls where unit k turns on: ridges
         model = signed.appended(w, net.biases[1])
         t, layer, unit = model.kinks(x0, v, 20.0)
         for q in x0 + t[layer == 2][:, None] * v:       # the candidate's boundary meets k's
-            basis, _ = np.linalg.qr(w1[[i, k]].T)
+            reach = 1e-3 * np.abs(w1 @ q + b1)[np.arange(h) != k].min() / np.abs(w1).max()
             gj = model.jacobian(q, 2)[0]
-            if np.linalg.norm(gj - basis @ (basis.T @ gj)) < 1e-2 * np.linalg.norm(gj):
-                continue                # (k's plane is the candidate's boundary there)
-            tried += 1
-            n = _across(model, signed, q, int(i), 1, 1e-3)
+            plain = gj - (gj @ w1[i]) / (w1[i] @ w1[i]) * w1[i]
+            basis, _ = np.linalg.qr(w1[[i, k]].T)
+            if np.linalg.norm(gj - basis @ (basis.T @ gj)) < 1e-2 * np.linalg.norm(gj) or \
+                    np.linalg.norm(plain) < 1e-2 * np.linalg.norm(gj):
+                continue                # (k's or i's plane is the candidate's boundary there)
+            n = _across(model, signed, q, int(i), 1, reach)
             n /= np.linalg.norm(n)
-            assert abs(n @ w1[k]) <= 1e-9 * np.linalg.norm(w1[k])
             assert abs(n @ w1[i]) <= 1e-9 * np.linalg.norm(w1[i])
-            step = 1e-3 * np.abs(w1 @ q + b1)[np.arange(h) != k].min() / np.abs(w1).sum()
-            z = model.preacts(np.array([q - step * n, q + step * n]))[1][:, 0]
-            assert z[0] < 0 < z[1]
-    assume(tried >= 1)
+            assert _monotone(model, q, n, reach)
+            if not _monotone(model, q, plain / np.linalg.norm(plain), reach):
+                ridges += 1
+                assert abs(n @ w1[k]) <= 1e-9 * np.linalg.norm(w1[k])
+    assume(ridges >= 1)
 
 
 @pytest.mark.parametrize("sizes,seed", [([10, 10, 10, 1], 137)])
