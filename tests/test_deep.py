@@ -1350,7 +1350,7 @@ def test_a_window_kink_where_the_missing_unit_is_still_off_is_walked_again(seed)
     assert walked >= 20 and refused >= 20
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
 @given(seed=st.integers(0, 2**31 - 1), d=st.integers(4, 16), h=st.integers(3, 12))
 def test_a_window_from_a_ridge_of_the_boundary_sees_the_candidate_rise(seed, d, h):
     # random 10-10-10-1 s137: the walk ended where the candidate's boundary meets a layer-1
