@@ -11,7 +11,7 @@ import numpy as np
 from . import recover, search
 from .checks import fresh_points
 from .context import Run
-from .layered import Layered
+from .layered import Layered, crossings
 from .measure import MeasureConfig, search_line
 from .validation import at_least, positive, share
 
@@ -337,7 +337,11 @@ def predicted(run: Run, layered: Layered, line: Line, extra: Optional[np.ndarray
     model = layered
     if extra is not None and extra.shape[0]:
         model = layered.appended(extra, np.ones(extra.shape[0]))
-    t, _, _ = model.kinks(line.x0, line.v, line.half)
+    return _matched(line, model.kinks(line.x0, line.v, line.half)[0])
+
+
+def _matched(line: Line, t: np.ndarray) -> np.ndarray:
+    """Which of the line's kinks lie within :data:`MATCH` of its half length of one of ``t``."""
     if not line.t.size or not t.size:
         return np.zeros(line.t.size, bool)
     return np.abs(line.t[:, None] - t[None, :]).min(1) <= MATCH * line.half
@@ -453,24 +457,15 @@ def _grid(signed: Layered, line: Line) -> tuple:
     t = signed.kinks(line.x0, line.v, line.half)[0]
     pts = np.sort(np.concatenate([[-line.half, line.half], t]))
     h = np.maximum(signed.preacts(line.x0 + pts[:, None] * line.v)[-1], 0.0)
-    near = np.abs(line.t[:, None] - t[None, :]).min(1) <= MATCH * line.half if t.size \
-        else np.zeros(line.t.size, bool)
-    return line, pts, h, near
+    return line, pts, h, _matched(line, t)
 
 
 def _explained_on(grid: tuple, model: Layered) -> int:
     """How many of the line's kinks ``model`` (``signed`` of :func:`_grid` and a new layer)
     predicts: :func:`predicted` of it, the earlier layers read once."""
     line, pts, h, near = grid
-    z = h @ model.weights[-1].T + model.biases[-1]
-    za, zb = z[:-1], z[1:]
-    ia, iu = np.nonzero(za * zb < 0)
-    if not ia.size:
-        return int(near.sum())
-    frac = za[ia, iu] / (za[ia, iu] - zb[ia, iu])
-    t = pts[ia] + frac * (pts[ia + 1] - pts[ia])
-    return int((near | (np.abs(line.t[:, None] - t[None, :]).min(1) <= MATCH * line.half))
-               .sum())
+    t, _ = crossings(pts, h @ model.weights[-1].T + model.biases[-1])
+    return int((near | _matched(line, t)).sum())
 
 
 FROM_KINKS = 16   # kinks tried per missing entry (from_kinks)

@@ -64,11 +64,7 @@ class Layered:
         pts = np.array([-t_max, t_max])
         ts, layers, units = [np.zeros(0)], [np.zeros(0, int)], [np.zeros(0, int)]
         for l in range(self.depth):
-            z = self.preacts(x0 + pts[:, None] * v)[l]
-            za, zb = z[:-1], z[1:]
-            ia, iu = np.nonzero(za * zb < 0)
-            frac = za[ia, iu] / (za[ia, iu] - zb[ia, iu])
-            t = pts[ia] + frac * (pts[ia + 1] - pts[ia])
+            t, iu = crossings(pts, self.preacts(x0 + pts[:, None] * v)[l])
             ts.append(t)
             layers.append(np.full(t.size, l + 1))
             units.append(iu)
@@ -80,3 +76,12 @@ class Layered:
     def network(self, out_w: np.ndarray, out_b: np.ndarray) -> ReLUNetwork:
         """The ReLU network of these layers (all signed) and the output layer."""
         return ReLUNetwork(list(self.weights) + [out_w], list(self.biases) + [out_b])
+
+
+def crossings(pts: np.ndarray, z: np.ndarray) -> tuple:
+    """``(t, unit)``: where each column of ``z``, linear between the sorted ``pts`` it is given
+    at, changes sign."""
+    za, zb = z[:-1], z[1:]
+    ia, iu = np.nonzero(za * zb < 0)
+    frac = za[ia, iu] / (za[ia, iu] - zb[ia, iu])
+    return pts[ia] + frac * (pts[ia + 1] - pts[ia]), iu
