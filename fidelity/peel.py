@@ -13,7 +13,7 @@ from .context import Run
 from .deepstate import (IN_RANGE, MATCH, STRAY, DeepConfig, Line, Point, State, completed,
                         fits_outputs, from_kinks, kink_jump, layer_info, new_line, plane_hits,
                         predicted, read_jump, spend, window, with_rows)
-from .layered import Layered
+from .layered import Layered, crossings
 from .measure import MeasureConfig
 from .results import Kind
 
@@ -1800,9 +1800,9 @@ def _cluster(sigma: np.ndarray, on: np.ndarray, cond: np.ndarray,
              known: Optional[np.ndarray] = None) -> np.ndarray:
     """Union-find over pairs of signatures that agree on at least two common entries.
     ``known``: the labels of the first points from an earlier call (their pairs are not
-    compared again). The pairs are compared a block of :data:`CLUSTER_BLOCK` entries at a
-    time, and joined in the order of a loop over ``p < q`` (the labels do not depend on the
-    block size)."""
+    compared again). Only the pairs :func:`_close_pairs` proposes are compared (a block of
+    :data:`CLUSTER_BLOCK` entries at a time), and they are joined in the order of a loop
+    over ``p < q``: the labels are those of comparing every pair."""
     n = sigma.shape[0]
     n_old = 0 if known is None else known.size
     parent = np.concatenate([np.asarray(known, int), np.arange(n_old, n)]) if n_old \
@@ -1814,25 +1814,72 @@ def _cluster(sigma: np.ndarray, on: np.ndarray, cond: np.ndarray,
             i = parent[i]
         return i
 
+    ps, qs = _close_pairs(sigma, on, cond, max(n_old, 1))
     mag = np.abs(sigma)
-    lo = max(n_old, 1)                 # the first point compared with those before it
-    step = max(1, CLUSTER_BLOCK // max((n - lo) * sigma.shape[1], 1))
-    for p0 in range(0, n - 1 if n > lo else 0, step):
-        ps = np.arange(p0, min(p0 + step, n - 1))
-        c0 = max(lo, p0 + 1)
-        qs = np.arange(c0, n)
-        common = on[ps, None] & on[None, c0:]
-        diff = np.where(common, np.abs(sigma[ps, None] - sigma[None, c0:]), 0).max(2)
-        size = np.maximum(np.where(common, mag[ps, None], 0).max(2),
-                          np.where(common, mag[None, c0:], 0).max(2))
-        tol = SAME_UNIT * np.maximum(cond[ps, None], cond[None, c0:])
-        same = (common.sum(2) >= 2) & (diff <= tol * size) & (qs[None] > ps[:, None])
-        for a, b in zip(*np.nonzero(same)):
-            parent[root(qs[b])] = root(ps[a])
+    step = max(1, CLUSTER_BLOCK // max(sigma.shape[1], 1))
+    same = np.zeros(ps.size, bool)
+    for s in range(0, ps.size, step):
+        p, q = ps[s:s + step], qs[s:s + step]
+        common = on[p] & on[q]
+        diff = np.where(common, np.abs(sigma[p] - sigma[q]), 0).max(1)
+        size = np.maximum(np.where(common, mag[p], 0).max(1),
+                          np.where(common, mag[q], 0).max(1))
+        tol = SAME_UNIT * np.maximum(cond[p], cond[q])
+        same[s:s + step] = (common.sum(1) >= 2) & (diff <= tol * size)
+    for a, b in zip(ps[same].tolist(), qs[same].tolist()):
+        parent[root(b)] = root(a)
     return np.array([root(i) for i in range(n)])
 
 
+def _close_pairs(sigma: np.ndarray, on: np.ndarray, cond: np.ndarray,
+                 lo: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every pair ``p < q`` with ``q >= lo`` that :func:`_cluster` could join, and few more,
+    in lexicographic order. Two signatures that agree are close on the common entry where
+    the larger of them is largest: there both are at least ``(1 - t)`` of it, ``t`` the
+    tolerance, so their difference is within ``t / (1 - t)`` of either. So each entry's
+    values are sorted, and a point ``q >= lo`` is paired with those within that reach of
+    its own value (a pair of zeros on two common entries is paired too)."""
+    n, h = sigma.shape
+    tmax = SAME_UNIT * float(cond.max()) if n else 0.0
+    if not tmax < 0.5:                 # no useful reach: every pair
+        p, q = np.triu_indices(n, 1)
+        return p[q >= lo], q[q >= lo]
+    reach = tmax / (1.0 - tmax) * (1.0 + 1e-6)
+    found = []
+    for e in range(h):
+        idx = np.flatnonzero(on[:, e] & (sigma[:, e] != 0))
+        if idx.size < 2:
+            continue
+        order = np.argsort(sigma[idx, e], kind="stable")
+        idx = idx[order]
+        v = sigma[idx, e]
+        left = np.searchsorted(v, v - reach * np.abs(v), "left")
+        right = np.searchsorted(v, v + reach * np.abs(v), "right")
+        me = np.flatnonzero(idx >= lo)
+        count = np.maximum(right[me] - left[me], 0)
+        start = np.repeat(left[me] - np.cumsum(count) + count, count)
+        p, q = idx[np.repeat(me, count)], idx[np.arange(count.sum()) + start]
+        found.append(np.minimum(p, q)[p != q] * n + np.maximum(p, q)[p != q])
+    zero = np.flatnonzero(((sigma == 0) & on).sum(1) >= 2)
+    p, q = np.triu_indices(zero.size, 1)
+    found.append(zero[p] * n + zero[q])
+    key = np.unique(np.concatenate(found))
+    p, q = key // n, key % n
+    return p[q >= lo], q[q >= lo]
+
+
 CLUSTER_BLOCK = 1 << 14   # pairs times entries compared at once by _cluster
+
+
+def _line_grid(signed: Layered, line: Line) -> tuple:
+    """``(line, pts, h, known)``: the kinks of ``signed`` on ``line`` within :data:`IN_RANGE`
+    of its half length (``known``), the pieces' ends ``pts`` they make, and the outputs ``h``
+    of ``signed`` there: a new layer's kinks on the line are where ``h @ W.T + b`` changes
+    sign between them, as :meth:`Layered.kinks` of the layers appended finds them."""
+    reach = IN_RANGE * line.half
+    known = signed.kinks(line.x0, line.v, reach)[0]
+    pts = np.sort(np.concatenate([[-reach, reach], known]))
+    return line, pts, np.maximum(signed.preacts(line.x0 + pts[:, None] * line.v)[-1], 0.0), known
 
 
 def _verified(run: Run, signed: Layered, state: State, rows: np.ndarray,
@@ -1846,6 +1893,7 @@ def _verified(run: Run, signed: Layered, state: State, rows: np.ndarray,
     are looked at again). ``share``, ``least``: at most this share missed (the same for
     later lines), at least this many found."""
     cache = {} if memo is None else memo.setdefault(("verified", share), {})
+    grids = {} if memo is None else memo.setdefault("grids", {})
     keys = [(r.tobytes(), None if gaps is None else tuple(np.asarray(gaps[j]).tolist()))
             for j, r in enumerate(rows)]
     # per row: lines passed, predicted kinks found, predicted kinks missed
@@ -1858,11 +1906,11 @@ def _verified(run: Run, signed: Layered, state: State, rows: np.ndarray,
         if not todo.size:
             continue
         line = state.lines[li]
-        model = signed.appended(rows[todo], np.ones(todo.size))
-        t, layer, unit = model.kinks(line.x0, line.v, IN_RANGE * line.half)
-        sel = layer == signed.depth + 1
-        known = t[~sel]
-        t, unit = t[sel], todo[unit[sel]]
+        if (li, id(line)) not in grids:
+            grids[li, id(line)] = _line_grid(signed, line)
+        pts, h_end, known = grids[li, id(line)][1:]
+        t, unit = crossings(pts, h_end @ rows[todo].T + 1.0)
+        unit = todo[unit]
         if line.half < state.lines[0].half and known.size and t.size:
             # on a short window (a fill's crosses where the entry's unit switches), a known
             # unit's kink closer than the search tells two kinks apart: the one found may be

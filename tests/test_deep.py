@@ -2617,3 +2617,57 @@ def test_a_unit_no_kink_probed_is_taken_on_where_it_is_rarely_on(seed, h, n):
     on = (out * z > 0).sum(0)
     off = (out * z < 0).sum(0)
     assert (on[unprobed] <= off[unprobed]).all()
+
+
+def _cluster_by_every_pair(sigma, on, cond, known=None):
+    """The reference for peel._cluster: every pair compared, joined in the order p < q."""
+    n = sigma.shape[0]
+    n_old = 0 if known is None else known.size
+    parent = list(known) + list(range(n_old, n)) if n_old else list(range(n))
+
+    def root(i):
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    for p in range(n):
+        for q in range(max(p + 1, n_old), n):
+            common = on[p] & on[q]
+            if common.sum() < 2:
+                continue
+            diff = np.abs(sigma[p] - sigma[q])[common].max()
+            size = max(np.abs(sigma[p])[common].max(), np.abs(sigma[q])[common].max())
+            if diff <= 1e-5 * max(cond[p], cond[q]) * size:
+                parent[root(q)] = root(p)
+    return np.array([root(i) for i in range(n)])
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(2, 70), h=st.integers(2, 9),
+       units=st.integers(1, 6), cancel=st.sampled_from([1.0, 30.0, 1e3, 1e5]),
+       split=st.floats(0, 1))
+def test_cluster_joins_the_pairs_a_comparison_of_every_pair_joins(seed, n, h, units, cancel,
+                                                                  split):
+    """Signatures of a few units (one value per entry, seen where random entries are on),
+    some within the tolerance and some just outside it, with zeros and stray points: the
+    pairs _cluster compares (entries sorted, a reach around each value) give the labels of
+    comparing every pair, and so do the calls that add points to known labels."""
+    from fidelity.peel import _cluster
+    rng = np.random.default_rng(seed)
+    rows = rng.normal(size=(units, h)) * 10.0 ** rng.uniform(-3, 3, (units, 1))
+    unit = rng.integers(0, units, n)
+    cond = 10.0 ** rng.uniform(0, np.log10(cancel), n)
+    # offsets near the tolerance (both sides of it), exact copies, and strays
+    scale = rng.choice([0.0, 0.3, 0.9, 1.1, 3.0, 1e3], n) * 1e-5 * cond
+    sigma = rows[unit] * (1 + scale[:, None] * rng.choice([-1, 1], (n, h)))
+    sigma[rng.random((n, h)) < 0.1] = 0.0
+    on = rng.random((n, h)) < 0.7
+    sigma = np.where(on, sigma, 0.0)
+    want = _cluster_by_every_pair(sigma, on, cond)
+    assert np.array_equal(_cluster(sigma, on, cond), want)
+    cut = int(split * n)
+    if cut:
+        first = _cluster(sigma[:cut], on[:cut], cond[:cut])
+        assert np.array_equal(first, _cluster_by_every_pair(sigma[:cut], on[:cut], cond[:cut]))
+        assert np.array_equal(_cluster(sigma, on, cond, first),
+                              _cluster_by_every_pair(sigma, on, cond, first))
