@@ -974,10 +974,9 @@ def _against_row(layered: Layered, signs: np.ndarray, state: State, p: Point, ro
         return False
     lhs = np.concatenate([direction[:, None], -a[:, gap_on]], axis=1)
     rhs = a[:, known] @ row[known]
-    sv_lhs = np.linalg.svd(lhs, compute_uv=False)
+    sol, _, _, sv_lhs = np.linalg.lstsq(lhs, rhs, rcond=None)
     if sv_lhs[-1] <= sv_lhs[0] / MAX_COND:
         return False
-    sol = np.linalg.lstsq(lhs, rhs, rcond=None)[0]
     if np.linalg.norm(lhs @ sol - rhs) > AGAINST_ROW * np.linalg.norm(rhs):
         return False
     full = np.where(known, row, 0.0)

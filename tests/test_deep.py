@@ -2671,3 +2671,32 @@ def test_cluster_joins_the_pairs_a_comparison_of_every_pair_joins(seed, n, h, un
         assert np.array_equal(first, _cluster_by_every_pair(sigma[:cut], on[:cut], cond[:cut]))
         assert np.array_equal(_cluster(sigma, on, cond, first),
                               _cluster_by_every_pair(sigma, on, cond, first))
+
+
+def test_a_first_line_without_a_kink_is_left_for_another(monkeypatch):
+    """A line along which the answers are constant (here x_1 = 0, where the one layer-2 unit
+    is off) shows no kink: the first line is searched again rather than refused as having no
+    hyperplane (random 14-12-11-7-3-1 s2404 drew two such)."""
+    from fidelity import deep
+    from fidelity.context import Run
+    from fidelity.deepstate import State
+    from fidelity.measure import MeasureConfig
+    from fidelity.regimes import Float64Regime
+    w1 = np.concatenate([np.eye(4), -np.eye(4)])
+    w2 = np.zeros((1, 8))
+    w2[0, 0] = 1.0
+    victim = F.ReLUNetwork([w1, w2, np.ones((1, 1))], [np.zeros(8), np.array([-2.0]),
+                                                       np.zeros(1)])
+    oracle = F.Oracle(victim)
+    run = Run(oracle, seed=0, t_max=30.0, input_scale=1.0, step_cap=1e-3, check_reserve=0,
+              crossing_rel_error=1e-9)
+    run.tol = Float64Regime(F.ExtractConfig(), run.t_max).tol
+    drawn, flat = run.new_line, iter([(np.zeros(4), np.array([0.0, 0.6, 0.8, 0.0]))])
+    monkeypatch.setattr(run, "new_line", lambda **kw: next(flat, None) or drawn(**kw))
+    state = State(lines=[], points=[], infos=[])
+    jumps = deep._first_line(run, MeasureConfig(), False, state)
+    assert next(flat, None) is None                  # the flat line was searched first
+    assert len(state.lines) == 1 and state.lines[0].t.size >= 1
+    assert len(jumps) == state.lines[0].t.size
+    row = jumps[0].row / np.abs(jumps[0].row).max()      # the plane x_1 = 2
+    assert np.allclose(np.abs(row), [0.5, 0, 0, 0, 1], atol=1e-9)
