@@ -319,7 +319,7 @@ def _deeper_kink(model: Layered, found: int, p: Point) -> int:
     if found >= (zs[-2][0] > 0).sum():
         return 0
     jac = model.jacobian(p.x, model.depth)
-    if _dependent(jac):
+    if _dependent(jac, zs):
         return 0
     return -1 if read_jump(p, jac)[1] > STRAY else 1
 
@@ -351,7 +351,8 @@ def _full_rank_windows(run: Run, mcfg: MeasureConfig, layered: Layered, state: S
             break
         free = rng.normal(size=d) * run.input_scale
         x = pinv @ (size * (0.5 + 2.0 * rng.random(g.shape[0])) - off) + free - pinv @ (g @ free)
-        if np.linalg.norm(x) > run.t_max or _dependent(layered.jacobian(x, m)):
+        if np.linalg.norm(x) > run.t_max or _dependent(layered.jacobian(x, m),
+                                                       layered.preacts(x[None])):
             continue
         best = None
         for _ in range(FULL_RANK_DIRS):      # the longest piece through x of a few directions
@@ -994,7 +995,7 @@ def _row_context(signed: Layered, p: Point) -> Optional[tuple]:
     the Jacobian has full rank (the kink is read alone), the probes are the coordinates, or
     nothing jumps."""
     jac = signed.jacobian(p.x, signed.depth)
-    if p.dirs is None or not _dependent(jac):
+    if p.dirs is None or not _dependent(jac, signed.preacts(p.x[None])):
         return None
     u, sv, _ = np.linalg.svd(p.jump, full_matrices=False)
     if sv[0] == 0:
@@ -1126,7 +1127,7 @@ def _measure_unexplained(run: Run, mcfg: MeasureConfig, layered: Layered, state:
         state.unread.discard((li, float(line.t[k])))     # (again when it cannot be read)
         x = line.x0 + line.t[k] * line.v
         jac = layered.jacobian(x, m)
-        if h > d or _dependent(jac):
+        if h > d or _dependent(jac, layered.preacts(x[None])):
             units = _active(layered, state, x, jac) if m > 1 else None
             if units is None and on_only and m > 1 and found is not None \
                     and found.signs.size == h and h <= d:
@@ -1380,8 +1381,15 @@ def _active(layered: Layered, state: State, x: np.ndarray,
     return None if _dependent(jac[units]) else units
 
 
-def _dependent(jac: np.ndarray) -> bool:
-    """Whether ``jac``'s rows are too close to dependent to invert (beyond :data:`MAX_COND`)."""
+def _dependent(jac: np.ndarray, zs: Optional[list] = None) -> bool:
+    """Whether ``jac``'s rows are too close to dependent to invert (beyond :data:`MAX_COND`).
+    ``zs``: the pre-activations of the layers at the point ``jac`` is the last one's Jacobian
+    at; where fewer units are on in an earlier layer than ``jac`` has rows and columns, its
+    rank is that low and its smallest singular value rounding: dependent, without the SVD
+    (most kinks of a layer as wide as the one before it)."""
+    if zs is not None and len(zs) > 1 and \
+            min(int((z[0] > 0).sum()) for z in zs[:-1]) < min(jac.shape):
+        return True
     sv = np.linalg.svd(jac, compute_uv=False)
     return bool(sv[-1] <= sv[0] / MAX_COND)
 
@@ -1745,7 +1753,7 @@ def _reading(layered: Layered, p: Point, state: State):
         return None                  # probed to be read against a row only
     jac = layered.jacobian(p.x, layered.depth)
     units = None
-    if _dependent(jac):
+    if _dependent(jac, layered.preacts(p.x[None])):
         units = _active(layered, state, p.x, jac) if layered.depth > 1 else None
         if units is None or p.dirs is not None and _dependent(p.dirs @ jac[units].T):
             # too many units on there for the rank, or probed for other units (they do not
