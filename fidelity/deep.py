@@ -463,7 +463,9 @@ def _unexplained_kinks(run: Run, net: ReLUNetwork, state: State) -> float:
             # (random 80-40-20-1 s8: two kinks 1e-6 apart on a window, the same slope either
             # side of the pair, kept an exact network 'unverified')
             jump = np.abs(_measured_slopes(line.slopes, 1) - _measured_slopes(line.slopes, 0))
-            real &= ~(jump.max(1) <= SAME_SLOPE * np.nanmax(np.abs(line.slopes)))
+            known = ~np.isnan(line.slopes)        # (none measured: no warning, none dropped)
+            top = np.abs(line.slopes[known]).max() if known.any() else np.nan
+            real &= ~(jump.max(1) <= SAME_SLOPE * top)
         found = line.t[real]
         if not found.size:
             continue
@@ -620,6 +622,10 @@ def _first_line(run: Run, mcfg: MeasureConfig, use_jit, state: State) -> list:
             kinks = search_line(run, x0, v, max_rounds=mcfg.max_rounds, use_jit=use_jit)
             if kinks.t.size:
                 break
+        else:
+            raise UnsupportedArchitecture(
+                f"layer 1: none of {FIRST_LINE_TRIES} lines searched has a kink (the answers "
+                "are constant along them)")
         lo, hi, mid, step = recover.plan_regions(kinks.t, run.t_max, mcfg.step_frac,
                                                  run.step_cap)
         regions, complete = recover.measure_regions(run.query("gradients"), x0, v,

@@ -2700,3 +2700,25 @@ def test_a_first_line_without_a_kink_is_left_for_another(monkeypatch):
     assert len(jumps) == state.lines[0].t.size
     row = jumps[0].row / np.abs(jumps[0].row).max()      # the plane x_1 = 2
     assert np.allclose(np.abs(row), [0.5, 0, 0, 0, 1], atol=1e-9)
+
+
+def test_no_first_line_with_a_kink_is_refused_clearly():
+    """A victim constant on the lines drawn (its one layer-2 unit on only far beyond them):
+    the deep path says so, after a bounded number of lines, rather than reading nothing."""
+    from fidelity import deep
+    from fidelity.context import Run
+    from fidelity.deepstate import State
+    from fidelity.measure import MeasureConfig
+    from fidelity.regimes import Float64Regime
+    w1 = np.concatenate([np.eye(4), -np.eye(4)])
+    w2 = np.zeros((1, 8))
+    w2[0, 0] = 1.0
+    victim = F.ReLUNetwork([w1, w2, np.ones((1, 1))], [np.zeros(8), np.array([-1e6]),
+                                                       np.zeros(1)])
+    oracle = F.Oracle(victim)
+    run = Run(oracle, seed=0, t_max=30.0, input_scale=1.0, step_cap=1e-3, check_reserve=0,
+              crossing_rel_error=1e-9)
+    run.tol = Float64Regime(F.ExtractConfig(), run.t_max).tol
+    with pytest.raises(F.UnsupportedArchitecture, match="none of 8 lines"):
+        deep._first_line(run, MeasureConfig(), False, State(lines=[], points=[], infos=[]))
+    assert 0 < oracle.queries < 8 * 1000
