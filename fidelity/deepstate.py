@@ -450,13 +450,20 @@ def from_kinks(run: Run, signed: Layered, rows: np.ndarray, gapped: list,
     return out, unread
 
 
+def pieces(signed: Layered, line: Line, reach: float) -> tuple:
+    """``(pts, h, t)``: the kinks ``t`` of ``signed`` on ``line`` within ``reach`` of its
+    origin, the ends of the pieces they make (with ``-reach`` and ``reach``, as
+    :meth:`Layered.kinks` has them) and the outputs ``h`` of ``signed`` there. A new layer
+    ``(W, b)`` after ``signed`` kinks where ``h @ W.T + b`` changes sign between them."""
+    t = signed.kinks(line.x0, line.v, reach)[0]
+    pts = np.sort(np.concatenate([[-reach, reach], t]))
+    return pts, np.maximum(signed.preacts(line.x0 + pts[:, None] * line.v)[-1], 0.0), t
+
+
 def _grid(signed: Layered, line: Line) -> tuple:
-    """What :func:`predicted` needs of ``line`` for any new layer after ``signed``: the
-    pieces' ends (the ends and the kinks of ``signed``, as :meth:`Layered.kinks` has them),
-    the outputs of ``signed`` there, and which found kinks ``signed``'s own kinks explain."""
-    t = signed.kinks(line.x0, line.v, line.half)[0]
-    pts = np.sort(np.concatenate([[-line.half, line.half], t]))
-    h = np.maximum(signed.preacts(line.x0 + pts[:, None] * line.v)[-1], 0.0)
+    """What :func:`predicted` needs of ``line`` for any new layer after ``signed``: its
+    :func:`pieces`, and which found kinks ``signed``'s own kinks explain."""
+    pts, h, t = pieces(signed, line, line.half)
     return line, pts, h, _matched(line, t)
 
 

@@ -11,8 +11,8 @@ import numpy as np
 from . import expansive, search
 from .context import Run
 from .deepstate import (IN_RANGE, MATCH, STRAY, DeepConfig, Line, Point, State, completed,
-                        fits_outputs, from_kinks, kink_jump, layer_info, new_line, plane_hits,
-                        predicted, read_jump, spend, window, with_rows)
+                        fits_outputs, from_kinks, kink_jump, layer_info, new_line, pieces,
+                        plane_hits, predicted, read_jump, spend, window, with_rows)
 from .layered import Layered, crossings
 from .measure import MeasureConfig
 from .results import Kind
@@ -995,12 +995,13 @@ def _row_context(signed: Layered, p: Point) -> Optional[tuple]:
     the Jacobian has full rank (the kink is read alone), the probes are the coordinates, or
     nothing jumps."""
     jac = signed.jacobian(p.x, signed.depth)
-    if p.dirs is None or not _dependent(jac, signed.preacts(p.x[None])):
+    zs = signed.preacts(p.x[None])
+    if p.dirs is None or not _dependent(jac, zs):
         return None
     u, sv, _ = np.linalg.svd(p.jump, full_matrices=False)
     if sv[0] == 0:
         return None
-    return signed.preacts(p.x[None])[-1][0], p.dirs @ jac.T, u[:, 0] * sv[0]
+    return zs[-1][0], p.dirs @ jac.T, u[:, 0] * sv[0]
 
 
 def _agrees(signed: Layered, p: Point, row: np.ndarray, i: int) -> bool:
@@ -1752,8 +1753,9 @@ def _reading(layered: Layered, p: Point, state: State):
     if id(p) in state.row_only:
         return None                  # probed to be read against a row only
     jac = layered.jacobian(p.x, layered.depth)
+    zs = layered.preacts(p.x[None])
     units = None
-    if _dependent(jac, layered.preacts(p.x[None])):
+    if _dependent(jac, zs):
         units = _active(layered, state, p.x, jac) if layered.depth > 1 else None
         if units is None or p.dirs is not None and _dependent(p.dirs @ jac[units].T):
             # too many units on there for the rank, or probed for other units (they do not
@@ -1771,7 +1773,6 @@ def _reading(layered: Layered, p: Point, state: State):
         # such reading turned a unit the wrong way (random 29-27-17-6-5-1 s5338: a layer-2
         # unit on for 7% of inputs, oriented by one kink probed for layer 3)
         return None
-    zs = layered.preacts(p.x[None])
     z = zs[-1][0]
     if np.abs(z).min() == 0:
         return None
@@ -1878,17 +1879,6 @@ def _close_pairs(sigma: np.ndarray, on: np.ndarray, cond: np.ndarray,
 CLUSTER_BLOCK = 1 << 14   # pairs times entries compared at once by _cluster
 
 
-def _line_grid(signed: Layered, line: Line) -> tuple:
-    """``(line, pts, h, known)``: the kinks of ``signed`` on ``line`` within :data:`IN_RANGE`
-    of its half length (``known``), the pieces' ends ``pts`` they make, and the outputs ``h``
-    of ``signed`` there: a new layer's kinks on the line are where ``h @ W.T + b`` changes
-    sign between them, as :meth:`Layered.kinks` of the layers appended finds them."""
-    reach = IN_RANGE * line.half
-    known = signed.kinks(line.x0, line.v, reach)[0]
-    pts = np.sort(np.concatenate([[-reach, reach], known]))
-    return line, pts, np.maximum(signed.preacts(line.x0 + pts[:, None] * line.v)[-1], 0.0), known
-
-
 def _verified(run: Run, signed: Layered, state: State, rows: np.ndarray,
               gaps: Optional[list] = None, memo: Optional[dict] = None,
               share: float = MISS_SHARE, least: int = 0) -> np.ndarray:
@@ -1913,9 +1903,9 @@ def _verified(run: Run, signed: Layered, state: State, rows: np.ndarray,
         if not todo.size:
             continue
         line = state.lines[li]
-        if (li, id(line)) not in grids:
-            grids[li, id(line)] = _line_grid(signed, line)
-        pts, h_end, known = grids[li, id(line)][1:]
+        if (li, id(line)) not in grids:      # (the line kept: its id stays its own)
+            grids[li, id(line)] = (line, pieces(signed, line, IN_RANGE * line.half))
+        pts, h_end, known = grids[li, id(line)][1]
         t, unit = crossings(pts, h_end @ rows[todo].T + 1.0)
         unit = todo[unit]
         if line.half < state.lines[0].half and known.size and t.size:
