@@ -74,7 +74,7 @@ class Line:
     measured: set = field(default_factory=set)   # kink indices measured already
     done_for: Optional[object] = None            # the model its kinks were last read with
     pieces: Optional[np.ndarray] = None   # line 0's slopes, from its pieces' gradients (its
-                                          # kinks are read in full: only _flat_at uses them)
+                                          # kinks are read in full: only flat_at uses them)
 
 
 @dataclass(frozen=True)
@@ -158,7 +158,7 @@ GAP_COND = 1e-8   # an output fit completes entries with features whose singular
 UNPROBED = 1e-9   # a unit whose gradient the probes of a kink see below this share of the
                   # most seen one is read as nil there (see read_jump)
 FLAT = 1e-9       # a linear piece whose slope is below this share of its line's steepest is
-                  # flat: the answers are constant there (see _flat_at)
+                  # flat: the answers are constant there (see flat_at)
 
 
 @dataclass
@@ -237,13 +237,13 @@ def plane_hits(run: Run, rows: np.ndarray, lines: list, skip: np.ndarray):
     misses = np.zeros(rows.shape[0], int)
     for li, line in enumerate(lines):
         t, _, near = plane_kinks(run, rows, line)
-        test = (np.abs(t) < IN_RANGE * line.half) & (skip != li) & ~_flat_at(line, t)
+        test = (np.abs(t) < IN_RANGE * line.half) & (skip != li) & ~flat_at(line, t)
         hits += test & near
         misses += test & ~near
     return hits, misses
 
 
-def _flat_at(line: Line, t: np.ndarray) -> np.ndarray:
+def flat_at(line: Line, t: np.ndarray) -> np.ndarray:
     """Whether the answers are constant on ``line`` around each ``t`` (between the found kinks
     on either side): no unit's kink can show there (random 6-3-2-1 s3014: where its only
     layer-2 unit is off, the layer-1 boundaries leave no kink on a line)."""

@@ -2080,6 +2080,55 @@ def test_a_unit_that_missed_one_early_kink_is_kept_once_its_hits_grow(seed):
     assert not later[1]
 
 
+@settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck))
+@given(seed=st.integers(0, 10_000))
+def test_a_unit_is_not_held_to_kinks_where_the_answers_were_flat(seed):
+    """Where the answers are constant between two found kinks, a bump of several kinks that
+    ends where it began can hide between the search's points: a unit's predicted kink there
+    is no miss (random 13-7-5-4-4 s3939: an exact layer-2 unit missed 6-12 of about 100
+    crossings so and was dropped). Off a flat piece such a miss still counts, and a wrong row
+    stays rejected."""
+    from fidelity import peel
+    from fidelity.deepstate import Line, State
+    signed, rows, true = _first_two_layers(seed)
+    rng = np.random.default_rng(seed)
+    lines, flat, bumps = [], [], 0
+    for _ in range(200):
+        x0, v = rng.normal(size=8), rng.normal(size=8)
+        v /= np.linalg.norm(v)
+        t, layer, unit = true.kinks(x0, v, 30.0)
+        mine = (layer == 2) & (unit == 0)
+        if len(lines) < 30 or not mine.any() or bumps >= 8:
+            lines.append(Line(x0, v, t, None, 30.0))
+            flat.append(None)
+            continue
+        # the search saw neither this unit's kinks nor what lies between them: one flat piece
+        k = np.flatnonzero(mine)
+        t = np.concatenate([t[:k[0]], t[k[-1] + 1:]])
+        slopes = np.ones((t.size + 1, 1))
+        slopes[k[0]] = 0.0
+        lines.append(Line(x0, v, t, slopes, 30.0))
+        flat.append(k[0])
+        bumps += 1
+    assume(bumps >= 8)
+    hits = sum(int(((lay == 2) & (u == 0)).sum()) for lay, u in
+               (true.kinks(line.x0, line.v, 30.0)[1:] for line, f in zip(lines, flat)
+                if f is None))
+    assume(hits >= 8)
+    wrong = np.abs(rows[:1]).mean() * rng.normal(size=(1, rows.shape[1]))
+    both = np.concatenate([rows[:1], wrong])
+    tested = signed.appended(wrong, np.ones(1))
+    assume(any((tested.kinks(line.x0, line.v, 30.0)[1] == 2).any() for line in lines))
+    kept = peel._verified(None, signed, State(lines=lines, points=[], infos=[]), both)
+    assert kept[0] and not kept[1]
+    # the same misses on pieces that were not flat
+    sloped = [Line(ln.x0, ln.v, ln.t, None if ln.slopes is None else np.ones_like(ln.slopes),
+                   ln.half) for ln in lines]
+    if 8 > peel.MISS_SHARE * hits:
+        assert not peel._verified(None, signed, State(lines=sloped, points=[], infos=[]),
+                                  rows[:1])[0]
+
+
 def test_a_check_still_failed_after_the_aimed_searches_sends_the_layer_before_searching(
         former_reading):
     """Random 40-20-10-10-1 s60: the check found inputs where the network was wrong, and two
@@ -2315,12 +2364,15 @@ def test_a_refusal_says_how_far_the_layer_by_layer_recovery_got(monkeypatch):
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
-@given(seed=st.integers(0, 10_000))
-def test_a_kink_too_rank_deficient_to_read_alone_is_read_against_a_known_row(seed):
+@given(seed=st.integers(0, 10_000), noise=st.sampled_from([0.0, 3e-6]))
+def test_a_kink_too_rank_deficient_to_read_alone_is_read_against_a_known_row(seed, noise):
     # random 38-28-23-23-1 s5856: three layer-3 units with 36-91 kinks each, rows right to
     # 1e-7 on the entries seen, kept 1-5 entries unseen: their kinks where those layer-2
     # units are on have more units on than layer 2's Jacobian has rank, and were skipped.
-    # With the rest of the row known, the entry follows from the jump (a few unknowns)
+    # With the rest of the row known, the entry follows from the jump (a few unknowns).
+    # ``noise``: the jump off by that share, as a window's kink among many deeper ones is
+    # probed with short steps (51-45-45-32-28-1 s9855: its layer-3 unit's kinks 2-9e-6 off,
+    # refused at 1e-6; another unit's row misses by 0.75 or more)
     from hypothesis import assume
     from fidelity.deepstate import Point, State
     from fidelity.peel import _against_row, _dependent
@@ -2345,14 +2397,19 @@ def test_a_kink_too_rank_deficient_to_read_alone_is_read_against_a_known_row(see
             null -= (pinv @ (jac[on] @ null.T)).T
             dirs = np.concatenate([dirs, null / np.linalg.norm(null, axis=1)[:, None]])
             grad = (rows[0] * on) @ jac                # the kink's jump, up to scale
-            p = Point(0, 0.0, x, dirs, (dirs @ grad)[:, None] * 0.7, 2)
+            jump = dirs @ grad
+            p = Point(0, 0.0, x, dirs, jump[:, None] * 0.7, 2)
             i = int(np.flatnonzero(on)[0])
-            state = State([], [], [])
-            if not _against_row(layered, np.ones(8), state, p, rows[0],
+            if not _against_row(layered, np.ones(8), State([], [], []), p, rows[0],
                                 np.array([i]), i):
                 continue                # the rank leaves the entry undetermined there
+            jump = jump + noise * np.linalg.norm(jump) * rng.normal(size=jump.size) / np.sqrt(
+                jump.size)
+            p = Point(0, 0.0, x, dirs, jump[:, None] * 0.7, 2)
+            state = State([], [], [])
+            assert _against_row(layered, np.ones(8), state, p, rows[0], np.array([i]), i)
             got = state.solved[id(p)][2]
-            assert abs(got[i] - rows[0][i]) <= 1e-7 * np.abs(rows[0]).max()
+            assert abs(got[i] - rows[0][i]) <= (1e-7 + 300 * noise) * np.abs(rows[0]).max()
             assert not _against_row(layered, np.ones(8), State([], [], []), p, rows[1],
                                     np.array([i]), i)
             return
