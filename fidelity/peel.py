@@ -984,7 +984,7 @@ def _against_row(layered: Layered, signs: np.ndarray, state: State, p: Point, ro
     sol, _, _, sv_lhs = np.linalg.lstsq(lhs, rhs, rcond=None)
     if sv_lhs[-1] <= sv_lhs[0] / MAX_COND:
         return False
-    resid = np.linalg.norm(lhs @ sol - rhs) / np.linalg.norm(rhs)
+    resid = np.linalg.norm(lhs @ sol - rhs) / max(np.linalg.norm(rhs), 1e-300)
     if resid > AGAINST_FIT:
         return False
     full = np.where(known, row, 0.0)
@@ -1898,7 +1898,8 @@ def _verified(run: Run, signed: Layered, state: State, rows: np.ndarray,
     counted on later lines while it has missed at most :data:`FEW_MISSES`. ``memo``
     remembers, per row, the lines it passed and its kinks found and missed (only later lines
     are looked at again). ``share``, ``least``: at most this share missed (the same for
-    later lines), at least this many found."""
+    later lines), at least this many found. A predicted kink where the line's answers were
+    constant between two found kinks (:func:`~fidelity.deepstate.flat_at`) tells nothing."""
     cache = {} if memo is None else memo.setdefault(("verified", share), {})
     grids = {} if memo is None else memo.setdefault("grids", {})
     keys = [(r.tobytes(), None if gaps is None else tuple(np.asarray(gaps[j]).tolist()))
