@@ -54,7 +54,8 @@ AGAINST_FIT = 1e-4    # relative residual of a kink read against a known row (_a
                       # 51-45-45-32-28-1 s9855: its layer-3 unit's true kinks 2-9e-6, the deeper
                       # units' kinks tried against its row 0.75 and more)
 VANISH_SLACK = 10.0   # ... and the row so completed vanishes there within this many times that
-                      # residual times the condition of its least-squares problem
+                      # residual times the condition of its least-squares problem (at least
+                      # AGAINST_ROW, at most 10 AGAINST_FIT)
 FILL_TRIES = 3        # windows that find nothing before a group of kinks is given up
 FEW_UNEXPLAINED = 0.02  # at most this share of kinks unexplained: a unit missing, not a layer
 MAX_REPAIRS = 8       # kinks measured in full to find layer-1 units that line 0 missed
@@ -1138,14 +1139,15 @@ def _measure_unexplained(run: Run, mcfg: MeasureConfig, layered: Layered, state:
         state.unread.discard((li, float(line.t[k])))     # (again when it cannot be read)
         x = line.x0 + line.t[k] * line.v
         jac = layered.jacobian(x, m)
-        if h > d or _dependent(jac, layered.preacts(x[None])):
+        zs = layered.preacts(x[None])
+        if h > d or _dependent(jac, zs):
             units = _active(layered, state, x, jac) if m > 1 else None
             if units is None and on_only and m > 1 and found is not None \
                     and found.signs.size == h and h <= d:
                 # a fill window's kink where the units on outnumber the rank: probed along
                 # them all the same, it is read against the row of the unit the window is for
                 # (_against_row)
-                units = found.signs * layered.preacts(x[None])[-1][0] > 0
+                units = found.signs * zs[-1][0] > 0
                 units = units if units.any() else None
                 if units is not None:
                     row_only.add(k)
@@ -1168,7 +1170,7 @@ def _measure_unexplained(run: Run, mcfg: MeasureConfig, layered: Layered, state:
         # yet) is probed
         on = np.ones(h, bool)
         if on_only and found is not None and found.signs.size == h:
-            on = found.signs * layered.preacts(x[None])[-1][0] > 0
+            on = found.signs * zs[-1][0] > 0
             on[list(found.dead)] = True
         own = _probes(run, k, x, jac)
         if on.all():
