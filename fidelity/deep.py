@@ -55,6 +55,7 @@ BACKTRACK_PATIENCE = 1  # ... with this many times the patience (3 found the sam
 MAX_AIMED = 2         # ... or from lines through the inputs where the check failed
 AIM_LINES = 4         # ... at most this many of them, wrong by more than AIM_ABOVE times
 MISFIT_DROPS = 16     # inputs an output fit may leave out to aim lines at them (_misfit)
+MISFIT_MORE = 4       # ... among at least this many answers per feature of the fit, if none
 AIM_ABOVE = 100.0     # the check's tolerance: a unit missing, not rows a little off (random
                       # 784-64-32-10 s1, checked at 1.6e-8, spent 250k queries searching again)
 NEAR_RADII = (0.01, 0.03, 0.1)   # radii (times input_scale) of more check inputs, one per
@@ -295,7 +296,7 @@ def _layers(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, state: Stat
         # 100-50-50-50-10 s0: 2,527 of 3,000, its layer-2 units on for 98% and 99% of inputs
         # missed, and every retry found the same 48)
         state.layer_kinks.pop(layered.depth, None)
-        state.aims += _misfit(layered, state)
+        state.aims += _misfit(run, layered, state)
         set_aside(state)
         run.note(Kind.LAYER_INCOMPLETE, f"layer {layered.depth} did not explain the outputs "
                  f"and nothing fits a deeper layer: its search goes on with "
@@ -325,7 +326,7 @@ def _searched_back(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, stat
     when nothing fits layer ``m + 1`` nor completes layer ``m`` (``layered`` has depth
     ``m``; ``below`` the models one layer shallower, its last dropped here; ``aside``: the
     layers whose infos are set aside, :func:`~fidelity.deepstate.set_aside`)."""
-    state.aims += _misfit(layered, state)
+    state.aims += _misfit(run, layered, state)
     set_aside(state, aside)
     # the deeper kinks were read over a layer m - 1 that likely misses a unit: the
     # searches of layers m and m + 1 over the new one get their max_kinks again, and
@@ -1468,16 +1469,19 @@ def _off(net: ReLUNetwork, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.abs(np.asarray(net(x)) - y).max(1) / max(float(np.abs(y).max()), 1e-300)
 
 
-def _misfit(layered: Layered, state: State) -> list:
+def _misfit(run: Run, layered: Layered, state: State) -> list:
     """The inputs of the last output fit that it could not fit (``state.unfitted``), worst
-    first, at most :data:`AIM_LINES`: left out one at a time, the one the others predict
-    worst (its residual over ``1 - leverage``: least squares spreads a miss's error over the
-    inputs that pin the same coefficients) until the others fit, at most
-    :data:`MISFIT_DROPS` of them; those left out that this fit then predicts are no misses.
-    A unit of the last layer on for 0.01% of inputs that no random line crosses is on at
-    some of the inputs picked to make the units found stand out (random 40-20-10-10-1 s8:
-    2-3 of 90 each fit), and every line through one crosses it.
-    Empty when the fit fails at more (a unit often on is missing: random lines find it)."""
+    first, at most :data:`AIM_LINES` (:func:`_dropped`). A unit of the last layer on for
+    0.01% of inputs that no random line crosses is on at some of the inputs picked to make
+    the units found stand out (random 40-20-10-10-1 s8: 2-3 of 90 each fit), and every line
+    through one crosses it. Where none is found among fewer than :data:`MISFIT_MORE` times
+    as many answers as the fit has features, random ones are asked up to that, once, for
+    this look alone: with about two per feature, least squares spreads a few misses over
+    most answers (trained digits 784-64-32-10, training seed 1: 184 answers for 94
+    features, 4 where three units on for 0.5-1% of inputs are on, which no random line
+    crossed; the fit left 64 answers off, and no 16 left out made it fit. With 200 more,
+    the first 4 left out were those). Empty when the fit fails at more (a unit often on is
+    missing: random lines find it)."""
     if state.unfitted is None:
         return []
     x, y = state.unfitted
@@ -1485,9 +1489,27 @@ def _misfit(layered: Layered, state: State) -> list:
     # (random 10-20-20-1 s4: a layer-2 unit on for 99.97% of inputs, on at all 4,157 answers
     # a check left unfitted; a unit on for 0.03% on at one of them)
     feats = _with_linear(layered, x)
+    out = _dropped(feats, x, y)
+    more = MISFIT_MORE * feats.shape[1] - x.shape[0]
+    if out or more <= 0 or not run.room(more):
+        return out
+    # from a stream of their own: the run's lines stay as they were
+    xm = fresh_points(run, more, SPREAD, np.random.default_rng([run.seed, 53, x.shape[0]]))
+    x, y = np.concatenate([x, xm]), np.concatenate([y, run.query("output")(xm)])
+    return _dropped(_with_linear(layered, x), x, y)
+
+
+def _dropped(feats: np.ndarray, x: np.ndarray, y: np.ndarray) -> list:
+    """The inputs ``x`` that an affine fit of ``y`` over ``feats`` leaves off, worst first, at
+    most :data:`AIM_LINES`: left out one at a time, the one the others predict worst (its
+    residual over ``1 - leverage``: least squares spreads a miss's error over the inputs
+    that pin the same coefficients) until the others fit, at most :data:`MISFIT_DROPS` of
+    them or a sixteenth of the answers; those left out that this fit then predicts are no
+    misses. Empty when no such drops make it fit."""
     scale = max(float(np.abs(y).max()), 1e-300)
     keep, dropped = np.ones(x.shape[0], bool), []
-    for _ in range(MISFIT_DROPS + 1):
+    most = max(MISFIT_DROPS, x.shape[0] // 16)
+    for _ in range(most + 1):
         if keep.sum() <= feats.shape[1]:
             return []
         coef, fits = affine_fit(feats[keep], y[keep])
@@ -1498,7 +1520,7 @@ def _misfit(layered: Layered, state: State) -> list:
             tol = fit_tolerance(y[keep])       # as affine_fit judged the rest
             return [x[i] for i in dropped
                     if np.abs(feats[i] @ coef - y[i]).max() > tol][:AIM_LINES]
-        if len(dropped) == MISFIT_DROPS:
+        if len(dropped) == most:
             return []
         u, sv, _ = np.linalg.svd(feats[keep], full_matrices=False)
         u = u[:, sv > 1e-10 * sv[0]]
