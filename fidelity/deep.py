@@ -1495,8 +1495,8 @@ def _misfit(run: Run, layered: Layered, state: State) -> list:
         return out
     # from a stream of their own: the run's lines stay as they were
     xm = fresh_points(run, more, SPREAD, np.random.default_rng([run.seed, 53, x.shape[0]]))
-    x, y = np.concatenate([x, xm]), np.concatenate([y, run.query("output")(xm)])
-    return _dropped(_with_linear(layered, x), x, y)
+    return _dropped(np.concatenate([feats, _with_linear(layered, xm)]),
+                    np.concatenate([x, xm]), np.concatenate([y, run.query("output")(xm)]))
 
 
 def _dropped(feats: np.ndarray, x: np.ndarray, y: np.ndarray) -> list:

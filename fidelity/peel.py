@@ -491,7 +491,7 @@ def _completed(run: Run, mcfg: MeasureConfig, layered: Layered, found: _Found,
     rows = np.concatenate([rows[:n_full], np.array([r for _, _, r in kept])])
     unread = sorted((n_full + k, i) for k, (j, _, _) in enumerate(kept)
                     for (u, i) in unread if u == n_full + j)
-    units = list(range(found.rows.shape[0], rows.shape[0]))
+    units = list(range(n_full, rows.shape[0]))
     state.filled = tuple((layered.depth + 1, u, tuple(int(i) for i in c[1]))
                          for u, c in zip(units, gapped))
     if unread:

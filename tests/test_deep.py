@@ -2836,8 +2836,9 @@ def _rare_unit_left_out(seed: int, count: int) -> tuple:
     model = Layered((w[0], w[1][keep]), (b[0], b[1][keep]))
     p = sizes[2] - 1 + sizes[1] + 1                          # the fit's features
     xs = np.concatenate([x[~on][:p - count], x[on][:count]])    # as many as the features
-    state = State([], [], [], unfitted=(xs, np.asarray(F.ReLUNetwork(w, b)(xs))))
-    return (F.ReLUNetwork(w, b), model, state, p,
+    victim = F.ReLUNetwork(w, b)
+    state = State([], [], [], unfitted=(xs, np.asarray(victim(xs))))
+    return (victim, model, state, p,
             lambda pts: hidden.preacts(np.array(pts))[1][:, unit] > 0)
 
 
