@@ -297,6 +297,12 @@ def _layers(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, state: Stat
         # missed, and every retry found the same 48)
         state.layer_kinks.pop(layered.depth, None)
         state.aims += _misfit(run, layered, state)
+        if retries == 1 and layered.depth >= 2:
+            # and through the inputs where each unit of the layer before is alone: a unit
+            # of layer m seldom off (or on) is off (on) at one of them (random
+            # 40-20-10-10-1 s225: a layer-2 unit on for 99.5% of inputs, missed by the
+            # search and its two retries; refused at layer 3 after 107,439 queries)
+            state.aims += list(_alone(run, layered, [layered.depth - 1], len(state.lines)))
         set_aside(state)
         run.note(Kind.LAYER_INCOMPLETE, f"layer {layered.depth} did not explain the outputs "
                  f"and nothing fits a deeper layer: its search goes on with "
@@ -1393,6 +1399,9 @@ def _check(run: Run, cfg: DeepConfig, net: ReLUNetwork, state: State) -> float:
     if state.linear is not None:
         xc = np.concatenate([xc, _linear_extremes(run, net, state.linear,
                                                        state.check_count)])
+    hidden = Layered(tuple(net.weights[:-1]), tuple(net.biases[:-1]))
+    xc = np.concatenate([xc, _alone(run, hidden, range(1, hidden.depth),
+                                    len(run.check_log))])
     yc, err = point_error(run, net, xc, cfg.check_tol)
     state.checked = (xc, yc)
     wrong = _far_off(err, cfg)
@@ -1400,6 +1409,73 @@ def _check(run: Run, cfg: DeepConfig, net: ReLUNetwork, state: State) -> float:
     if wrong.size:
         state.unfitted = (xc, yc)      # what a layer searched again must fit (fidelity.peel)
     return float(err.max())
+
+
+ALONE_POOL = 4096    # model-only draws an input where a unit is alone starts from (_alone)
+ALONE_STARTS = 4     # ... from this many of them per unit
+ALONE_STEPS = 200    # ... and the steps of the ascent from there (no query)
+ALONE_WORK = 2e10    # ... fewer where they would take more multiply-adds than this
+
+
+def _alone(run: Run, hidden: Layered, layers, key: int) -> np.ndarray:
+    """Per unit of each of ``layers`` (1-based, signed), an input where it is the only unit
+    of its layer on, as nearly as an ascent on the model finds one (no query). A unit of the
+    next layer that random inputs seldom switch on is on where a unit it weighs positively
+    is alone, and one seldom off is off where a unit it weighs negatively is: its other
+    entries then add nothing (random 40-20-10-10-1 s222 and s236 came back 'ok' without
+    layer-3 units on for 0.005% and 0.02% of inputs, 1e-3 and 1.5e-2 off there; each is on
+    where the unit of its one positive entry is alone). Drawn from a stream of their own
+    (``key``), as :func:`_spread` draws."""
+    pool = fresh_points(run, _pool_size(run, 1, ALONE_POOL), SPREAD,
+                        np.random.default_rng([run.seed, 59, key]))
+    out = [np.zeros((0, run.d))]
+    for l in layers:
+        part = Layered(hidden.weights[:l], hidden.biases[:l])
+        out.append(_ascended(part, pool))
+    return np.concatenate(out)
+
+
+def _ascended(part: Layered, pool: np.ndarray) -> np.ndarray:
+    """Per unit ``j`` of ``part``'s last layer, from the input of the ``pool`` where ``h_j`` has
+    the largest share of the layer's outputs, the input an ascent of ``h_j`` less the layer's
+    other outputs along the sphere of its radius finds highest: where ``j`` is most alone.
+    (Started from where that difference is largest, the ascents stayed far out, where some
+    units could not be alone: random 40-20-10-10-1 s222's rare layer-3 unit was off at all.)"""
+    w = part.widths[-1]
+    coef = np.full((w, w), -1.0)
+    np.fill_diagonal(coef, 1.0)
+
+    def alone(x):                      # row j: h_j - sum of the others at x[j]
+        return (coef * np.maximum(part.preacts(x)[-1], 0.0)).sum(1)
+
+    h = np.maximum(part.preacts(pool)[-1], 0.0)
+    share = h / np.sqrt((h ** 2).sum(1, keepdims=True) + 1.0)
+    # bounded work: fewer starts, then fewer steps, for wide layers of many inputs
+    work = w * sum(a.size for a in part.weights)           # multiply-adds of a step, a start
+    reps = int(np.clip(ALONE_WORK // (work * ALONE_STEPS), 1, ALONE_STARTS))
+    steps = int(np.clip(ALONE_WORK // (work * reps), ALONE_STEPS // 10, ALONE_STEPS))
+    starts = np.argsort(-share, axis=0)[:reps]                      # (reps, w): largest
+    coef = np.tile(coef, (starts.shape[0], 1))
+    x = pool[starts.ravel()]
+    best, score = x.copy(), alone(x)
+    radius = np.linalg.norm(x, axis=1, keepdims=True)
+    for i in range(steps):
+        zs = part.preacts(x)
+        g = coef * (zs[-1] > 0)
+        for l in range(part.depth - 1, -1, -1):          # back through the layers
+            g = g @ part.weights[l]
+            if l:
+                g = g * (zs[l - 1] > 0)
+        g -= (g * x).sum(1, keepdims=True) * x / radius ** 2        # along the sphere
+        step = 0.02 * radius * (1.0 - i / steps)
+        x = x + step * g / np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-300)
+        x = x * radius / np.linalg.norm(x, axis=1, keepdims=True)
+        now = alone(x)
+        better = now > score
+        best[better], score[better] = x[better], now[better]
+    # the start whose ascent ends most alone, for its radius
+    pick = np.argmax((score / np.linalg.norm(best, axis=1)).reshape(-1, w), 0)
+    return best.reshape(-1, w, best.shape[1])[pick, np.arange(w)]
 
 
 PRECHECK = 64         # fresh inputs (and as many where the part is extreme) a linear part
