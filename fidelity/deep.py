@@ -53,6 +53,9 @@ MAX_BACKTRACKS = 1    # ... or the layer before it, when that did not help
 BACKTRACK_PATIENCE = 1  # ... with this many times the patience (3 found the same units of
                         # random 40-20-10-10-1 s5 and s6 with 40k more queries each)
 MAX_AIMED = 2         # ... or from lines through the inputs where the check failed
+MAX_AIMED_ALL = 4     # ... at most this many times in all (twice, then the layer before once:
+                      # random 10-10-10-1 s212, with no layer before to search, came back
+                      # 'unverified' after two; exact after three, at 7,087 queries)
 AIM_LINES = 4         # ... at most this many of them, wrong by more than AIM_ABOVE times
 MISFIT_DROPS = 16     # inputs an output fit may leave out to aim lines at them (_misfit)
 MISFIT_MORE = 4       # ... among at least this many answers per feature of the fit, if none
@@ -187,8 +190,8 @@ def _layers(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, state: Stat
         if out is not None:
             if err <= cfg.check_tol or not below or not state.missed.size:
                 return _reach(run, cfg, state)
-            back = aimed >= MAX_AIMED
-            if back and (aimed_back or len(below) < 2):
+            back = aimed >= MAX_AIMED and not aimed_back and len(below) >= 2
+            if not back and aimed >= MAX_AIMED_ALL:
                 return _reach(run, cfg, state)
             # the check found inputs where the network is wrong: a unit that no searched line
             # crossed is switched there (random 9-9-8-2 s5490: a layer-2 unit on for 0.8% of
@@ -196,7 +199,8 @@ def _layers(run: Run, cfg: DeepConfig, mcfg: MeasureConfig, use_jit, state: Stat
             # twice and still wrong there: a unit of the layer before, switched there, may be
             # missing, and the last layer's rows a little off where it is on; that layer is
             # searched again from such lines, once (random 40-20-10-10-1 s62: 'unverified'
-            # after two searches of layer 3, exact after one of layer 2)
+            # after two searches of layer 3, exact after one of layer 2); then the last layer
+            # again, up to MAX_AIMED_ALL searches in all
             state.aims = list(state.missed[:AIM_LINES])
             if back:
                 aimed_back = True
