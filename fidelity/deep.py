@@ -714,8 +714,10 @@ def _second_opinion(run: Run, mcfg: MeasureConfig, state: State, rows: np.ndarra
                     doubt: float = 1e-11) -> np.ndarray:
     """A layer-1 row that misses its kinks on the other lines by more than ``doubt`` and 30x
     the typical row (a probe of its regions crossed a boundary) is measured again at one of
-    those kinks, in full; the row that misses its kinks least is kept."""
+    those kinks, in full; the row that misses its kinks least is kept, and none where the new
+    one is another row's plane."""
     res, at = _kink_residuals(run, rows, state.lines)
+    drop = np.zeros(rows.shape[0], bool)
     others = res[:, 1:]
     worst = np.where(np.isnan(others), 0, others).max(1) if others.size else np.zeros(0)
     typical = np.median(worst) if worst.size else 0.0
@@ -734,8 +736,16 @@ def _second_opinion(run: Run, mcfg: MeasureConfig, state: State, rows: np.ndarra
         new_miss = np.nanmax(new_res) if (~np.isnan(new_res)).sum() >= (
             ~np.isnan(old_res)).sum() else np.inf
         if new_miss < old_miss:
-            rows[i] = new
-    return rows
+            cos = rows @ new / (np.linalg.norm(rows, axis=1) * np.linalg.norm(new))
+            if (np.abs(np.delete(cos, i)) > 1.0 - 1e-6).any():
+                # measured again, it is another row's plane: the row was a deeper kink's,
+                # which predicted the other lines' kinks of that plane closely enough (random
+                # 10-10-10-1 s204 kept it as a second copy of a plane; 11 planes for 10
+                # inputs were refused as an expansive layer 1)
+                drop[i] = True
+            else:
+                rows[i] = new
+    return rows[~drop]
 
 
 # ---------------------------------------------------------------------------- polish
@@ -1418,7 +1428,8 @@ def _check(run: Run, cfg: DeepConfig, net: ReLUNetwork, state: State) -> float:
 ALONE_POOL = 4096    # model-only draws an input where a unit is alone starts from (_alone)
 ALONE_STARTS = 4     # ... from this many of them per unit
 ALONE_STEPS = 200    # ... and the steps of the ascent from there (no query)
-ALONE_WORK = 2e10    # ... fewer where they would take more multiply-adds than this
+ALONE_WORK = 1e9     # ... fewer where they would take more multiply-adds than this (a
+                     # start per unit for 784-64-32-10's layer 1, whose four took 2 s a check)
 
 
 def _alone(run: Run, hidden: Layered, layers, key: int) -> np.ndarray:
@@ -1448,10 +1459,6 @@ def _ascended(part: Layered, pool: np.ndarray) -> np.ndarray:
     w = part.widths[-1]
     coef = np.full((w, w), -1.0)
     np.fill_diagonal(coef, 1.0)
-
-    def alone(x):                      # row j: h_j - sum of the others at x[j]
-        return (coef * np.maximum(part.preacts(x)[-1], 0.0)).sum(1)
-
     h = np.maximum(part.preacts(pool)[-1], 0.0)
     share = h / np.sqrt((h ** 2).sum(1, keepdims=True) + 1.0)
     # bounded work: fewer starts, then fewer steps, for wide layers of many inputs
@@ -1461,10 +1468,15 @@ def _ascended(part: Layered, pool: np.ndarray) -> np.ndarray:
     starts = np.argsort(-share, axis=0)[:reps]                      # (reps, w): largest
     coef = np.tile(coef, (starts.shape[0], 1))
     x = pool[starts.ravel()]
-    best, score = x.copy(), alone(x)
+    best, score = x.copy(), np.full(x.shape[0], -np.inf)
     radius = np.linalg.norm(x, axis=1, keepdims=True)
-    for i in range(steps):
+    for i in range(steps + 1):
         zs = part.preacts(x)
+        now = (coef * np.maximum(zs[-1], 0.0)).sum(1)     # h_j less the others, at x[j]
+        better = now > score
+        best[better], score[better] = x[better], now[better]
+        if i == steps:
+            break
         g = coef * (zs[-1] > 0)
         for l in range(part.depth - 1, -1, -1):          # back through the layers
             g = g @ part.weights[l]
@@ -1474,9 +1486,6 @@ def _ascended(part: Layered, pool: np.ndarray) -> np.ndarray:
         step = 0.02 * radius * (1.0 - i / steps)
         x = x + step * g / np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-300)
         x = x * radius / np.linalg.norm(x, axis=1, keepdims=True)
-        now = alone(x)
-        better = now > score
-        best[better], score[better] = x[better], now[better]
     # the start whose ascent ends most alone, for its radius
     pick = np.argmax((score / np.linalg.norm(best, axis=1)).reshape(-1, w), 0)
     return best.reshape(-1, w, best.shape[1])[pick, np.arange(w)]

@@ -2939,3 +2939,14 @@ def test_a_unit_seldom_off_is_found_from_where_a_unit_before_it_is_alone():
     x = np.random.default_rng(1).normal(size=(100_000, 40))
     y = np.asarray(victim(x))
     assert np.abs(np.asarray(result.network(x)) - y).max() <= 1e-9 * np.abs(y).max()
+
+
+def test_a_deeper_kink_read_as_a_plane_is_not_kept_as_a_second_copy_of_one():
+    # random 10-10-10-1 s204: a kink of line 0 that a layer-2 unit made predicted the other
+    # lines' kinks of a layer-1 plane; measured again there, it became a second copy of that
+    # plane, and 11 planes for 10 inputs were refused as an expansive layer 1
+    victim = F.ReLUNetwork.random(204, [10, 10, 10, 1])
+    result = F.extract(F.Oracle(victim), seed=0)
+    assert result.status == "ok"
+    assert [i.width for i in result.layers] == [10, 10]
+    _exact(victim, result, rel=1e-12, param=1e-11)
