@@ -2213,7 +2213,7 @@ def test_the_check_looks_near_the_origin_where_a_unit_seldom_on_is_often_on():
         n_near = deep._near_count(cfg)
         near = np.linalg.norm(x[cfg.check_points:cfg.check_points + n_near], axis=1)
         assert (near / np.sqrt(40)).max() < 0.2
-        assert x.shape[0] == cfg.check_points + n_near + 20 + 10   # and where units are alone
+        assert x.shape[0] == cfg.check_points + n_near + 21 + 11   # and where units are alone
     assert missed_far >= 2
 
 
@@ -2882,8 +2882,9 @@ def test_the_answers_added_to_a_short_fit_tell_where_a_rare_unit_is_on(seed, cou
 
 # random victims of the shapes with a unit that random inputs seldom switch: layer-2
 # units of 10-10-10-1 on for 0.2% and 0.01% of inputs, layer-3 units of 40-20-10-10-1 on
-# for 0.005-0.02%, and a layer-2 unit of 40-20-10-10-1 s225 on for 99.5% (last: off)
-_SELDOM = [((10, 10, 10, 1), 212, 2, 1, True), ((10, 10, 10, 1), 212, 2, 5, True),
+# for 0.005-0.02%, a layer-2 unit of 40-20-10-10-1 s225 on for 99.5% (off), and one of
+# 10-10-10-1 s299 on for 0.07%, all of whose entries are negative (on where none is on)
+_SELDOM = [((10, 10, 10, 1), 299, 2, 1, True), ((10, 10, 10, 1), 212, 2, 1, True), ((10, 10, 10, 1), 212, 2, 5, True),
            ((10, 10, 10, 1), 234, 2, 6, True), ((40, 20, 10, 10, 1), 222, 3, 9, True),
            ((40, 20, 10, 10, 1), 236, 3, 0, True), ((40, 20, 10, 10, 1), 225, 2, 6, False)]
 
@@ -2903,7 +2904,7 @@ def test_a_unit_seldom_switched_switches_where_a_unit_of_the_layer_before_is_alo
     run = Run(F.Oracle(victim), seed=seed, t_max=30.0, input_scale=1.0, step_cap=1e-3,
               check_reserve=0, crossing_rel_error=1e-9)
     x = _alone(run, hidden, [layer - 1], seed)
-    assert x.shape == (sizes[layer - 1], sizes[0]) and run.oracle.queries == 0
+    assert x.shape == (sizes[layer - 1] + 1, sizes[0]) and run.oracle.queries == 0
     z = hidden.preacts(x)[layer - 1][:, unit]
     assert ((z > 0) if on else (z < 0)).any()
     rng = np.random.default_rng(seed)
