@@ -2885,8 +2885,9 @@ def test_the_answers_added_to_a_short_fit_tell_where_a_rare_unit_is_on(seed, cou
 # for 0.005-0.02%, a layer-2 unit of 40-20-10-10-1 s225 on for 99.5% (off), and one of
 # 10-10-10-1 s299 on for 0.07%, all of whose entries are negative (on where none is on)
 _SELDOM = [((10, 10, 10, 1), 299, 2, 1, True), ((10, 10, 10, 1), 212, 2, 1, True),
-           ((10, 10, 10, 1), 212, 2, 5, True), ((10, 10, 10, 1), 234, 2, 6, True), ((40, 20, 10, 10, 1), 222, 3, 9, True),
-           ((40, 20, 10, 10, 1), 236, 3, 0, True), ((40, 20, 10, 10, 1), 225, 2, 6, False)]
+           ((10, 10, 10, 1), 212, 2, 5, True), ((10, 10, 10, 1), 234, 2, 6, True),
+           ((40, 20, 10, 10, 1), 222, 3, 9, True), ((40, 20, 10, 10, 1), 236, 3, 0, True),
+           ((40, 20, 10, 10, 1), 225, 2, 6, False)]
 
 
 @pytest.mark.parametrize("sizes,victim_seed,layer,unit,on", _SELDOM)
