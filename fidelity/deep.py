@@ -1434,7 +1434,8 @@ ALONE_WORK = 1e9     # ... fewer where they would take more multiply-adds than t
 
 def _alone(run: Run, hidden: Layered, layers, key: int) -> np.ndarray:
     """Per unit of each of ``layers`` (1-based, signed), an input where it is the only unit
-    of its layer on, as nearly as an ascent on the model finds one (no query). A unit of the
+    of its layer on, as nearly as an ascent on the model finds one (no query), and one more
+    per layer where none is (:func:`_ascended`; ``w + 1`` inputs a layer). A unit of the
     next layer that random inputs seldom switch on is on where a unit it weighs positively
     is alone, and one seldom off is off where a unit it weighs negatively is: its other
     entries then add nothing (random 40-20-10-10-1 s222 and s236 came back 'ok' without
