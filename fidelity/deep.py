@@ -1445,15 +1445,16 @@ def _alone(run: Run, hidden: Layered, layers, key: int) -> np.ndarray:
     pool = fresh_points(run, _pool_size(run, 1, ALONE_POOL), SPREAD,
                         np.random.default_rng([run.seed, 59, key]))
     out = [np.zeros((0, run.d))]
+    zs = hidden.preacts(pool) if len(layers) else []          # the pool's, once for all
     for l in layers:
         part = Layered(hidden.weights[:l], hidden.biases[:l])
-        out.append(_ascended(part, pool))
+        out.append(_ascended(part, pool, np.maximum(zs[l - 1], 0.0)))
     return np.concatenate(out)
 
 
-def _ascended(part: Layered, pool: np.ndarray) -> np.ndarray:
-    """Per unit ``j`` of ``part``'s last layer, from the input of the ``pool`` where ``h_j`` has
-    the largest share of the layer's outputs, the input an ascent of ``h_j`` less the layer's
+def _ascended(part: Layered, pool: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """Per unit ``j`` of ``part``'s last layer, from the input of the ``pool`` (where its
+    outputs are ``h``) at which ``h_j`` has the largest share of the layer's outputs, the input an ascent of ``h_j`` less the layer's
     other outputs along the sphere of its radius finds highest: where ``j`` is most alone;
     and one more where the layer's outputs are least, none on if it can (a unit of the next
     layer whose entries all have one sign is there its bias alone: random 10-10-10-1 s299
@@ -1464,7 +1465,6 @@ def _ascended(part: Layered, pool: np.ndarray) -> np.ndarray:
     w = part.widths[-1]
     coef = np.full((w + 1, w), -1.0)          # the last row: none of the layer on at all
     np.fill_diagonal(coef, 1.0)
-    h = np.maximum(part.preacts(pool)[-1], 0.0)
     size = np.sqrt((h ** 2).sum(1, keepdims=True) + 1.0)
     share = np.concatenate([h / size, -h.sum(1, keepdims=True) / size], 1)
     # bounded work: fewer starts, then fewer steps, for wide layers of many inputs
