@@ -71,9 +71,13 @@ def pin_kinks(run: Run, layered: Layered, need: dict, reserve: int = 0,
 
     A unit that random lines seldom cross (on for a few inputs in a thousand) is sought from
     ``anchors[(layer, unit)]``, points on its boundary (its kinks on the searched lines): up to
-    :data:`ANCHOR_DRAWS` more lines through points beside them, at distances spread over
-    ``input_scale / 10`` to ``input_scale`` (trained digits 784-64-32-10: a layer-2 unit had 5
-    pins and its output weights were 1.2e-8 off)."""
+    :data:`ANCHOR_DRAWS` more lines through points beside them, at distances spread over a
+    tenth of to once a typical input's norm, ``input_scale sqrt(d)`` (trained digits
+    784-64-32-10: a layer-2 unit had 5 pins and its output weights were 1.2e-8 off). Closer
+    (``input_scale`` at most), a rare unit's kinks came back where its earlier units' outputs
+    vary little, and its row was ill-determined by them: 82 pins of a unit on for 0.01% of
+    inputs spanned its 64 entries with a condition number of 2e5, and the row was 3.2e-9 off
+    (2.5e-10 from these lines)."""
     want = {k: (int(n), np.array(e, int)) for k, (n, e) in need.items()
             if n > 0 or (np.asarray(e) > 0).any()}
     plans = []                       # (x0, v, piece edges, chosen kinks [(index, key)])
@@ -89,7 +93,7 @@ def pin_kinks(run: Run, layered: Layered, need: dict, reserve: int = 0,
             break
         at = anchors[keys[n % len(keys)]]
         scale = run.input_scale * 10.0 ** -run.rng.uniform(0.0, 1.0)
-        x0 = at[run.rng.integers(len(at))] + run.rng.normal(size=run.d) * scale / np.sqrt(run.d)
+        x0 = at[run.rng.integers(len(at))] + run.rng.normal(size=run.d) * scale
         _plan_line(run, layered, x0, need, want, plans)
     return _asked(run, plans, reserve)
 
