@@ -2980,7 +2980,6 @@ def test_the_output_bias_beside_known_columns_is_read_where_the_features_are_sma
     assert err <= 2.0 * bound + 1e-14 * np.abs(y[200:]).max()
 
 
-
 @pytest.mark.parametrize("seed", [3, 8])
 def test_pins_follow_their_units_when_a_layer_is_numbered_again(seed):
     """A pin keeps the index its unit had when it was placed; a layer searched again may number
