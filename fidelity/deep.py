@@ -775,44 +775,47 @@ def _equations(layered: Layered, state: State, l: int, lines: bool = True) -> li
         xs.append(line.x0 + line.t[near[ok]][:, None] * line.v)
         units.append(unit[ok])
     errs = [np.full(u.size, KINK_ERR) for u in units]
-    pins, owners = _pin_owners(layered, state, l)
+    feats = [_features(layered, l, np.concatenate(xs))] if xs else []
+    pins, owners, pinned = _pin_owners(layered, state, l)
     if pins:
-        xs.append(np.array([p.x for p in pins]))
+        feats.append(pinned)
         units.append(owners)
         errs.append(np.full(len(pins), PIN_ERR))
-    if not xs:
+    if not feats:
         return eqs
-    x = np.concatenate(xs)
-    feats = x if l == 1 else np.maximum(sub.preacts(x)[l - 2], 0.0)
-    feats = np.concatenate([feats, np.ones((feats.shape[0], 1))], 1)
+    feats = np.concatenate(feats)
     for u, f, e in zip(np.concatenate(units), feats, np.concatenate(errs)):
         eqs[u].append((f, e))
     return eqs
+
+
+def _features(layered: Layered, l: int, x: np.ndarray) -> np.ndarray:
+    """``[h_{l-1}(x), 1]`` per input: what a row of layer ``l`` multiplies (layer 1: ``[x, 1]``)."""
+    h = x if l == 1 else np.maximum(
+        Layered(layered.weights[:l - 1], layered.biases[:l - 1]).preacts(x)[-1], 0.0)
+    return np.concatenate([h, np.ones((h.shape[0], 1))], 1)
 
 
 PIN_MATCH = 1e-4      # a pin this far (relative) off every row of its layer is no unit's now
 
 
 def _pin_owners(layered: Layered, state: State, l: int) -> tuple:
-    """The pins of layer ``l`` and the unit each is a kink of now: the row it lies on (within
-    :data:`PIN_MATCH`); pins on none are left out. A pin keeps the index its unit had when it
-    was placed, and a layer searched again since may have numbered its units otherwise
-    (random 40-20-10-10-1 s31: six of ten layer-3 units held pins up to 8e-2 off their
-    planes; their many line kinks outvoted those, but rows refitted to their pins alone came
-    out 5.8e-9 off)."""
+    """The pins of layer ``l``, the unit each is a kink of now (the row it lies on, within
+    :data:`PIN_MATCH`) and their :func:`_features`; pins on none are left out. A pin keeps
+    the index its unit had when it was placed, and a layer searched again since may have
+    numbered its units otherwise (random 40-20-10-10-1 s31: six of ten layer-3 units held
+    pins up to 8e-2 off their planes; their many line kinks outvoted those, but rows
+    refitted to their pins alone came out 5.8e-9 off)."""
     pins = [p for p in state.pins if p.layer == l]
     if not pins:
-        return [], np.zeros(0, int)
-    x = np.array([p.x for p in pins])
-    feats = x if l == 1 else np.maximum(
-        Layered(layered.weights[:l - 1], layered.biases[:l - 1]).preacts(x)[-1], 0.0)
-    feats = np.concatenate([feats, np.ones((len(pins), 1))], 1)
+        return [], np.zeros(0, int), None
+    feats = _features(layered, l, np.array([p.x for p in pins]))
     rows = np.concatenate([layered.weights[l - 1], layered.biases[l - 1][:, None]], 1)
     miss = np.abs(feats @ rows.T) / (np.linalg.norm(feats, axis=1, keepdims=True)
                                      * np.maximum(np.linalg.norm(rows, axis=1), 1e-300))
     owner = miss.argmin(1)
     keep = miss[np.arange(len(pins)), owner] <= PIN_MATCH
-    return [p for p, k in zip(pins, keep) if k], owner[keep]
+    return [p for p, k in zip(pins, keep) if k], owner[keep], feats[keep]
 
 
 def _polish(run: Run, layered: Layered, state: State) -> Layered:
@@ -1122,7 +1125,7 @@ def _pinned_columns(layered: Layered, state: State) -> Optional[np.ndarray]:
     from little (trained digits 784-64-32-10: a unit with 66 pins and a row 1.4e-9 off had its
     output weights 1.2e-8 off)."""
     m, h = layered.depth, layered.widths[-1]
-    pins, owners = _pin_owners(layered, state, m)
+    pins, owners, _ = _pin_owners(layered, state, m)
     jumped = np.array([p.jump is not None for p in pins], bool)
     own = [p for p, j in zip(pins, jumped) if j]
     if not own:
@@ -1490,8 +1493,9 @@ def _alone(run: Run, hidden: Layered, layers, key: int) -> np.ndarray:
 
 def _ascended(part: Layered, pool: np.ndarray, h: np.ndarray) -> np.ndarray:
     """Per unit ``j`` of ``part``'s last layer, from the input of the ``pool`` (where its
-    outputs are ``h``) at which ``h_j`` has the largest share of the layer's outputs, the input an ascent of ``h_j`` less the layer's
-    other outputs along the sphere of its radius finds highest: where ``j`` is most alone;
+    outputs are ``h``) at which ``h_j`` has the largest share of the layer's outputs, the
+    input an ascent of ``h_j`` less the layer's other outputs along the sphere of its radius
+    finds highest: where ``j`` is most alone;
     and one more where the layer's outputs are least, none on if it can (a unit of the next
     layer whose entries all have one sign is there its bias alone: random 10-10-10-1 s299
     came back 'ok' without a layer-2 unit of negative entries and bias 0.007, on for 0.07%

@@ -2992,13 +2992,13 @@ def test_pins_follow_their_units_when_a_layer_is_numbered_again(seed):
     state = State(lines=[], points=[], infos=[], pins=pins)
     placed = np.array([p.unit for p in pins])
     assert len(set(placed.tolist())) >= 4
-    got, owners = deep._pin_owners(model, state, 2)
+    got, owners, _ = deep._pin_owners(model, state, 2)
     assert len(got) == len(pins) and (owners == placed).all()
     order = np.array([3, 0, 4, 1, 2])              # new index i holds the unit placed as order[i]
     kept = order[:4]                               # and unit order[4] is gone
     renumbered = Layered((model.weights[0], model.weights[1][kept]),
                          (model.biases[0], model.biases[1][kept]))
-    got, owners = deep._pin_owners(renumbered, state, 2)
+    got, owners, _ = deep._pin_owners(renumbered, state, 2)
     assert len(got) == int(np.isin(placed, kept).sum())
     assert all(kept[o] == p.unit for p, o in zip(got, owners))
 
