@@ -177,6 +177,8 @@ class State:
     check_count: int = 0              # ... of which fresh Gaussian ones at POINT_RADII
     memo: dict = field(default_factory=dict)       # fidelity.peel's analysis, per model
     windows: set = field(default_factory=set)      # (unit, point) of fidelity.peel's windows
+    beyond: set = field(default_factory=set)       # (depth, entry, row) whose unseen entry
+                                                   # was looked for (from_kinks)
     unfitted: Optional[tuple] = None   # (x, y) answers the last output fit could not fit
     left_out: dict = field(default_factory=dict)   # layer -> what every search of it left
                                                    # out (see deep.still_left_out)
@@ -400,16 +402,151 @@ def completed(run: Run, signed: Layered, rows: np.ndarray, gapped: list,
     return _completed_by_parts(signed, rows, gapped, x, y)
 
 
-def from_kinks(run: Run, signed: Layered, rows: np.ndarray, gapped: list,
-               state: State) -> tuple[np.ndarray, list]:
+def from_kinks(run: Run, signed: Layered, rows: np.ndarray, gapped: list, state: State,
+               mcfg: Optional[MeasureConfig] = None,
+               shown: bool = False) -> tuple[np.ndarray, list]:
     """The rows of a new layer after ``signed`` (``rows`` complete, then those of ``gapped``,
     ``(row, missing entries)``, all ``a / c``) with each missing entry read from the kinks
     on the searched lines that the layer with those entries 0 does not explain: at a kink of
     unit ``j`` where one of its missing entries' units ``i`` is on, ``row . h + 1 = 0`` gives
     that entry. Each takes the value that explains the most kinks (of at most
-    :data:`FROM_KINKS` tried, :data:`FROM_KINKS_TRIES` in all). Returns ``(rows, unread)``:
-    the ``(unit, entry)`` pairs no kink gave, left 0 (their units were never on together
-    with ``j`` where a line crossed ``j``'s boundary)."""
+    :data:`FROM_KINKS` tried, :data:`FROM_KINKS_TRIES` in all); with ``shown``, less the
+    crossings it predicts where none was found: a kink of another unit gives a value whose
+    boundary crosses lines where nothing kinks (random 10-20-20-1 s4: an entry read so with
+    the sign opposite to the victim's). ``shown`` is for a layer each of whose crossings shows
+    as a kink; where a deeper layer is off, a crossing shows nothing, and the right value was
+    lost so (random 40-20-10-10-1 s24: parameter error 1.1e-11 -> 7.7e-8). Returns
+    ``(rows, unread)``: the ``(unit, entry)`` pairs no kink gave, left 0 (their units were
+    never on together with ``j`` where a line crossed ``j``'s boundary). With ``mcfg``, such
+    an entry is looked for once more: windows across the boundary on either side of where a
+    walk along it (the model's, no query) meets unit ``i``'s plane (:func:`beyond_plane`)."""
+    out, unread = _from_kinks(run, signed, rows, gapped, state, shown)
+    if mcfg is None or not unread:
+        return out, unread
+    model = with_rows(signed, out)
+    looked = 0
+    for unit, i in unread[:UNSEEN_WINDOWS]:
+        key = (signed.depth, i, np.round(out[unit] / np.abs(out[unit]).max(), 6).tobytes())
+        if key in state.beyond:        # (a search of the layer again, or another pick of
+            continue                   # units to complete, asks for the same)
+        state.beyond.add(key)
+        for where in beyond_plane(signed, model, unit, i, state):
+            if run.room(UNSEEN_ROOM):
+                window(run, mcfg, state, *where, model)
+                looked += 1
+    return _from_kinks(run, signed, rows, gapped, state, shown) if looked else (out, unread)
+
+
+UNSEEN_WINDOWS = 8    # windows that look for entries no kink gave (from_kinks), at most
+UNSEEN_ROOM = 200     # ... each opened only with this many queries left in the budget
+UNSEEN_STARTS = 4     # crossings of the searched lines a walk to the plane starts from
+UNSEEN_STEPS = 40     # ... and its steps, each to the next plane of the earlier layers
+BEYOND_STEP = 0.3     # the windows sit this share of the way to the nearest plane along it
+BEYOND_HALF = 10.0    # ... and reach this many times that distance either side (random
+                      # 8-6-5-1 s0-59, one entry of each made unseen: the victim's boundary
+                      # crossed one of the two beyond the plane for 51 of 57 walks that met
+                      # it; one window beyond it reaching half that distance: 5 of 40)
+
+
+def beyond_plane(signed: Layered, model: Layered, unit: int, i: int,
+                 state: State) -> list:
+    """Windows across the boundary of ``unit`` (of ``model``'s last layer, after ``signed``)
+    on either side of the plane of unit ``i`` of ``signed``'s last layer, where a walk along
+    the boundary from its crossings of the searched lines nearest that plane meets it (no
+    query): ``[(point, unit normal, half length)]``, none when no walk gets there. The
+    boundary is the victim's up to that plane (unit ``i`` off, its entry moves nothing);
+    beyond it, the victim's bends by the entry times ``h_i`` into a half-plane on one side
+    or the other of where the walk met it, which one the entry's sign decides: each window
+    crosses one."""
+    m = model.depth
+    starts = []
+    for line in state.lines:
+        t, layer, u = model.kinks(line.x0, line.v, line.half)
+        starts.extend(line.x0 + t[(layer == m) & (u == unit)][:, None] * line.v)
+    if not starts:
+        return []
+    starts = np.array(starts)
+    near = [signed.preacts(p[None])[-1][0, i] / max(np.linalg.norm(signed.jacobian(p, m - 1)[i]),
+                                                    1e-300) for p in starts]
+    for y in starts[np.argsort(-np.array(near))[:UNSEEN_STARTS]]:
+        last = None                        # the plane the last step ended on
+        for _ in range(UNSEEN_STEPS):
+            gu = model.jacobian(y, m)[unit]
+            gi = signed.jacobian(y, m - 1)[i]
+            if not gu @ gu > 0:                # flat where every unit it weighs is off
+                break
+            keep = [gu]
+            if last is not None:
+                g_last = signed.jacobian(y, last[0] + 1)[last[1]]
+                z_last = signed.preacts(y[None])[last[0]][0, last[1]]
+                d = _along(gi, keep)
+                if z_last * (g_last @ d) < 0:  # back across it: along the ridge instead
+                    keep.append(g_last)
+            d = _along(gi, keep)               # along the boundary, toward plane i
+            rate = gi @ d
+            if not rate > 1e-12 * (gi @ gi):
+                break
+            zi = signed.preacts(y[None])[-1][0, i]
+            if zi > 0:                                     # met: back onto the plane
+                y = y - zi / rate * d
+                step = BEYOND_STEP * min(_to_planes(signed, y, d), _to_planes(signed, y, -d),
+                                         np.linalg.norm(y) / np.linalg.norm(d) + 1.0)
+                out = []
+                for p in (_onto(model, unit, y + step * d), _onto(model, unit, y - step * d)):
+                    n = model.jacobian(p, m)[unit]
+                    half = BEYOND_HALF * step * np.linalg.norm(d)
+                    if np.linalg.norm(n) > 0 and np.isfinite(p).all() and half > 0:
+                        out.append((p, n / np.linalg.norm(n), half))
+                return out
+            reach, last = _next_plane(signed, y, d)        # of any earlier unit
+            if reach >= -zi / rate:
+                reach, last = -zi / rate, None
+            y = _onto(model, unit, y + reach * (1 + 1e-6) * d)
+    return []
+
+
+def _along(g: np.ndarray, keep: list) -> np.ndarray:
+    """``g`` less its part in the span of ``keep``."""
+    q, _ = np.linalg.qr(np.array(keep).T)
+    return g - q @ (q.T @ g)
+
+
+def _to_planes(signed: Layered, y: np.ndarray, d: np.ndarray) -> float:
+    """The distance from ``y`` along ``d`` to the nearest plane of a unit of ``signed``."""
+    return _next_plane(signed, y, d)[0]
+
+
+def _next_plane(signed: Layered, y: np.ndarray, d: np.ndarray) -> tuple:
+    """``(distance, (layer - 1, unit))`` from ``y`` along ``d`` to the nearest plane of a unit
+    of ``signed`` (where it switches, with every earlier unit keeping its side); ``(inf,
+    None)`` when there is none."""
+    best, which = np.inf, None
+    zs = signed.preacts(y[None])
+    for l in range(signed.depth):
+        rate = signed.jacobian(y, l + 1) @ d
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = -zs[l][0] / rate
+        t[~np.isfinite(t) | (t <= 1e-12 * max(np.linalg.norm(y), 1.0))] = np.inf
+        k = int(np.argmin(t))
+        if t[k] < best:
+            best, which = float(t[k]), (l, k)
+    return best, which
+
+
+def _onto(model: Layered, unit: int, y: np.ndarray) -> np.ndarray:
+    """``y`` moved onto the boundary of ``unit`` of ``model``'s last layer (along its
+    gradient; a few Newton steps, exact within a region)."""
+    for _ in range(3):
+        g = model.jacobian(y, model.depth)[unit]
+        if not g @ g > 0:              # flat where every unit it weighs is off
+            break
+        y = y - model.preacts(y[None])[-1][0, unit] * g / (g @ g)
+    return y
+
+
+def _from_kinks(run: Run, signed: Layered, rows: np.ndarray, gapped: list, state: State,
+                shown: bool) -> tuple[np.ndarray, list]:
+    """:func:`from_kinks` from the lines searched so far."""
     out = np.concatenate([rows, np.array([r for r, _ in gapped])])
     n_full, unread = rows.shape[0], []
     model = with_rows(signed, out)
@@ -424,9 +561,11 @@ def from_kinks(run: Run, signed: Layered, rows: np.ndarray, gapped: list,
         nonlocal grids
         if grids is None:
             grids = [_grid(signed, line) for line in state.lines if line.t.size]
-        return sum(_explained_on(grid, with_rows(signed, rows_now)) for grid in grids)
+        hits, false = np.sum([_explained_on(grid, with_rows(signed, rows_now))
+                              for grid in grids], 0)
+        return hits - false if shown else hits
 
-    tries, base = FROM_KINKS_TRIES, None      # base: the kinks ``out`` explains, once asked
+    tries, base = FROM_KINKS_TRIES, None      # base: explained(out), once asked
     for j, (_, gaps) in enumerate(gapped):
         unit = n_full + j
         for i in gaps:
@@ -467,12 +606,15 @@ def _grid(signed: Layered, line: Line) -> tuple:
     return line, pts, h, _matched(line, t)
 
 
-def _explained_on(grid: tuple, model: Layered) -> int:
+def _explained_on(grid: tuple, model: Layered) -> tuple[int, int]:
     """How many of the line's kinks ``model`` (``signed`` of :func:`_grid` and a new layer)
-    predicts: :func:`predicted` of it, the earlier layers read once."""
+    predicts (:func:`predicted` of it, the earlier layers read once), and how many of the
+    new layer's crossings of the line lie where no kink was found."""
     line, pts, h, near = grid
     t, _ = crossings(pts, h @ model.weights[-1].T + model.biases[-1])
-    return int((near | _matched(line, t)).sum())
+    false = int((np.abs(t[:, None] - line.t[None, :]).min(1) > MATCH * line.half).sum()) \
+        if line.t.size else t.size
+    return int((near | _matched(line, t)).sum()), false
 
 
 FROM_KINKS = 16   # kinks tried per missing entry (from_kinks)
