@@ -475,14 +475,12 @@ def beyond_plane(signed: Layered, model: Layered, unit: int, i: int,
             gi = signed.jacobian(y, m - 1)[i]
             if not gu @ gu > 0:                # flat where every unit it weighs is off
                 break
-            keep = [gu]
+            d = _along(gi, [gu])               # along the boundary, toward plane i
             if last is not None:
                 g_last = signed.jacobian(y, last[0] + 1)[last[1]]
                 z_last = signed.preacts(y[None])[last[0]][0, last[1]]
-                d = _along(gi, keep)
                 if z_last * (g_last @ d) < 0:  # back across it: along the ridge instead
-                    keep.append(g_last)
-            d = _along(gi, keep)               # along the boundary, toward plane i
+                    d = _along(gi, [gu, g_last])
             rate = gi @ d
             if not rate > 1e-12 * (gi @ gi):
                 break
