@@ -11,7 +11,7 @@ import numpy as np
 from . import recover, search
 from .checks import fresh_points
 from .context import Run
-from .layered import Layered, crossings
+from .layered import Layered
 from .measure import MeasureConfig, search_line
 from .validation import at_least, positive, share
 
@@ -403,8 +403,8 @@ def completed(run: Run, signed: Layered, rows: np.ndarray, gapped: list,
 
 
 def from_kinks(run: Run, signed: Layered, rows: np.ndarray, gapped: list, state: State,
-               mcfg: Optional[MeasureConfig] = None,
-               shown: bool = False) -> tuple[np.ndarray, list]:
+               mcfg: Optional[MeasureConfig] = None, shown: bool = False,
+               most: Optional[int] = None) -> tuple[np.ndarray, list]:
     """The rows of a new layer after ``signed`` (``rows`` complete, then those of ``gapped``,
     ``(row, missing entries)``, all ``a / c``) with each missing entry read from the kinks
     on the searched lines that the layer with those entries 0 does not explain: at a kink of
@@ -419,13 +419,16 @@ def from_kinks(run: Run, signed: Layered, rows: np.ndarray, gapped: list, state:
     ``(rows, unread)``: the ``(unit, entry)`` pairs no kink gave, left 0 (their units were
     never on together with ``j`` where a line crossed ``j``'s boundary). With ``mcfg``, such
     an entry is looked for once more: windows across the boundary on either side of where a
-    walk along it (the model's, no query) meets unit ``i``'s plane (:func:`beyond_plane`)."""
+    walk along it (the model's, no query) meets unit ``i``'s plane (:func:`beyond_plane`),
+    for units with at most ``most`` entries unread (any number when None)."""
     out, unread = _from_kinks(run, signed, rows, gapped, state, shown)
-    if mcfg is None or not unread:
+    units = [u for u, _ in unread]
+    sought = [(u, i) for u, i in unread if most is None or units.count(u) <= most]
+    if mcfg is None or not sought:
         return out, unread
     model = with_rows(signed, out)
-    looked = 0
-    for unit, i in unread[:UNSEEN_WINDOWS]:
+    looked, first = 0, len(state.lines)
+    for unit, i in sought[:UNSEEN_WINDOWS]:
         key = (signed.depth, i, np.round(out[unit] / np.abs(out[unit]).max(), 6).tobytes())
         if key in state.beyond:        # (a search of the layer again, or another pick of
             continue                   # units to complete, asks for the same)
@@ -434,7 +437,8 @@ def from_kinks(run: Run, signed: Layered, rows: np.ndarray, gapped: list, state:
             if run.room(UNSEEN_ROOM):
                 window(run, mcfg, state, *where, model)
                 looked += 1
-    return _from_kinks(run, signed, rows, gapped, state, shown) if looked else (out, unread)
+    return (_from_kinks(run, signed, rows, gapped, state, shown, first) if looked
+            else (out, unread))
 
 
 UNSEEN_WINDOWS = 8    # windows that look for entries no kink gave (from_kinks), at most
@@ -446,6 +450,13 @@ BEYOND_HALF = 10.0    # ... and reach this many times that distance either side 
                       # 8-6-5-1 s0-59, one entry of each made unseen: the victim's boundary
                       # crossed one of the two beyond the plane for 51 of 57 walks that met
                       # it; one window beyond it reaching half that distance: 5 of 40)
+
+
+BEYOND_FAR = 1e-3     # one window further beyond the plane where the step is below this
+BEYOND_GROW = 10.0    # share of the largest (:func:`_far`), found in steps this many times
+                      # longer (random 40-20-10-10-1 s222: a walk met the plane 6e-8 from
+                      # another; windows 4e-8 long saw h_i at 1e-9 and the layer-3 unit's
+                      # entry stayed unread; one 3.7e-2 long, beyond it, read it: 3e-11 off)
 
 
 def beyond_plane(signed: Layered, model: Layered, unit: int, i: int,
@@ -487,12 +498,15 @@ def beyond_plane(signed: Layered, model: Layered, unit: int, i: int,
             zi = signed.preacts(y[None])[-1][0, i]
             if zi > 0:                                     # met: back onto the plane
                 y = y - zi / rate * d
-                step = BEYOND_STEP * min(_to_planes(signed, y, d), _to_planes(signed, y, -d),
-                                         np.linalg.norm(y) / np.linalg.norm(d) + 1.0)
+                cap = BEYOND_STEP * (np.linalg.norm(y) / np.linalg.norm(d) + 1.0)
+                step = min(BEYOND_STEP * min(_to_planes(signed, y, d),
+                                             _to_planes(signed, y, -d)), cap)
                 out = []
-                for p in (_onto(model, unit, y + step * d), _onto(model, unit, y - step * d)):
+                far = step < BEYOND_FAR * cap      # (too near another plane to see h_i)
+                for s in (_far(model, unit, y, d, step, cap),) if far else (step, -step):
+                    p = _onto(model, unit, y + s * d)
                     n = model.jacobian(p, m)[unit]
-                    half = BEYOND_HALF * step * np.linalg.norm(d)
+                    half = BEYOND_HALF * abs(s) * np.linalg.norm(d)
                     if np.linalg.norm(n) > 0 and np.isfinite(p).all() and half > 0:
                         out.append((p, n / np.linalg.norm(n), half))
                 return out
@@ -501,6 +515,27 @@ def beyond_plane(signed: Layered, model: Layered, unit: int, i: int,
                 reach, last = -zi / rate, None
             y = _onto(model, unit, y + reach * (1 + 1e-6) * d)
     return []
+
+
+def _far(model: Layered, unit: int, y: np.ndarray, d: np.ndarray, step: float,
+         cap: float) -> float:
+    """The longest of the steps ``step`` times :data:`BEYOND_GROW` to the ``k`` (at most
+    ``cap``) from ``y`` along ``d`` after which the model's boundary of ``unit`` is met again
+    and is its only crossing of the window there (no query); ``step`` when none is. A window
+    so far beyond the plane sees a larger ``h_i``, which reads the entry more precisely."""
+    m, best, s = model.depth, step, step * BEYOND_GROW
+    while s <= cap:
+        p = _onto(model, unit, y + s * d)
+        n = model.jacobian(p, m)[unit]
+        z = model.preacts(p[None])[-1][0, unit]
+        if not (np.isfinite(p).all() and n @ n > 0) or abs(z) > 1e-9 * np.linalg.norm(n) * (
+                np.linalg.norm(p) + 1.0):
+            break
+        _, layer, u = model.kinks(p, n / np.linalg.norm(n), BEYOND_HALF * s * np.linalg.norm(d))
+        if ((layer == m) & (u == unit)).sum() != 1:
+            break
+        best, s = s, s * BEYOND_GROW
+    return best
 
 
 def _along(g: np.ndarray, keep: list) -> np.ndarray:
@@ -543,13 +578,16 @@ def _onto(model: Layered, unit: int, y: np.ndarray) -> np.ndarray:
 
 
 def _from_kinks(run: Run, signed: Layered, rows: np.ndarray, gapped: list, state: State,
-                shown: bool) -> tuple[np.ndarray, list]:
-    """:func:`from_kinks` from the lines searched so far."""
+                shown: bool, first: int = 0) -> tuple[np.ndarray, list]:
+    """:func:`from_kinks` from the lines searched so far, their kinks tried from the line
+    ``first`` on (the windows opened for it), then from the start: tried last, random
+    40-20-10-10-1 s222's window kink came after the :data:`FROM_KINKS` tried, all deeper
+    units' kinks."""
     out = np.concatenate([rows, np.array([r for r, _ in gapped])])
     n_full, unread = rows.shape[0], []
     model = with_rows(signed, out)
     pts = []
-    for line in state.lines:
+    for line in state.lines[first:] + state.lines[:first]:
         missed = ~predicted(run, model, line, None)
         pts.extend(line.x0 + t * line.v for t in line.t[missed])
     h = np.maximum(signed.preacts(np.array(pts))[-1], 0.0) if pts else np.zeros((0, 1))
@@ -558,9 +596,8 @@ def _from_kinks(run: Run, signed: Layered, rows: np.ndarray, gapped: list, state
     def explained(rows_now):
         nonlocal grids
         if grids is None:
-            grids = [_grid(signed, line) for line in state.lines if line.t.size]
-        hits, false = np.sum([_explained_on(grid, with_rows(signed, rows_now))
-                              for grid in grids], 0)
+            grids = _grids(signed, [line for line in state.lines if line.t.size])
+        hits, false = _explained_on(grids, with_rows(signed, rows_now))
         return hits - false if shown else hits
 
     tries, base = FROM_KINKS_TRIES, None      # base: explained(out), once asked
@@ -597,22 +634,38 @@ def pieces(signed: Layered, line: Line, reach: float) -> tuple:
     return pts, np.maximum(signed.preacts(line.x0 + pts[:, None] * line.v)[-1], 0.0), t
 
 
-def _grid(signed: Layered, line: Line) -> tuple:
-    """What :func:`predicted` needs of ``line`` for any new layer after ``signed``: its
-    :func:`pieces`, and which found kinks ``signed``'s own kinks explain."""
-    pts, h, t = pieces(signed, line, line.half)
-    return line, pts, h, _matched(line, t)
+def _grids(signed: Layered, lines: list) -> tuple:
+    """What :func:`predicted` needs of ``lines`` (each with kinks) for any new layer after
+    ``signed``, all lines' :func:`pieces` in one: their ends ``pts`` and outputs ``h`` one
+    after another, which line each is on, which pairs in a row lie on one line, the lines'
+    found kinks (padded with inf) and tolerances, and which of them ``signed`` explains."""
+    got = [pieces(signed, line, line.half) for line in lines]
+    pts = np.concatenate([g[0] for g in got]) if got else np.zeros(0)
+    h = np.concatenate([g[1] for g in got]) if got else np.zeros((0, 1))
+    on = np.repeat(np.arange(len(got)), [g[0].size for g in got])
+    found = np.full((len(lines), max([line.t.size for line in lines], default=0)), np.inf)
+    near = np.zeros(found.shape, bool)
+    for k, (line, g) in enumerate(zip(lines, got)):
+        found[k, :line.t.size] = line.t
+        near[k, :line.t.size] = _matched(line, g[2])
+    tol = np.array([MATCH * line.half for line in lines])
+    return pts, h, on, on[:-1] == on[1:], found, tol, near
 
 
-def _explained_on(grid: tuple, model: Layered) -> tuple[int, int]:
-    """How many of the line's kinks ``model`` (``signed`` of :func:`_grid` and a new layer)
+def _explained_on(grids: tuple, model: Layered) -> tuple[int, int]:
+    """How many of the lines' kinks ``model`` (``signed`` of :func:`_grids` and a new layer)
     predicts (:func:`predicted` of it, the earlier layers read once), and how many of the
-    new layer's crossings of the line lie where no kink was found."""
-    line, pts, h, near = grid
-    t, _ = crossings(pts, h @ model.weights[-1].T + model.biases[-1])
-    false = int((np.abs(t[:, None] - line.t[None, :]).min(1) > MATCH * line.half).sum()) \
-        if line.t.size else t.size
-    return int((near | _matched(line, t)).sum()), false
+    new layer's crossings of the lines lie where no kink was found."""
+    pts, h, on, pair, found, tol, near = grids
+    z = h @ model.weights[-1].T + model.biases[-1]
+    ia, iu = np.nonzero((z[:-1] * z[1:] < 0) & pair[:, None])
+    za, zb = z[ia, iu], z[ia + 1, iu]
+    t = pts[ia] + za / (za - zb) * (pts[ia + 1] - pts[ia])
+    line = on[ia]
+    close = np.abs(found[line] - t[:, None]) <= tol[line][:, None]     # (crossing, kink)
+    matched = near.copy()
+    np.logical_or.at(matched, line, close)
+    return int(matched.sum()), int((~close.any(1)).sum())
 
 
 FROM_KINKS = 16   # kinks tried per missing entry (from_kinks)

@@ -11,6 +11,7 @@ the earlier layers' kinks, so the kinks of all known units follow layer by layer
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
@@ -41,10 +42,11 @@ class Layered:
         return Layered(self.weights[:-1] + (self.weights[-1] * s[:, None],),
                        self.biases[:-1] + (self.biases[-1] * s,))
 
-    def preacts(self, x: np.ndarray) -> list:
-        """``[z_1, ..., z_L]`` at the rows of ``x`` (each ``(n, h_l)``)."""
+    def preacts(self, x: np.ndarray, upto: Optional[int] = None) -> list:
+        """``[z_1, ..., z_L]`` at the rows of ``x`` (each ``(n, h_l)``), or ``[z_1, ...,
+        z_upto]`` (the same numbers; the later layers are not computed)."""
         h, out = np.atleast_2d(x), []
-        for w, b in zip(self.weights, self.biases):
+        for w, b in zip(self.weights[:upto], self.biases[:upto]):
             z = h @ w.T + b
             out.append(z)
             h = np.maximum(z, 0.0)
@@ -52,7 +54,7 @@ class Layered:
 
     def jacobian(self, p: np.ndarray, layer: int) -> np.ndarray:
         """``(h_layer, d)`` the derivative of ``z_layer`` (1-based) at the point ``p``."""
-        zs = self.preacts(p[None])
+        zs = self.preacts(p[None], layer - 1)
         jac = self.weights[0]
         for l in range(1, layer):
             jac = self.weights[l] @ (jac * (zs[l - 1][0] > 0)[:, None])
@@ -64,7 +66,7 @@ class Layered:
         pts = np.array([-t_max, t_max])
         ts, layers, units = [np.zeros(0)], [np.zeros(0, int)], [np.zeros(0, int)]
         for l in range(self.depth):
-            t, iu = crossings(pts, self.preacts(x0 + pts[:, None] * v)[l])
+            t, iu = crossings(pts, self.preacts(x0 + pts[:, None] * v, l + 1)[l])
             ts.append(t)
             layers.append(np.full(t.size, l + 1))
             units.append(iu)

@@ -87,6 +87,11 @@ SPREAD_HITS = 6       # ... is kept while it misses at most this share of the ki
 FROM_KINKS_GROUPS = 4  # incomplete units whose unseen entries are read from kinks at once,
                        # at most (more are a deeper layer's groups: random 784-16x8-1 tried
                        # hundreds, 14 s of a 38 s search)
+UNSEEN_ALONE = 1       # ... and windows look for those of units with at most this many
+                       # unread (deepstate.from_kinks; random 40-20-10-10-1 s222: a layer-3
+                       # unit on for 0.009% of inputs, its entry 4 read so; with more, s19's
+                       # layer-2 groups of 6 and 7 unread took 1,000 queries and the run
+                       # 46,716 -> 73,372; s25's 4 unread, one read from a window, 6.5e-11)
 GAP_KEEP_MEMBERS = 6  # an incomplete unit of this many kinks, on GAP_KEEP_LINES lines or more,
 GAP_KEEP_LINES = 3    # ... and at most MAX_GAP_ENTRIES entries never seen, is completed alone
 MAX_GAP_ENTRIES = 3   # ... when the output fit cannot complete every incomplete unit at once
@@ -435,7 +440,7 @@ def _completed(run: Run, mcfg: MeasureConfig, layered: Layered, found: _Found,
         if not some or len(some) > FROM_KINKS_GROUPS:
             continue
         rows, unread = from_kinks(run, signed, found.rows, [(c[0], c[1]) for c in some],
-                                  state)
+                                  state, mcfg, most=UNSEEN_ALONE)
         if fits_outputs(with_rows(signed, rows), *state.unfitted):
             gapped, source = some, "the kinks the layer misses without them"
             break
@@ -454,7 +459,8 @@ def _completed(run: Run, mcfg: MeasureConfig, layered: Layered, found: _Found,
         gapped = [c for c in gapped if _strong(c) and _key(c) not in confined]
         if gapped and len(gapped) <= FROM_KINKS_GROUPS:
             rows, unread = from_kinks(run, signed, found.rows,
-                                      [(c[0], c[1]) for c in gapped], state)
+                                      [(c[0], c[1]) for c in gapped], state, mcfg,
+                                      most=UNSEEN_ALONE)
             source = ("the kinks the layer misses without them (the outputs are no affine "
                       "map of the complete units)")
             alone = True
