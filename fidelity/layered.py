@@ -75,6 +75,38 @@ class Layered:
         order = np.argsort(t)
         return t[order], layer[order], unit[order]
 
+    def crossed(self, x0: np.ndarray, v: np.ndarray, t_max: float, unit: int,
+                near: float = 1e-9) -> np.ndarray:
+        """Which of many lines ``x0 + t v`` (``(n, d)`` each), ``|t| < t_max``, the last
+        layer's ``unit`` may cross: it crosses between two of the earlier layers' kinks, or
+        comes within ``near`` of 0 relative to its largest value there. All lines at once,
+        layer by layer (each line's points padded with inf), ``z_1`` taken as ``W x0 + b +
+        t W v``: the rounding is not :meth:`kinks`'s, so a line it passes is to be read
+        with :meth:`kinks`; a line it rules out has no crossing there."""
+        n = x0.shape[0]
+        a, c = x0 @ self.weights[0].T + self.biases[0], v @ self.weights[0].T
+        pts = np.tile(np.array([-t_max, t_max]), (n, 1))
+        for l in range(self.depth):
+            ok = np.isfinite(pts)
+            z = a[:, None, :] + np.where(ok, pts, 0.0)[:, :, None] * c[:, None, :]
+            for w, b in zip(self.weights[1:l + 1], self.biases[1:l + 1]):
+                z = np.maximum(z, 0.0) @ w.T + b
+            if l == self.depth - 1:
+                z = np.where(ok, z[:, :, unit], np.nan)
+                big = np.nanmax(np.abs(z), 1)
+                return ((z[:, :-1] * z[:, 1:] < 0).any(1)
+                        | (np.nanmin(np.abs(z), 1) <= near * big))
+            r, k, u = np.nonzero((z[:, :-1] * z[:, 1:] < 0) & (ok[:, :-1] & ok[:, 1:])[:, :, None])
+            if not r.size:
+                continue
+            za, zb = z[r, k, u], z[r, k + 1, u]
+            t = pts[r, k] + za / (za - zb) * (pts[r, k + 1] - pts[r, k])
+            rank = np.arange(r.size) - np.searchsorted(r, r)        # r is sorted (nonzero)
+            more = np.full((n, int(rank.max()) + 1), np.inf)
+            more[r, rank] = t
+            pts = np.sort(np.concatenate([pts, more], 1), 1)
+        return np.zeros(n, bool)
+
     def network(self, out_w: np.ndarray, out_b: np.ndarray) -> ReLUNetwork:
         """The ReLU network of these layers (all signed) and the output layer."""
         return ReLUNetwork(list(self.weights) + [out_w], list(self.biases) + [out_b])

@@ -961,10 +961,11 @@ def _crossings(run: Run, model: Layered, rng: np.random.Generator):
     """Per random line drawn like the search's (:data:`SAMPLE_LINES` of them, from ``rng``;
     no query), the points where it crosses ``model``'s last unit (the candidate), when any."""
     m = model.depth - 1
-    for _ in range(SAMPLE_LINES):
-        x0 = rng.normal(size=run.d) * run.input_scale
-        v = rng.normal(size=run.d)
-        v /= np.linalg.norm(v)
+    drawn = rng.normal(size=(SAMPLE_LINES, 2, run.d))        # (x0, v) per line, in turn
+    x0s = drawn[:, 0] * run.input_scale
+    vs = drawn[:, 1] / np.array([np.linalg.norm(u) for u in drawn[:, 1]])[:, None]
+    crossed = model.crossed(x0s, vs, run.t_max, 0)      # the others cannot: not read
+    for x0, v in zip(x0s[crossed], vs[crossed]):
         t, layer, unit = model.kinks(x0, v, run.t_max)
         t = t[(layer == m + 1) & (unit == 0)]
         if t.size:

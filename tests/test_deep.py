@@ -75,6 +75,39 @@ def test_layered_kinks_are_the_victims():
 
 
 @settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 10_000), d=st.integers(2, 30), widths=st.lists(
+    st.integers(1, 12), min_size=1, max_size=3), bias=st.floats(-3.0, 3.0))
+def test_the_lines_sampled_for_a_boundary_cross_it_where_each_lines_kinks_say(seed, d, widths,
+                                                                             bias):
+    """peel._crossings reads only the lines that Layered.crossed passes (all lines at once,
+    another rounding): the points are those of reading every line with Layered.kinks, to the
+    last bit."""
+    from fidelity import peel
+    net = F.ReLUNetwork.random(seed, [d] + widths + [1])
+    model = Layered(tuple(np.asarray(w) for w in net.weights[:-1]),
+                    tuple(np.asarray(b) for b in net.biases[:-1]))
+    rng = np.random.default_rng(seed)
+    model = model.appended(rng.normal(size=(1, widths[-1])), np.array([bias]))
+
+    class _Run:
+        d, input_scale, t_max = net.sizes[0], 1.5, 30.0
+
+    rng = np.random.default_rng([seed, 31])
+    each = []
+    for _ in range(peel.SAMPLE_LINES):
+        x0 = rng.normal(size=d) * 1.5
+        v = rng.normal(size=d)
+        v /= np.linalg.norm(v)
+        t, layer, unit = model.kinks(x0, v, 30.0)
+        t = t[(layer == model.depth) & (unit == 0)]
+        if t.size:
+            each.append(x0 + t[:, None] * v)
+    got = list(peel._crossings(_Run, model, np.random.default_rng([seed, 31])))
+    assert len(got) == len(each)
+    assert all(a.shape == b.shape and (a == b).all() for a, b in zip(got, each))
+
+
+@settings(max_examples=10, deadline=None)
 @given(seed=st.integers(0, 10_000))
 def test_kinks_explained_on_all_lines_at_once_are_those_of_each_line(seed):
     """deepstate._explained_on over all lines' pieces at once counts, for a new layer, the
@@ -303,10 +336,11 @@ def test_a_kink_located_between_a_close_pair_is_explained():
     assert not _explained(np.array([0.1005]), np.array([0.1, 0.102]), 1.0)[0]
 
 
-@pytest.mark.parametrize("seed", [2, 4, 8, 11])
+@pytest.mark.parametrize("seed", [2, 8, 11])
 def test_exact_deep_networks_with_close_kink_pairs_are_verified(seed):
-    # s2, s4: each had one or two of its 1,200-1,400 found kinks located between two true
-    # kinks 3e-5..2e-4 apart, and ended unverified with parameter errors of 3e-11 and 5e-12.
+    # s2 (and s4, the same scenario, left out for the suite's time): each had one or two of
+    # its 1,200-1,400 found kinks located between two true kinks 3e-5..2e-4 apart, and ended
+    # unverified with parameter errors of 3e-11 and 5e-12.
     # s8, s11 (exact to 5e-12, 'unverified' until fc112b6): s8 for two kinks 1e-6 apart on a
     # window with the same slope either side of the pair (the piece between them too short
     # to measure, NaN); s11 for a true pair 2.1e-5 apart found as one kink 1.1e-4 beyond it,

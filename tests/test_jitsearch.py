@@ -49,7 +49,7 @@ def _assert_same(host, jit, t_max):
 
 
 @pytest.mark.parametrize("sizes,n_lines,seed", [
-    ([10, 8, 1], 4, 1), ([64, 16, 10], 4, 2), ([784, 32, 10], 1, 3), ([784, 32, 10], 4, 4)])
+    ([10, 8, 1], 4, 1), ([64, 16, 10], 4, 2), ([64, 16, 10], 1, 3), ([784, 32, 10], 4, 4)])
 def test_same_kinks_and_rows_as_host(sizes, n_lines, seed):
     net, x0, v, t_max, kw = _setup(sizes, n_lines, seed)
     host, queries = _host(net, x0, v, t_max, **kw)
