@@ -74,15 +74,17 @@ def test_layered_kinks_are_the_victims():
     assert found.t.size >= 0.8 * t.size
 
 
-@settings(max_examples=10, deadline=None)
+@settings(max_examples=10, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 10_000), d=st.integers(2, 30), widths=st.lists(
     st.integers(1, 12), min_size=1, max_size=3), bias=st.floats(-3.0, 3.0))
 def test_the_lines_sampled_for_a_boundary_cross_it_where_each_lines_kinks_say(seed, d, widths,
-                                                                             bias):
+                                                                             bias, monkeypatch):
     """peel._crossings reads only the lines that Layered.crossed passes (all lines at once,
     another rounding): the points are those of reading every line with Layered.kinks, to the
     last bit."""
     from fidelity import peel
+    monkeypatch.setattr(peel, "SAMPLE_LINES", 400)
     net = F.ReLUNetwork.random(seed, [d] + widths + [1])
     model = Layered(tuple(np.asarray(w) for w in net.weights[:-1]),
                     tuple(np.asarray(b) for b in net.biases[:-1]))
