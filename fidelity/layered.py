@@ -18,6 +18,9 @@ import numpy as np
 from .network import ReLUNetwork
 
 
+CROSSED_BLOCK = 1 << 22   # numbers of one layer's outputs Layered.crossed holds at once
+
+
 @dataclass(frozen=True)
 class Layered:
     """Known hidden layers ``(W_l, b_l)``, all signed but possibly the last."""
@@ -82,8 +85,14 @@ class Layered:
         comes within ``near`` of 0 relative to its largest value there. All lines at once,
         layer by layer (each line's points padded with inf), ``z_1`` taken as ``W x0 + b +
         t W v``: the rounding is not :meth:`kinks`'s, so a line it passes is to be read
-        with :meth:`kinks`; a line it rules out has no crossing there."""
+        with :meth:`kinks`; a line it rules out has no crossing there. Lines go in blocks of
+        about :data:`CROSSED_BLOCK` numbers per layer's outputs, with each line's points
+        guessed at twice the units."""
         n = x0.shape[0]
+        block = max(1, CROSSED_BLOCK // (max(self.widths) * (2 + 2 * sum(self.widths))))
+        if n > block:
+            return np.concatenate([self.crossed(x0[i:i + block], v[i:i + block], t_max, unit,
+                                                near) for i in range(0, n, block)])
         a, c = x0 @ self.weights[0].T + self.biases[0], v @ self.weights[0].T
         pts = np.tile(np.array([-t_max, t_max]), (n, 1))
         for l in range(self.depth):

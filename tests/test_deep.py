@@ -80,11 +80,12 @@ def test_layered_kinks_are_the_victims():
     st.integers(1, 12), min_size=1, max_size=3), bias=st.floats(-3.0, 3.0))
 def test_the_lines_sampled_for_a_boundary_cross_it_where_each_lines_kinks_say(seed, d, widths,
                                                                              bias, monkeypatch):
-    """peel._crossings reads only the lines that Layered.crossed passes (all lines at once,
+    """peel._crossings reads only the lines that Layered.crossed passes (many lines at once,
     another rounding): the points are those of reading every line with Layered.kinks, to the
     last bit."""
-    from fidelity import peel
+    from fidelity import layered, peel
     monkeypatch.setattr(peel, "SAMPLE_LINES", 400)
+    monkeypatch.setattr(layered, "CROSSED_BLOCK", 1 << 14)     # in blocks of lines, too
     net = F.ReLUNetwork.random(seed, [d] + widths + [1])
     model = Layered(tuple(np.asarray(w) for w in net.weights[:-1]),
                     tuple(np.asarray(b) for b in net.biases[:-1]))
