@@ -2599,34 +2599,46 @@ def test_a_kink_of_another_unit_does_not_give_an_unseen_entry(seed):
     assert unread == [] and out[4, i] == value
 
 
+def _windows_beyond(seed):
+    """Random 8-6-5-1 ``seed``'s layer 1 (signed) and first two layers, a layer-2 unit ``j``
+    and its entry ``i`` made unseen (0 in the model), and deepstate.beyond_plane's windows
+    for it from 20 random lines: ``(signed, true, j, i, windows)``."""
+    from fidelity.deepstate import Line, State, beyond_plane, with_rows
+    signed, rows, _ = _first_two_layers(seed)
+    rng = np.random.default_rng(seed)
+    j, i = int(rng.integers(5)), int(rng.integers(6))
+    model = with_rows(signed, np.where((np.arange(5)[:, None] == j)
+                                       & (np.arange(6)[None] == i), 0.0, rows))
+    lines = []
+    for _ in range(20):
+        x0, v = rng.normal(size=8), rng.normal(size=8)
+        v /= np.linalg.norm(v)
+        lines.append(Line(x0, v, model.kinks(x0, v, 30.0)[0], None, 30.0))
+    found = beyond_plane(signed, model, j, i, State(lines=lines, points=[], infos=[]))
+    return signed, with_rows(signed, rows), j, i, found
+
+
+def _unit_on_where_crossed(signed, true, j, i, p, n, half):
+    """Unit ``i``'s output (layer 1) where the window ``p + t n``, ``|t| <= half``, crosses the
+    victim's boundary of layer-2 unit ``j``."""
+    t, layer, unit = true.kinks(p, n, half)
+    return signed.preacts(p + t[(layer == 2) & (unit == j)][:, None] * n)[-1][:, i]
+
+
 def test_windows_beyond_an_unseen_entrys_plane_cross_the_victims_boundary():
     """An entry no kink saw: a walk along the unit's boundary (the model's, with the entry 0)
     from its crossings of the searched lines meets that entry's plane, and the windows on
     either side of it, across the boundary, cross the victim's boundary where the entry's
     unit is on (random 10-20-20-1 s4: a layer-2 unit on for 0.03% of inputs, with a layer-1
     unit on at 0.5% of those, had that entry set to 0). Random 8-6-5-1, one entry each."""
-    from fidelity.deepstate import Line, State, beyond_plane, with_rows
     crossed = walked = 0
     for seed in range(60):
-        signed, rows, _ = _first_two_layers(seed)
-        rng = np.random.default_rng(seed)
-        j, i = int(rng.integers(5)), int(rng.integers(6))
-        model = with_rows(signed, np.where((np.arange(5)[:, None] == j)
-                                           & (np.arange(6)[None] == i), 0.0, rows))
-        true = with_rows(signed, rows)
-        lines = []
-        for _ in range(20):
-            x0, v = rng.normal(size=8), rng.normal(size=8)
-            v /= np.linalg.norm(v)
-            lines.append(Line(x0, v, model.kinks(x0, v, 30.0)[0], None, 30.0))
-        found = beyond_plane(signed, model, j, i, State(lines=lines, points=[], infos=[]))
+        signed, true, j, i, found = _windows_beyond(seed)
         walked += bool(found)
         hit = False
         for p, n, half in found:
             assert abs(np.linalg.norm(n) - 1.0) <= 1e-12 and half > 0
-            t, layer, unit = true.kinks(p, n, half)
-            at = p + t[(layer == 2) & (unit == j)][:, None] * n
-            hit |= bool((signed.preacts(at)[-1][:, i] > 0).any()) if at.size else False
+            hit |= bool((_unit_on_where_crossed(signed, true, j, i, p, n, half) > 0).any())
         crossed += hit
     assert walked >= 50 and crossed >= 45, (walked, crossed)
 
@@ -2639,28 +2651,13 @@ def test_a_window_put_far_beyond_the_plane_still_crosses_the_victims_boundary(mo
     where the entry's unit is on, and there see that unit's output larger than the windows
     near the plane do."""
     import fidelity.deepstate as DS
-    from fidelity.deepstate import Line, State, beyond_plane, with_rows
 
     def walks():
         crossed, seen = 0, []
         for seed in range(60):
-            signed, rows, _ = _first_two_layers(seed)
-            rng = np.random.default_rng(seed)
-            j, i = int(rng.integers(5)), int(rng.integers(6))
-            model = with_rows(signed, np.where((np.arange(5)[:, None] == j)
-                                               & (np.arange(6)[None] == i), 0.0, rows))
-            true = with_rows(signed, rows)
-            lines = []
-            for _ in range(20):
-                x0, v = rng.normal(size=8), rng.normal(size=8)
-                v /= np.linalg.norm(v)
-                lines.append(Line(x0, v, model.kinks(x0, v, 30.0)[0], None, 30.0))
-            h = 0.0
-            for p, n, half in beyond_plane(signed, model, j, i,
-                                           State(lines=lines, points=[], infos=[])):
-                t, layer, unit = true.kinks(p, n, half)
-                at = p + t[(layer == 2) & (unit == j)][:, None] * n
-                h = max([h] + list(signed.preacts(at)[-1][:, i]))
+            signed, true, j, i, found = _windows_beyond(seed)
+            h = max([0.0] + [float(z) for p, n, half in found
+                             for z in _unit_on_where_crossed(signed, true, j, i, p, n, half)])
             crossed += h > 0
             seen.append(h)
         return crossed, np.median(seen)
