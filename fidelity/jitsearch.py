@@ -11,10 +11,11 @@ the host path keeps them (survivors of a round in order, left children of plain 
 right children, then the three parts of each "mixed" interval). Each step of the loop sends one
 batch, as the host path does: a round's three probes per interval, then, if any interval is
 "mixed", its two extra probes. A batch of ``n`` rows is evaluated as the victim object would
-evaluate it (zero-padded to the next power of two, split over every visible device when there is
-more than one), through ``lax.switch`` over those bucket sizes. With the same batch shapes, row
-order and float64 arithmetic rounded as numpy rounds it (see :func:`_unfused`, :func:`_divisor`,
-:func:`_pairwise_sum`), the answers, decisions and kinks equal the host path's bit for bit.
+evaluate it (zero-padded to :func:`fidelity.network.padded_rows`, split over every visible device
+when there is more than one), through ``lax.switch`` over those bucket sizes. With the same batch
+shapes, row order and float64 arithmetic rounded as numpy rounds it (see :func:`_unfused`,
+:func:`_divisor`, :func:`_pairwise_sum`), the answers, decisions and kinks equal the host path's
+bit for bit.
 
 Capacity. A round whose intervals or kinks would not fit is discarded before anything of it is
 committed; the host doubles the buffer (one recompilation) and resumes from the same state, so
@@ -37,7 +38,7 @@ import numpy as np
 from jax import lax
 
 from .errors import OracleError
-from .network import ReLUNetwork, batch_sharding
+from .network import ReLUNetwork, batch_sharding, padded_rows
 from .oracle import JaxFunction
 from . import search
 from .search import EPS, LineKinks
@@ -136,31 +137,32 @@ def _ask(c: _Consts, t, line, n, spec: _Spec):
     """The victim at rows ``x0[line[r]] + t[r] v[line[r]]``, ``r < n`` (answers 0 past ``n``).
 
     The batch is evaluated as a :class:`~fidelity.network.ReLUNetwork` victim evaluates one of
-    ``n`` rows:
-    zero-padded to the next power of two (then to a multiple of the devices) and split over the
-    devices, so that every row's answer is the one the host path gets.
+    ``n`` rows: zero-padded to :func:`~fidelity.network.padded_rows` (to a multiple of the devices)
+    and split over the devices, so that every row's answer is the one the host path gets.
     """
     size = t.shape[0]             # a power of two
     sharding = spec.sharding
     zeros = jnp.zeros((size, spec.k), jnp.float64)
     n_dev = 1 if sharding is None else sharding.mesh.size
-    buckets = [0] + [1 << i for i in range(1, size.bit_length())]   # batches have >= 2 rows
+    # batches have >= 2 rows; padded_rows is constant between powers of two
+    buckets = [0] + sorted({padded_rows(1 << i) for i in range(1, size.bit_length())})
 
     def branch(bucket):
         def run(_):
             if bucket == 0:
                 return zeros
-            ln = line[:bucket]
-            x = c.x0[ln] + _unfused(t[:bucket, None] * c.v[ln], c.one)
-            x = jnp.where((jnp.arange(bucket) < n)[:, None], x, 0.0)
-            pad = -bucket % n_dev
+            m = min(bucket, size)
+            ln = line[:m]
+            x = c.x0[ln] + _unfused(t[:m, None] * c.v[ln], c.one)
+            x = jnp.where((jnp.arange(m) < n)[:, None], x, 0.0)
+            pad = padded_rows(bucket, n_dev) - m
             x = x.astype(spec.dtype)
             if pad:
                 x = jnp.concatenate([x, jnp.zeros((pad, x.shape[1]), x.dtype)])
             if sharding is not None:
                 x = lax.with_sharding_constraint(x, sharding)
-            y = spec.apply(c.params, x)[:bucket].astype(jnp.float64)
-            return zeros.at[:bucket].set(y)
+            y = spec.apply(c.params, x)[:m].astype(jnp.float64)
+            return zeros.at[:m].set(y)
         return run
 
     which = jnp.sum(jnp.asarray(buckets[:-1]) < n)   # the smallest bucket >= n

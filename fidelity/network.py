@@ -23,6 +23,22 @@ def forward(weights, biases, x):
     return h @ weights[-1].T + biases[-1]
 
 
+CHUNK_ROWS = 1 << 15     # a larger batch is evaluated in chunks of this many rows
+
+
+def padded_rows(n: int, n_dev: int = 1) -> int:
+    """The rows a batch of ``1 <= n <= CHUNK_ROWS`` rows is zero-padded to before the jitted
+    forward pass: the next power of two up to 8, then of 4 (32, 128, 512, ...), then a multiple of
+    the devices. Each shape is one compilation (about 0.1 s on a CPU), so few shapes save time.
+    XLA's CPU kernels give a row the same answer in any batch of 8 rows or more, but not in one of
+    1, 2 or 4 rows (measured on 40 random shapes, float32 and float64, batches of 8 to 32,768):
+    the steps past 8 (4x, not 2x) change no answer, the steps below keep theirs."""
+    rows = 1 << max(0, int(n - 1).bit_length())
+    if rows > 8:
+        rows = 1 << (3 + 2 * ((rows.bit_length() - 3) // 2))
+    return -(-rows // n_dev) * n_dev
+
+
 @functools.lru_cache(maxsize=None)
 def batch_sharding() -> NamedSharding:
     """Rows split over every visible device (weights are replicated by ``jit``)."""
@@ -124,15 +140,10 @@ class ReLUNetwork:
         if x.dtype == object or dtype == object:   # mpmath: exact fixed-point arithmetic
             out = mpforward.forward(self.weights, self.biases, x)
         elif dtype == np.float64 or dtype == np.float32:
-            n = x.shape[0]
-            n_dev = jax.device_count()
-            bucket = 1 << max(0, int(n - 1).bit_length())  # a few shapes: few recompilations
-            bucket = -(-bucket // n_dev) * n_dev
-            xp = np.zeros((bucket, x.shape[1]), dtype)
-            xp[:n] = x
-            with jax.enable_x64(dtype == np.float64):
-                xj = jnp.asarray(xp) if n_dev == 1 else jax.device_put(xp, batch_sharding())
-                out = np.asarray(forward(self.weights, self.biases, xj))[:n]
+            # a chunk has 8 rows or more (its rows' answers are then the same as in one batch)
+            least = 8 if x.shape[0] > CHUNK_ROWS else 1
+            out = np.concatenate([self._jitted(x[i:i + CHUNK_ROWS], dtype, least)
+                                  for i in range(0, max(1, x.shape[0]), CHUNK_ROWS)])
         else:  # anything exotic: plain numpy
             h = x
             for w, b in zip(self.weights[:-1], self.biases[:-1]):
@@ -140,6 +151,14 @@ class ReLUNetwork:
                 h = np.where(h > 0, h, h * 0)
             out = h @ self.weights[-1].T + self.biases[-1]
         return out[0] if single else out
+
+    def _jitted(self, x: np.ndarray, dtype, least: int) -> np.ndarray:
+        n, n_dev = x.shape[0], jax.device_count()
+        xp = np.zeros((padded_rows(max(n, least), n_dev), x.shape[1]), dtype)
+        xp[:n] = x
+        with jax.enable_x64(dtype == np.float64):
+            xj = jnp.asarray(xp) if n_dev == 1 else jax.device_put(xp, batch_sharding())
+            return np.asarray(forward(self.weights, self.biases, xj))[:n]
 
     def astype(self, dtype) -> "ReLUNetwork":
         return ReLUNetwork([w.astype(dtype) for w in self.weights],

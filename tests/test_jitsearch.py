@@ -160,9 +160,10 @@ def test_extract_with_jit_search_matches_host_search():
     np.testing.assert_array_equal(jitted.network.weights[0], host.network.weights[0])
 
 
-def test_opaque_victim_and_any_starting_capacity_give_the_host_kinks():
+def test_opaque_victim_and_the_smallest_starting_capacity_give_the_host_kinks():
     # the search sees the victim only as apply(params, x): here a closure over a dict of
     # parameters it cannot interpret; it starts with slots for 1 kink per line and grows them
+    # (the default capacity is every other test's)
     from fidelity.network import forward
     from fidelity.oracle import JaxFunction
     net, x0, v, t_max, kw = _setup([64, 24, 10], 2, 6)
@@ -170,10 +171,9 @@ def test_opaque_victim_and_any_starting_capacity_give_the_host_kinks():
                          params={"a": net.weights, "b": net.biases}, dtype=np.dtype(np.float64),
                          input_dim=64, output_dim=10)
     host, queries = _host(net, x0, v, t_max, **kw)
-    for capacity in (1, None):
-        jit, rows, complete = search_lines_jit(opaque, x0, v, t_max, capacity=capacity, **kw)
-        assert complete and rows == queries
-        _assert_same(host, jit, t_max)
+    jit, rows, complete = search_lines_jit(opaque, x0, v, t_max, capacity=1, **kw)
+    assert complete and rows == queries
+    _assert_same(host, jit, t_max)
 
 
 def test_the_oracle_hands_over_an_opaque_function_only():

@@ -1,7 +1,9 @@
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 import fidelity as F
+from fidelity import network
 
 
 def test_network_shapes_save_load(tmp_path):
@@ -16,6 +18,36 @@ def test_network_shapes_save_load(tmp_path):
     net.save(tmp_path / "n.npz")
     back = F.ReLUNetwork.load(tmp_path / "n.npz")
     np.testing.assert_array_equal(back(x), y)
+
+
+def test_padded_rows_are_few_shapes_that_fit_the_batch():
+    rows = [network.padded_rows(n) for n in range(1, 5000)]
+    assert sorted(set(rows)) == [1, 2, 4, 8, 32, 128, 512, 2048, 8192]
+    assert all(n <= r and (n <= 8 or r < 4 * n) for n, r in enumerate(rows, 1))
+    assert all(network.padded_rows(r) == r for r in set(rows))      # a bucket is its own
+    assert [network.padded_rows(n, 4) for n in (1, 3, 9)] == [4, 4, 32]
+
+
+@settings(max_examples=12, deadline=None)
+@given(seed=st.integers(0, 10_000), sizes=st.lists(st.integers(1, 40), min_size=2, max_size=5),
+       f32=st.booleans(), n=st.integers(5, 600))
+def test_a_rows_answer_is_the_same_in_any_batch_of_five_rows_or_more(seed, sizes, f32, n):
+    # padded_rows steps 4x past 8 rows, and a large batch goes in chunks: neither may change
+    # an answer, or the queries of every extraction would move with the padding
+    net = F.ReLUNetwork.random(seed, sizes, dtype=np.float32 if f32 else np.float64)
+    x = np.random.default_rng(seed).normal(size=(n, sizes[0])) * 10
+    whole = net(x)
+    for m in sorted({5, 9, 33, n // 2, n}):
+        if m >= 5:
+            np.testing.assert_array_equal(net(x[:m]), whole[:m])
+    old = network.CHUNK_ROWS
+    try:
+        network.CHUNK_ROWS = 16      # chunks of 16, the last of 1-16 rows padded to 8 or 32
+        for m in sorted({17, 18, 19, 20, 36, n}):
+            if m <= n:
+                np.testing.assert_array_equal(net(x[:m]), whole[:m])
+    finally:
+        network.CHUNK_ROWS = old
 
 
 def test_network_rejects_bad_shapes():
