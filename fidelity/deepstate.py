@@ -11,7 +11,7 @@ import numpy as np
 from . import recover, search
 from .checks import fresh_points
 from .context import Run
-from .layered import Layered
+from .layered import Layered, crossings
 from .measure import MeasureConfig, search_line
 from .validation import at_least, positive, share
 
@@ -657,10 +657,7 @@ def _explained_on(grids: tuple, model: Layered) -> tuple[int, int]:
     predicts (:func:`predicted` of it, the earlier layers read once), and how many of the
     new layer's crossings of the lines lie where no kink was found."""
     pts, h, on, pair, found, tol, near = grids
-    z = h @ model.weights[-1].T + model.biases[-1]
-    ia, iu = np.nonzero((z[:-1] * z[1:] < 0) & pair[:, None])
-    za, zb = z[ia, iu], z[ia + 1, iu]
-    t = pts[ia] + za / (za - zb) * (pts[ia + 1] - pts[ia])
+    t, _, ia = crossings(pts, h @ model.weights[-1].T + model.biases[-1], pair)
     line = on[ia]
     close = np.abs(found[line] - t[:, None]) <= tol[line][:, None]     # (crossing, kink)
     matched = near.copy()

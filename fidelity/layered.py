@@ -69,7 +69,7 @@ class Layered:
         pts = np.array([-t_max, t_max])
         ts, layers, units = [np.zeros(0)], [np.zeros(0, int)], [np.zeros(0, int)]
         for l in range(self.depth):
-            t, iu = crossings(pts, self.preacts(x0 + pts[:, None] * v, l + 1)[l])
+            t, iu, _ = crossings(pts, self.preacts(x0 + pts[:, None] * v, l + 1)[l])
             ts.append(t)
             layers.append(np.full(t.size, l + 1))
             units.append(iu)
@@ -105,11 +105,12 @@ class Layered:
                 big = np.nanmax(np.abs(z), 1)
                 return ((z[:, :-1] * z[:, 1:] < 0).any(1)
                         | (np.nanmin(np.abs(z), 1) <= near * big))
-            r, k, u = np.nonzero((z[:, :-1] * z[:, 1:] < 0) & (ok[:, :-1] & ok[:, 1:])[:, :, None])
-            if not r.size:
+            pair = np.zeros(pts.shape, bool)              # the lines' points one after
+            pair[:, :-1] = ok[:, :-1] & ok[:, 1:]          # another, pairs on one line
+            t, _, at = crossings(pts.ravel(), z.reshape(-1, z.shape[2]), pair.ravel()[:-1])
+            if not t.size:
                 continue
-            za, zb = z[r, k, u], z[r, k + 1, u]
-            t = pts[r, k] + za / (za - zb) * (pts[r, k + 1] - pts[r, k])
+            r = at // pts.shape[1]
             rank = np.arange(r.size) - np.searchsorted(r, r)        # r is sorted (nonzero)
             more = np.full((n, int(rank.max()) + 1), np.inf)
             more[r, rank] = t
@@ -121,10 +122,12 @@ class Layered:
         return ReLUNetwork(list(self.weights) + [out_w], list(self.biases) + [out_b])
 
 
-def crossings(pts: np.ndarray, z: np.ndarray) -> tuple:
-    """``(t, unit)``: where each column of ``z``, linear between the sorted ``pts`` it is given
-    at, changes sign."""
+def crossings(pts: np.ndarray, z: np.ndarray, pair: Optional[np.ndarray] = None) -> tuple:
+    """``(t, unit, piece)``: where each column of ``z``, linear between the sorted ``pts`` it is
+    given at, changes sign, and the index of the point before. ``pair``: which consecutive
+    points to look between (all when None; several lines' points one after another keep only
+    the pairs on one line)."""
     za, zb = z[:-1], z[1:]
-    ia, iu = np.nonzero(za * zb < 0)
+    ia, iu = np.nonzero((za * zb < 0) if pair is None else (za * zb < 0) & pair[:, None])
     frac = za[ia, iu] / (za[ia, iu] - zb[ia, iu])
-    return pts[ia] + frac * (pts[ia + 1] - pts[ia]), iu
+    return pts[ia] + frac * (pts[ia + 1] - pts[ia]), iu, ia

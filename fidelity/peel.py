@@ -1950,7 +1950,7 @@ def _verified(run: Run, signed: Layered, state: State, rows: np.ndarray,
         if (li, id(line)) not in grids:      # (the line kept: its id stays its own)
             grids[li, id(line)] = (line, pieces(signed, line, IN_RANGE * line.half))
         pts, h_end, known = grids[li, id(line)][1]
-        t, unit = crossings(pts, h_end @ rows[todo].T + 1.0)
+        t, unit, _ = crossings(pts, h_end @ rows[todo].T + 1.0)
         unit = todo[unit]
         if line.half < state.lines[0].half and known.size and t.size:
             # on a short window (a fill's crosses where the entry's unit switches), a known
