@@ -40,7 +40,7 @@ from jax import lax
 from .errors import OracleError
 from .network import ReLUNetwork, batch_sharding, padded_rows
 from .oracle import JaxFunction
-from . import search
+from . import compiling, search
 from .search import EPS, LineKinks
 
 # stop codes of the device loop
@@ -335,7 +335,7 @@ def _step(s: _State, c: _Consts, spec: _Spec) -> _State:
                                   halted, waiting, committed, regrow)
 
 
-@functools.partial(jax.jit, static_argnames=("spec",))
+@functools.partial(compiling.jit, static_argnames=("spec",))
 def _run(s: _State, c: _Consts, spec: _Spec) -> _State:
     """Batches until the search ends, a buffer is full, the budget stops it or ``max_rounds``."""
 
@@ -353,7 +353,7 @@ def _run(s: _State, c: _Consts, spec: _Spec) -> _State:
     return lax.cond(s.stop == _RUNNING, finish, lambda s: s, s)   # out of rounds
 
 
-@functools.partial(jax.jit, static_argnames=("capacity", "found_capacity", "spec"))
+@functools.partial(compiling.jit, static_argnames=("capacity", "found_capacity", "spec"))
 def _start(c: _Consts, t_max, floor_frac, *, capacity, found_capacity, spec: _Spec):
     """Answers at both ends of every line (one batch) and the first interval of each."""
     n_lines = c.x0.shape[0]

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from . import compiling
 from .network import ReLUNetwork
 from .oracle import Oracle
 from .results import Event, Extraction, Kind, Status
@@ -123,7 +124,7 @@ def _loss(params, fixed, x, y, scale, ce_weight):
     return mse + ce_weight * jnp.mean(ce)
 
 
-@partial(jax.jit, static_argnames=("steps", "batch", "lr", "ce_weight"))
+@partial(compiling.jit, static_argnames=("steps", "batch", "lr", "ce_weight"))
 def _fit(params, fixed, x, y, n, scale, key, *, steps, batch, lr, ce_weight):
     """``steps`` Adam steps on minibatches drawn from the first ``n`` rows of ``x, y``."""
     opt = optax.adam(optax.cosine_decay_schedule(lr, steps, alpha=0.05))
@@ -174,8 +175,8 @@ def _consistency(params, fixed, key, xu, tau, noise_w, noise_s, scale, *, shape,
     return jnp.mean(jnp.where(conf >= tau, ce, 0.0))
 
 
-@partial(jax.jit, static_argnames=("steps", "batch", "ubatch", "lr", "ce_weight", "shape", "pad",
-                                   "logits"))
+@partial(compiling.jit, static_argnames=("steps", "batch", "ubatch", "lr", "ce_weight", "shape",
+                                         "pad", "logits"))
 def _fit_semi(params, fixed, x, y, n, xu, scale, key, weight, tau, noise_w, noise_s, *, steps,
               batch, ubatch, lr, ce_weight, shape, pad, logits):
     """:func:`_fit` plus the consistency term on ``ubatch`` unlabelled rows of ``xu`` per step."""
@@ -199,8 +200,8 @@ def _fit_semi(params, fixed, x, y, n, xu, scale, key, weight, tau, noise_w, nois
     return params
 
 
-_predict = jax.jit(_apply)
-_loss_jit = jax.jit(_loss, static_argnames=("ce_weight",))
+_predict = compiling.jit(_apply)
+_loss_jit = compiling.jit(_loss, static_argnames=("ce_weight",))
 
 
 # ---------------------------------------------------------------------------- queries

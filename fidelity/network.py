@@ -10,10 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from . import mpforward
+from . import compiling, mpforward
 
 
-@jax.jit
+@compiling.jit
 def forward(weights, biases, x):
     """``f(x)`` of the network with layers ``(weights, biases)``, jitted (a pure function of its
     arguments: the in-jit search runs it as an opaque victim)."""

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import compiling
 from .network import ReLUNetwork
 
 
@@ -38,7 +39,7 @@ def _forward(p, x):
     return jnp.maximum(x @ w.T + b, 0.0) @ a.T + c
 
 
-@partial(jax.jit, static_argnames=("cg_iters",))
+@partial(compiling.jit, static_argnames=("cg_iters",))
 def _gn_step(p, x, y, inv_sigma, damping, cg_iters):
     """One damped Gauss-Newton step: ``(J^T J + damping D) delta = -J^T r`` by preconditioned CG."""
     def resid(q):
@@ -75,7 +76,7 @@ def _gn_step(p, x, y, inv_sigma, damping, cg_iters):
     return delta, jnp.sqrt(jnp.mean(r ** 2)), diag
 
 
-@jax.jit
+@compiling.jit
 def _rms(p, x, y, inv_sigma):
     return jnp.sqrt(jnp.mean(((_forward(p, x) - y) * inv_sigma[:, None]) ** 2))
 

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from . import compiling
 from .network import ReLUNetwork
 
 
@@ -64,7 +65,7 @@ def _attack_loss(weights, biases, x, label):
     return optax.softmax_cross_entropy_with_integer_labels(out, label)
 
 
-@partial(jax.jit, static_argnames=("steps",))
+@partial(compiling.jit, static_argnames=("steps",))
 def _pgd(weights, biases, x, labels, eps, lo, hi, *, steps):
     """``steps`` signed-gradient ascent steps of size ``2.5 eps / steps`` projected on the
     L-inf ball of radius ``eps`` around ``x`` and on the box ``[lo, hi]``."""

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from . import compiling
 from .network import ReLUNetwork
 
 DEMO_FILE = "digits_784_32_10.npz"
@@ -69,7 +70,7 @@ def train_classifier(x: np.ndarray, y: np.ndarray, hidden: Sequence[int], *, see
             logits = h @ p[0][-1].T + p[1][-1]
             return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
 
-        @jax.jit
+        @compiling.jit
         def step(p, s, key):
             idx = jax.random.choice(key, xs.shape[0], (batch_size,), replace=False)
             g = jax.grad(loss)(p, xs[idx], ys[idx])

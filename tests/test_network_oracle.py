@@ -50,6 +50,34 @@ def test_a_rows_answer_is_the_same_in_any_batch_of_five_rows_or_more(seed, sizes
         network.CHUNK_ROWS = old
 
 
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 10_000), sizes=st.lists(st.integers(1, 60), min_size=2, max_size=5),
+       f32=st.booleans(), n=st.sampled_from([1, 3, 20, 300]))
+def test_the_quicker_cpu_compilation_gives_the_answers_of_plain_jit(seed, sizes, f32, n):
+    # compiling.jit compiles with other loop emitters: an answer that moved would move every
+    # extraction's queries
+    import jax
+    net = F.ReLUNetwork.random(seed, sizes, dtype=np.float32 if f32 else np.float64)
+    x = np.zeros((network.padded_rows(n), sizes[0]), net.dtype)
+    x[:n] = np.random.default_rng(seed).normal(size=(n, sizes[0])) * 10
+    with jax.enable_x64(not f32):
+        plain = np.asarray(jax.jit(network.forward.__wrapped__)(net.weights, net.biases, x))
+    np.testing.assert_array_equal(net(x[:n]), plain[:n])
+
+
+def test_compiling_jit_falls_back_where_options_are_refused_or_the_call_is_traced(monkeypatch):
+    import jax
+    import jax.numpy as jnp
+    from fidelity import compiling
+    double = compiling.jit(lambda a: jnp.maximum(2.0 * a, 0.0))
+    assert float(jax.jit(lambda a: double(a) + 1.0)(jnp.float64(3.0))) == 7.0   # nested
+    monkeypatch.setattr(compiling, "CPU_OPTIONS", {"xla_no_such_option_anywhere": True})
+    monkeypatch.setattr(compiling, "_REFUSED", [])
+    triple = compiling.jit(lambda a: 3.0 * a)
+    assert float(triple(jnp.float64(2.0))) == 6.0 and compiling._REFUSED == [True]
+    assert float(triple(jnp.float64(1.0))) == 3.0
+
+
 def test_network_rejects_bad_shapes():
     with pytest.raises(ValueError):
         F.ReLUNetwork([np.zeros((3, 2))], [np.zeros(2)])
