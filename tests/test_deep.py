@@ -3208,3 +3208,29 @@ def test_a_row_is_corrected_by_its_pins_where_its_line_kinks_are_noisier():
     result = F.extract(F.Oracle(victim), seed=0)
     assert result.status == "ok"
     _exact(victim, result, rel=1e-11, param=2.3e-11)
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck))
+@given(seed=st.integers(0, 10_000), d=st.integers(4, 40), k=st.sampled_from([1, 3]),
+       rel=st.floats(3e-8, 1e-6))
+def test_the_check_sees_an_output_offset_that_is_small_beside_the_far_answers(seed, d, k, rel):
+    # random 38-26-24-23-3 s2225 came back 'ok' with its output bias 3e-7 off: 3.1e-8 of the
+    # largest answer at radius 1, 1.2e-9 of the largest at radius 30, which the check measured
+    # against; measured against the answers at radius 1.2 or nearer, it fails
+    from fidelity import deep
+    from fidelity.context import Run
+    from fidelity.deepstate import DeepConfig, State
+    victim = F.ReLUNetwork.random(seed, [d, 12, 8, k])
+    x = np.random.default_rng(seed).normal(size=(20_000, d))
+    size = float(np.abs(victim(x)).max())
+    off = F.ReLUNetwork(list(victim.weights), list(victim.biases[:-1])
+                        + [victim.biases[-1] + rel * size])
+    cfg = DeepConfig()
+
+    def checked(net):
+        run = Run(F.Oracle(victim), seed=seed, t_max=30.0, input_scale=1.0, step_cap=1e-3,
+                  check_reserve=0, crossing_rel_error=1e-9)
+        return deep._check(run, cfg, net, State([], [], []))
+
+    assert checked(victim) <= 1e-12
+    assert checked(off) > cfg.check_tol
